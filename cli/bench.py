@@ -1,0 +1,57 @@
+"""`linegen bench`: cache policies side by side on one model (thin over benchmarks/engine_bench.py)."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from cli import options
+from cli.errors import fail, handle_errors
+from cli.main import app
+
+
+@app.command("bench")
+@handle_errors
+def bench_command(
+    model: str = typer.Option("llamagen-c2i-b-384", "--model", help="Registered model name."),
+    random_weights: bool = typer.Option(True, "--random-weights/--weights", help="Random weights (default) or the given checkpoints."),
+    checkpoint: Optional[str] = options.Checkpoint,
+    policies: str = typer.Option("full,linear,streaming,h2o,snapkv", "--policies", help="Comma-separated cache policies."),
+    ratio: str = typer.Option("1/6", "--ratio", help="Cache ratio for the compressing policies."),
+    batch: int = typer.Option(1, "--batch", help="Images per wave for the equal-batch comparison."),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Memory budget for max_sequences, e.g. 20GiB (default: a fraction of free memory)."),
+    max_batch_cap: Optional[int] = typer.Option(None, "--max-batch-cap", help="Run the at-max-batch wave with at most this many images (CPU time bound)."),
+    skip_max_batch: bool = typer.Option(False, "--skip-max-batch", help="Do not run the at-max-batch wave."),
+    cfg_scale: float = typer.Option(4.0, "--cfg-scale", help="Guidance scale (> 1: CFG pairs)."),
+    dim: Optional[int] = typer.Option(None, "--dim", help="Override the GPT width (custom size)."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Override the GPT depth."),
+    heads: Optional[int] = typer.Option(None, "--heads", help="Override the GPT head count."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Override the image size (grid = size/16)."),
+    repeats: int = typer.Option(1, "--repeats", help="Waves per measurement (the fastest counts)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    dtype: Optional[str] = options.DType,
+    as_json: bool = options.Json,
+) -> None:
+    """Measure the cache policies side by side: memory, packing and throughput as ratios to `full`."""
+    from benchmarks.engine_bench import BenchOptions, run_bench
+    from benchmarks.report import render_bench
+    from jobs.models import ModelChoice
+
+    ModelChoice(name=model, random_weights=True, device=device).resolve_device()
+    if not random_weights and checkpoint is None:
+        fail("--weights needs --checkpoint")
+    overrides = {k: v for k, v in (("dim", dim), ("n_layer", layers), ("n_head", heads)) if v is not None}
+    opts = BenchOptions(model=model, checkpoint=None if random_weights else checkpoint,
+                        policies=tuple(p.strip() for p in policies.split(",") if p.strip()), ratio=ratio,
+                        batch=batch, memory_budget=memory_budget, device=device, dtype=dtype, cfg_scale=cfg_scale,
+                        max_batch_cap=max_batch_cap, skip_max_batch=skip_max_batch, gpt_overrides=overrides,
+                        image_size=image_size, repeats=repeats)
+    try:
+        report = run_bench(opts, log=(lambda m: None) if as_json else (lambda m: typer.echo(m, err=True)))
+    except ValueError as e:  # cache settings, memory budget, model size
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(report["results"], indent=2))
+        return
+    typer.echo(render_bench(report))

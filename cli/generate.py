@@ -1,0 +1,74 @@
+"""`linegen generate`: K images per class into a folder (PNG files + tokens.npy)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cli import options
+from cli.errors import fail, handle_errors
+from cli.main import app
+
+
+@app.command("generate")
+@handle_errors
+def generate_command(
+    class_id: List[int] = typer.Option(..., "--class-id", help="Class to generate; repeat for several (images come out in this order)."),
+    count: int = typer.Option(1, "--count", help="Images per class."),
+    out: Path = typer.Option(Path("generated"), "--out", help="Output folder: 000000.png, ... and tokens.npy."),
+    model: Optional[str] = options.Model,
+    checkpoint: Optional[str] = options.Checkpoint,
+    vq_checkpoint: Optional[str] = options.VQCheckpoint,
+    random_weights: bool = options.RandomWeights,
+    seed: int = options.Seed,
+    cfg_scale: Optional[float] = options.CfgScale,
+    top_k: Optional[int] = options.TopK,
+    top_p: float = options.TopP,
+    temperature: float = options.Temperature,
+    cache: str = options.Cache,
+    cache_ratio: Optional[str] = options.CacheRatio,
+    cache_lines: Optional[int] = options.CacheLines,
+    batch_size: int = typer.Option(16, "--batch-size", help="Images decoded together (a CFG pair counts once)."),
+    device: str = options.Device,
+    dtype: Optional[str] = options.DType,
+    s3_endpoint_url: Optional[str] = options.S3Endpoint,
+    as_json: bool = options.Json,
+) -> None:
+    """Generate --count images for each --class-id with one model, into --out."""
+    from jobs.cache_choice import CacheChoice
+    from jobs.generate import GenerateOptions, generate_to_folder
+    from jobs.models import ModelChoice
+    from jobs.plan import Sampling
+    from workers.models.registry import DEFAULT_MODEL
+
+    choice = ModelChoice(name=model or DEFAULT_MODEL, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint,
+                         random_weights=random_weights, device=device, dtype=dtype,
+                         s3_endpoint_url=s3_endpoint_url)
+    spec = choice.spec()
+    try:
+        sampling = Sampling(cfg_scale=spec.default_cfg_scale if cfg_scale is None else cfg_scale,
+                            temperature=temperature, top_k=spec.default_top_k if top_k is None else top_k,
+                            top_p=top_p)
+    except ValueError as e:
+        fail(str(e))
+    choice.check()
+    choice.resolve_device()
+    opts = GenerateOptions(model=choice, class_ids=tuple(class_id), count=count, out=out, seed=seed,
+                           sampling=sampling, cache=CacheChoice(cache, cache_ratio, cache_lines),
+                           batch_size=batch_size)
+    if as_json:
+        summary = generate_to_folder(opts)
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("generating", total=len(class_id) * count)
+        summary = generate_to_folder(opts, progress=lambda done, total: bar.update(task, completed=done))
+    console.print(f"[green]{summary['images']} images[/green] -> {summary['out']} "
+                  f"({summary['images_per_s']} images/s, {summary['tokens_per_s']} tokens/s, {summary['device']})")

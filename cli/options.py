@@ -1,0 +1,27 @@
+"""Flags shared by several commands, declared once so every command spells them the same way."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+Model = typer.Option(None, "--model", help="Registered model name (see `linegen models`).")
+Checkpoint = typer.Option(None, "--checkpoint", help="GPT checkpoint: local path or s3:// URI (official LlamaGen layout).")
+VQCheckpoint = typer.Option(None, "--vq-checkpoint", help="VQ tokenizer checkpoint: local path or s3:// URI.")
+RandomWeights = typer.Option(False, "--random-weights", help="Run without checkpoints (noise images; for trying the pipeline).")
+Device = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+DType = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU).")
+Cache = typer.Option("full", "--cache", help="KV cache policy: full, linear, streaming, h2o, snapkv.")
+CacheRatio = typer.Option(None, "--cache-ratio", help="Visual cache budget as a fraction of the tokens, e.g. 1/6 or 0.25 (default 1/6).")
+CacheLines = typer.Option(None, "--cache-lines", help="Visual cache budget in token lines (instead of --cache-ratio).")
+S3Endpoint = typer.Option(None, "--s3-endpoint-url", envvar="LINEGEN_S3_ENDPOINT_URL", help="Endpoint of an S3-compatible store.")
+Json = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+Seed = typer.Option(0, "--seed", help="Job seed; each image's seed derives from (seed, row, replica).")
+CfgScale = typer.Option(None, "--cfg-scale", help="Classifier-free guidance scale (<= 1 disables guidance). Default: the model's.")
+TopK = typer.Option(None, "--top-k", help="Top-k filtering (0 = off). Default: the model's.")
+TopP = typer.Option(1.0, "--top-p", help="Nucleus filtering, in (0, 1].")
+Temperature = typer.Option(1.0, "--temperature", help="Sampling temperature, > 0.")
+
+OptStr = Optional[str]
+OptInt = Optional[int]
+OptFloat = Optional[float]

@@ -1,0 +1,43 @@
+"""Which KV cache policy a job uses (plain data; built into a policy next to the model)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from jobs.errors import UserError
+
+POLICY_NAMES = ("full", "linear", "streaming", "h2o", "snapkv")
+
+
+@dataclass(frozen=True)
+class CacheChoice:
+    policy: str = "full"
+    ratio: str | None = None  # "1/6", "0.25"
+    lines: int | None = None
+    options: dict = field(default_factory=dict)  # policy-specific switches (anchors, recent_lines, ...)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def check(self) -> None:
+        if self.policy not in POLICY_NAMES:
+            raise UserError(f"unknown cache policy {self.policy!r}; choose from {', '.join(POLICY_NAMES)}")
+        self.build()
+
+    def build(self, prefix: int | None = None, grid: int | None = None):
+        """The policy object; with a model's prefix and grid, also checked against that layout."""
+        from workers.cache import CacheConfigError, Layout, make_policy
+
+        try:
+            policy = make_policy(self.policy, ratio=self.ratio, lines=self.lines, **self.options)
+            if grid is not None:
+                policy.check(Layout(prefix=prefix or 0, grid=grid))
+            return policy
+        except (CacheConfigError, TypeError) as e:
+            raise UserError(str(e)) from None
+
+    def effective_ratio(self, prefix: int, grid: int) -> float:
+        """Kept visual tokens / all visual tokens on a model's grid (1.0 for the full cache)."""
+        from workers.cache import Layout
+
+        layout = Layout(prefix=prefix, grid=grid)
+        return min(1.0, self.build().budget(layout) / layout.num_tokens)

@@ -1,0 +1,85 @@
+"""Which model a job uses and how to load it, wherever the loading happens (CLI or a Ray actor).
+
+A `ModelChoice` is plain data, so it pickles to actors; `load()` imports the GPU stack lazily and
+turns every loading failure into a one-line `UserError`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from jobs.errors import UserError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    name: str
+    checkpoint: str | None = None  # local path or s3:// URI, official LlamaGen layout
+    vq_checkpoint: str | None = None
+    random_weights: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str | None = None  # None: bfloat16 on GPU, float32 on CPU
+    s3_endpoint_url: str | None = None
+    random_seed: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def spec(self):
+        from workers.models.registry import UnknownModel, get_spec
+
+        try:
+            return get_spec(self.name)
+        except UnknownModel as e:
+            raise UserError(str(e)) from None
+
+    def check(self) -> None:
+        """Everything that can be checked without loading weights (fast, before any work)."""
+        self.spec()
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        spec = self.spec()
+        if not self.random_weights and spec.builtin_weights is None and self.checkpoint is None:
+            raise UserError(f"model {self.name} needs --checkpoint (and --vq-checkpoint), or --random-weights")
+        if self.checkpoint is not None and self.vq_checkpoint is None and spec.builtin_weights is None:
+            raise UserError(f"model {self.name} needs --vq-checkpoint together with --checkpoint")
+
+    def resolve_device(self) -> str:
+        import torch
+
+        dev = self.device
+        if dev == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda was requested but no CUDA GPU is available on this machine")
+        if dev != "cpu" and not dev.startswith("cuda"):
+            raise UserError(f"--device must be cpu, cuda or cuda:N, got {dev!r}")
+        return dev
+
+    def resolve_dtype(self, device: str):
+        import torch
+
+        name = self.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+        return getattr(torch, name)
+
+    def load(self):
+        """-> (spec, gpt, vq, device) with weights on the device."""
+        from jobs.storage import StorageError, fetch_to_local
+        from workers.models.checkpoint import CheckpointError
+        from workers.models.loading import load_model
+
+        self.check()
+        spec = self.spec()
+        device = self.resolve_device()
+        dtype = self.resolve_dtype(device)
+        gpt_src, vq_src = self.checkpoint, self.vq_checkpoint
+        if spec.builtin_weights is not None and gpt_src is None and not self.random_weights:
+            gpt_src, vq_src = spec.builtin_weights, spec.builtin_weights
+        try:
+            gpt_path = None if self.random_weights or gpt_src is None else fetch_to_local(gpt_src, endpoint_url=self.s3_endpoint_url)
+            vq_path = None if self.random_weights or vq_src is None else fetch_to_local(vq_src, endpoint_url=self.s3_endpoint_url)
+            gpt, vq = load_model(spec, gpt_path, vq_path, device=device, dtype=dtype, random_seed=self.random_seed)
+        except (StorageError, CheckpointError) as e:
+            raise UserError(str(e)) from None
+        return spec, gpt, vq, device

@@ -1,0 +1,66 @@
+"""What a job is: everything needed to (re)run it, stored as OUT/<job_id>/job.json.
+
+The spec never holds credentials: S3 access comes from the standard credential chain wherever
+the job runs; only a non-secret endpoint URL is recorded.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+from jobs.cache_choice import CacheChoice
+from jobs.errors import UserError
+from jobs.models import ModelChoice
+from jobs.plan import Sampling
+
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_job_id(job_id: str) -> str:
+    if not JOB_ID.match(job_id) or ".." in job_id:
+        raise UserError(f"job id {job_id!r} must be 1-128 characters of letters, digits, '.', '_' or '-' "
+                        "and start with a letter or digit")
+    return job_id
+
+
+def new_job_id(prefix: str = "job") -> str:
+    import secrets
+
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: str
+    manifest: str  # URI of the manifest as submitted (the driver reads the copy in the job folder if any)
+    out: str  # output root: local folder or s3://bucket/prefix; the job writes under <out>/<job_id>/
+    model: ModelChoice
+    cache: CacheChoice = field(default_factory=CacheChoice)
+    sampling: Sampling = field(default_factory=Sampling)
+    seed: int = 0
+    shard_size: int = 1000
+    workers: int | None = None  # None: one per GPU, or a CPU-sized pool without GPUs
+    batch_size: int | None = None  # None: as many as the memory budget allows
+    memory_budget: str | None = None  # e.g. "20GiB"; None: a fraction of free device memory
+    max_attempts: int = 3
+    s3_endpoint_url: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        return json.dumps(d, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "JobSpec":
+        d = json.loads(text)
+        d["model"] = ModelChoice(**d["model"])
+        d["cache"] = CacheChoice(**d["cache"])
+        d["sampling"] = Sampling(**d["sampling"])
+        return cls(**d)
+
+    def same_work(self, other: "JobSpec") -> bool:
+        """Whether `other` would produce the same images (resume must not mix two jobs)."""
+        keys = ("manifest", "model", "cache", "sampling", "seed", "shard_size")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)

@@ -1,0 +1,223 @@
+"""Encode a shard's results as Parquet: image rows (HF `Image` struct) and per-batch stats rows.
+
+Image files load with `datasets.load_dataset("parquet", data_files=...)` and decode `image` to
+PIL because the schema carries the `huggingface` metadata that `datasets` itself writes
+(`{"info": {"features": ...}}`, see specs/ecosystem.md section 6). The metadata is spelled out
+here rather than built with `datasets.Features`, so writing needs no `datasets` import.
+List columns are declared as `Sequence`, which every `datasets` release from 2.x to 5.x reads.
+
+Pure functions of their inputs; no storage, no torch.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.plan import Item
+
+# datasets writes image data with 100 rows per row group; the Hub viewer fails on row groups
+# over ~300 MB, which ~100 PNGs stay far below.
+ROW_GROUP_SIZE = 100
+COMPRESSION = "zstd"
+
+_IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
+
+def _value(dtype: str) -> dict[str, Any]:
+    return {"dtype": dtype, "_type": "Value"}
+
+
+# (name, arrow type, HF feature), in column order.
+_IMAGE_COLUMNS: tuple[tuple[str, pa.DataType, dict[str, Any]], ...] = (
+    ("image", _IMAGE_TYPE, {"_type": "Image"}),
+    ("item_id", pa.string(), _value("string")),
+    ("row", pa.int64(), _value("int64")),
+    ("replica", pa.int32(), _value("int32")),
+    ("id", pa.string(), _value("string")),
+    ("class_id", pa.int32(), _value("int32")),
+    ("prompt", pa.string(), _value("string")),
+    ("seed", pa.int64(), _value("int64")),
+    ("model", pa.string(), _value("string")),
+    ("cache_policy", pa.string(), _value("string")),
+    ("cache_ratio", pa.float64(), _value("float64")),
+    ("tokens", pa.list_(pa.int32()), {"feature": _value("int32"), "_type": "Sequence"}),
+    ("width", pa.int32(), _value("int32")),
+    ("height", pa.int32(), _value("int32")),
+)
+
+IMAGE_SCHEMA = pa.schema(
+    [pa.field(name, typ) for name, typ, _ in _IMAGE_COLUMNS],
+    metadata={"huggingface": json.dumps(
+        {"info": {"features": {name: feature for name, _, feature in _IMAGE_COLUMNS}}})},
+)
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+STATS_SCHEMA = pa.schema([
+    ("job_id", pa.string()),
+    ("shard_id", pa.string()),
+    ("attempt", pa.int32()),
+    ("worker", pa.string()),
+    ("node", pa.string()),
+    ("device", pa.string()),
+    ("model", pa.string()),
+    ("cache_policy", pa.string()),
+    ("cache_ratio", pa.float64()),
+    ("batch_size", pa.int64()),
+    ("images", pa.int64()),
+    ("tokens", pa.int64()),
+    ("wall_s", pa.float64()),
+    ("tokens_per_s", pa.float64()),
+    ("images_per_s", pa.float64()),
+    ("kv_cache_bytes", pa.int64()),
+    ("peak_memory_bytes", pa.int64()),
+    ("started_at", _TIMESTAMP),
+    ("finished_at", _TIMESTAMP),
+])
+STATS_COLUMNS: tuple[str, ...] = tuple(STATS_SCHEMA.names)
+
+
+# --------------------------------------------------------------------------- PNG
+
+
+def encode_png(img: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of one uint8 [H, W, 3] image.
+
+    Level 1 is several times faster than PIL's default 6 for a few percent larger files; at
+    thousands of images per second the encoder, not the disk, is the bottleneck.
+    """
+    from PIL import Image  # lazy: PIL is only needed where images are written
+
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected a uint8 [H, W, 3] image, got {arr.dtype} {list(arr.shape)}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def encode_pngs(images: Iterable[np.ndarray], workers: int = 4, compress_level: int = 1) -> list[bytes]:
+    """PNG-encode many images, in order. PIL's zlib releases the GIL, so threads scale."""
+    images = list(images)
+    if workers <= 1 or len(images) <= 1:
+        return [encode_png(img, compress_level) for img in images]
+    with ThreadPoolExecutor(max_workers=min(workers, len(images))) as pool:
+        return list(pool.map(lambda img: encode_png(img, compress_level), images))
+
+
+# --------------------------------------------------------------------------- image rows
+
+
+def _tokens_array(tokens: np.ndarray) -> pa.ListArray:
+    n, per_image = tokens.shape
+    if tokens.size and (tokens.min() < np.iinfo(np.int32).min or tokens.max() > np.iinfo(np.int32).max):
+        raise ValueError("token ids do not fit in int32")
+    values = pa.array(tokens.astype(np.int32, copy=False).reshape(-1), type=pa.int32())
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * per_image, type=pa.int32())
+    return pa.ListArray.from_arrays(offsets, values)
+
+
+def image_table(
+    items: Sequence[Item],
+    images: np.ndarray,
+    tokens: np.ndarray,
+    *,
+    model: str,
+    cache_policy: str,
+    cache_ratio: float,
+    png_workers: int = 4,
+) -> pa.Table:
+    """One row per image, in `items` order; `images[i]` and `tokens[i]` belong to `items[i]`."""
+    images = np.asarray(images)
+    tokens = np.asarray(tokens)
+    n = len(items)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"images must be uint8 [n, H, W, 3], got {images.dtype} {list(images.shape)}")
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be an integer [n, N] array, got {tokens.dtype} {list(tokens.shape)}")
+    if images.shape[0] != n or tokens.shape[0] != n:
+        raise ValueError(f"{n} items but {images.shape[0]} images and {tokens.shape[0]} token grids")
+    height, width = int(images.shape[1]), int(images.shape[2])
+
+    pngs = encode_pngs(images, workers=png_workers)
+    image_col = pa.StructArray.from_arrays(
+        [pa.array(pngs, type=pa.binary()),
+         pa.array([f"{it.item_id}.png" for it in items], type=pa.string())],
+        fields=list(_IMAGE_TYPE),
+    )
+    columns = [
+        image_col,
+        pa.array([it.item_id for it in items], type=pa.string()),
+        pa.array([it.row for it in items], type=pa.int64()),
+        pa.array([it.replica for it in items], type=pa.int32()),
+        pa.array([it.user_id for it in items], type=pa.string()),
+        pa.array([it.class_id for it in items], type=pa.int32()),
+        pa.array([it.prompt for it in items], type=pa.string()),
+        pa.array([it.seed for it in items], type=pa.int64()),
+        pa.array([model] * n, type=pa.string()),
+        pa.array([cache_policy] * n, type=pa.string()),
+        pa.array([float(cache_ratio)] * n, type=pa.float64()),
+        _tokens_array(tokens),
+        pa.array([width] * n, type=pa.int32()),
+        pa.array([height] * n, type=pa.int32()),
+    ]
+    return pa.Table.from_arrays(columns, schema=IMAGE_SCHEMA)
+
+
+# --------------------------------------------------------------------------- stats rows
+
+
+def _timestamp(value: Any) -> Any:
+    # Workers report time.time(); pyarrow takes microseconds since the epoch for a UTC column.
+    # Aware datetimes pass through; bools are rejected (they are ints to Python, never times).
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"expected epoch seconds, got {value!r}")
+    return round(value * 1_000_000)
+
+
+def stats_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """One row per engine batch, with exactly the DESIGN stats columns (others are an error)."""
+    expected = set(STATS_COLUMNS)
+    for i, row in enumerate(rows):
+        missing = [c for c in STATS_COLUMNS if c not in row]
+        extra = sorted(k for k in row if k not in expected)
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(missing)}")
+            if extra:
+                parts.append(f"unexpected {', '.join(map(str, extra))}")
+            raise ValueError(f"stats row {i}: {'; '.join(parts)}")
+
+    arrays = []
+    for field in STATS_SCHEMA:
+        values = [row[field.name] for row in rows]
+        try:
+            if field.type == _TIMESTAMP:
+                values = [_timestamp(v) for v in values]
+            arrays.append(pa.array(values, type=field.type))
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as e:
+            raise ValueError(f"stats column {field.name!r} ({field.type}): {e}") from None
+    return pa.Table.from_arrays(arrays, schema=STATS_SCHEMA)
+
+
+# --------------------------------------------------------------------------- Parquet
+
+
+def to_parquet_bytes(table: pa.Table, row_group_size: int = ROW_GROUP_SIZE) -> bytes:
+    """The whole Parquet file in memory (shards are uploaded as one object anyway)."""
+    if row_group_size < 1:
+        raise ValueError(f"row_group_size must be >= 1, got {row_group_size}")
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=row_group_size, compression=COMPRESSION)
+    return sink.getvalue().to_pybytes()

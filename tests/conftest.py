@@ -1,0 +1,41 @@
+"""Shared pytest fixtures. Keep this file to fixture definitions; logic lives in helper modules."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+try:
+    from s3server import S3Server
+except ModuleNotFoundError:  # tests/ imported as a package
+    from tests.s3server import S3Server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real SeaweedFS S3 server on loopback, shared by the whole session."""
+    server = S3Server()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """Point boto3's standard credential chain (and endpoint) at the test server."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture
+def tmp_bucket(s3_server: S3Server) -> str:
+    """A fresh, uniquely named bucket."""
+    s3_server.start()  # no-op unless an earlier test left the server stopped
+    return s3_server.make_bucket(f"t-{uuid.uuid4().hex[:16]}")

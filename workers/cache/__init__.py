@@ -1,0 +1,35 @@
+"""KV cache policies, selectable by name: full, linear (LineAR), streaming, h2o, snapkv."""
+from __future__ import annotations
+
+from workers.cache.base import CacheConfigError, CachePolicy, Layout, parse_ratio
+from workers.cache.full import FullCache
+from workers.cache.h2o import H2OCache
+from workers.cache.linear import LineARCache
+from workers.cache.snapkv import SnapKVCache
+from workers.cache.streaming import StreamingCache
+
+POLICIES: dict[str, type[CachePolicy]] = {
+    "full": FullCache,
+    "linear": LineARCache,
+    "streaming": StreamingCache,
+    "h2o": H2OCache,
+    "snapkv": SnapKVCache,
+}
+
+
+def make_policy(name: str, ratio: float | str | None = None, lines: int | None = None, **options) -> CachePolicy:
+    """Build a policy by name. `full` ignores the budget; the others need a ratio or lines."""
+    if name not in POLICIES:
+        raise CacheConfigError(f"unknown cache policy {name!r}; choose from {', '.join(POLICIES)}")
+    if name == "full":
+        return FullCache()
+    if ratio is not None and lines is not None:
+        raise CacheConfigError("give either --cache-ratio or --cache-lines, not both")
+    if ratio is None and lines is None:
+        ratio = 1 / 6  # the LineAR paper's headline setting for LlamaGen
+    if ratio is not None:
+        ratio = parse_ratio(ratio)
+    return POLICIES[name](ratio=ratio, lines=lines, **options)
+
+
+__all__ = ["CacheConfigError", "CachePolicy", "Layout", "POLICIES", "make_policy", "parse_ratio"]

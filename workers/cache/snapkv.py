@@ -1,0 +1,28 @@
+"""SnapKV at decode time: the last line is the observation window; its mean attention, max-pooled,
+ranks the older tokens; the window itself is kept. Compressed once per line."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from workers.cache.base import LineContext, Layout
+from workers.cache.budget import BudgetedPolicy, pool_1d, protect, visual_attention
+
+
+class SnapKVCache(BudgetedPolicy):
+    name = "snapkv"
+    needs_queries = True
+
+    def __init__(self, ratio: float | None = None, lines: int | None = None, *, kernel: int = 7):
+        super().__init__(ratio, lines)
+        self.kernel = kernel
+
+    def protected_tokens(self, layout: Layout) -> int:
+        return layout.width
+
+    def score(self, ctx: LineContext) -> Tensor:
+        scores = pool_1d(visual_attention(ctx).mean(dim=2), self.kernel)
+        window_start = ctx.line * ctx.layout.width
+        return protect(scores, ctx.positions >= window_start)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "kernel": self.kernel}

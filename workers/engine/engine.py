@@ -1,0 +1,183 @@
+"""The batched decoding engine: prefill the condition, then one token per step for every row.
+
+Items are decoded in waves: every item has exactly N tokens, so items admitted together finish
+together and all rows of a wave share one cache length (no per-row masks, no padding). A caller
+that keeps feeding waves (workers/actor.py) keeps the slots full across shard boundaries.
+With guidance, a wave holds 2n rows: n conditional rows, then their n null-condition partners;
+the token sampled from the guided logits of item i feeds both of its rows.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from workers.cache import CachePolicy, Layout
+from workers.cache.kv import KVCache, cache_bytes_per_row
+from workers.engine.sampling import BatchSampling, SamplingParams, guide, sample
+from workers.models.config import ModelSpec
+from workers.models.gpt import GPT
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One image to generate. Exactly one of class_id (c2i) or caption (t2i) is set."""
+
+    seed: int
+    class_id: int | None = None
+    caption: Tensor | None = None  # [caption_tokens, caption_dim] features, left-padded
+    caption_mask: Tensor | None = None  # [caption_tokens] bool, True = real token
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class WaveStats:
+    batch_size: int
+    rows: int
+    tokens: int
+    decode_s: float
+    compaction_s: float
+    kv_cache_bytes: int
+    peak_memory_bytes: int
+
+
+@dataclass
+class WaveResult:
+    tokens: Tensor  # [n, N] int64 on CPU, raster order
+    stats: WaveStats
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """The allocator's peak on GPU; the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class Engine:
+    def __init__(self, gpt: GPT, vq: torch.nn.Module | None, spec: ModelSpec, policy: CachePolicy,
+                 device: torch.device | str = "cpu", max_batch: int = 8):
+        self.gpt, self.vq, self.spec, self.policy = gpt, vq, spec, policy
+        self.device = torch.device(device)
+        self.dtype = next(gpt.parameters()).dtype
+        self.layout = Layout(prefix=spec.prefix_len, grid=spec.grid)
+        policy.check(self.layout)
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.decode_chunk = 8  # images per VQ decoder call; bounds the decoder's activation memory
+
+    # -- accounting -------------------------------------------------------------------------
+    def cache_bytes_per_sequence(self, guided: bool = True) -> int:
+        """Cache bytes one item needs: a CFG pair counts as two rows."""
+        c = self.gpt.config
+        per_row = cache_bytes_per_row(self.policy, self.layout, c.n_layer, c.n_head, c.head_dim,
+                                      torch.finfo(self.dtype).bits // 8)
+        return per_row * (2 if guided else 1)
+
+    def plan_packing(self, budget_bytes: int | None = None, guided: bool = True):
+        """How many items fit `budget_bytes` (default: a fraction of free device memory)."""
+        from workers.engine.packing import default_budget, plan_packing, weights_bytes
+
+        source = "given"
+        if budget_bytes is None:
+            budget_bytes, source = default_budget(self.device)
+        c = self.gpt.config
+        dtype_bytes = torch.finfo(self.dtype).bits // 8
+        workspace = 0
+        if self.policy.needs_queries:  # the explicit per-line scores of one chunk of rows, fp32
+            length = self.layout.prefix + self.policy.visual_capacity(self.layout)
+            workspace = 3 * 64 * c.n_head * self.layout.width * length * 4
+        if self.vq is not None:  # decoding a chunk of images: ~4 live activations at full resolution
+            ch = self.spec.vq.ch * self.spec.vq.ch_mult[0]
+            workspace += 4 * self.decode_chunk * ch * self.spec.image_size ** 2 * 4
+        weights = weights_bytes(self.gpt) + (weights_bytes(self.vq) if self.vq is not None else 0)
+        return plan_packing(cache_bytes_per_sequence=self.cache_bytes_per_sequence(guided),
+                            rows_per_sequence=2 if guided else 1, weights=weights,
+                            vocab=c.vocab_size, dim=c.dim, ffn=c.ffn_dim, dtype_bytes=dtype_bytes,
+                            budget_bytes=budget_bytes, budget_source=source, workspace_bytes=workspace)
+
+    # -- decoding ---------------------------------------------------------------------------
+    def _prefix(self, requests: list[GenRequest], guided: bool) -> tuple[Tensor, Tensor | None]:
+        n, gpt = len(requests), self.gpt
+        if gpt.config.cond == "c2i":
+            labels = torch.tensor([r.class_id for r in requests], dtype=torch.long, device=self.device)
+            if guided:
+                labels = torch.cat([labels, gpt.null_condition(n, self.device)])
+            return gpt.embed_condition(labels), None
+        caps = torch.stack([r.caption for r in requests]).to(self.device)
+        mask = torch.stack([r.caption_mask for r in requests]).to(self.device, torch.bool)
+        caps = caps * mask[..., None].to(caps.dtype)  # padded rows are zero, as in training
+        if guided:
+            caps = torch.cat([caps, gpt.null_condition(n, self.device).to(caps.dtype)])
+            mask = torch.cat([mask, mask])
+        return gpt.embed_condition(caps), mask
+
+    @torch.inference_mode()
+    def run_wave(self, requests: list[GenRequest], forced: Tensor | None = None,
+                 on_logits: Callable[[int, Tensor], None] | None = None) -> WaveResult:
+        """Decode one wave of <= max_batch items.
+
+        forced [n, N]: teacher forcing (feed these tokens instead of sampling); on_logits(step, guided
+        fp32 logits [n, V]) sees the guided distribution of every step (fidelity metrics use both).
+        """
+        n = len(requests)
+        if not 1 <= n <= self.max_batch:
+            raise ValueError(f"a wave holds 1..{self.max_batch} items, got {n}")
+        t0 = time.perf_counter()
+        N, C, gpt = self.spec.num_tokens, self.layout.prefix, self.gpt
+        guided = any(r.sampling.cfg_scale > 1 for r in requests)
+        rows = 2 * n if guided else n
+        sampling = BatchSampling.build([r.sampling for r in requests], [r.seed for r in requests], N, self.device)
+        x, prefix_mask = self._prefix(requests, guided)
+        c = gpt.config
+        cache = KVCache(self.policy, self.layout, rows, c.n_layer, c.n_head, c.head_dim, self.dtype,
+                        self.device, pairs=n if guided else 0, prefix_mask=prefix_mask)
+        logits = gpt(x, torch.arange(C, device=self.device), self.spec.grid, cache)
+        cache.advance(C)
+        tokens = torch.empty(n, N, dtype=torch.long, device=self.device)
+        for step in range(N):
+            if step > 0:
+                prev = tokens[:, step - 1]
+                inp = torch.cat([prev, prev]) if guided else prev
+                pos = torch.tensor([C + step - 1], device=self.device)
+                logits = gpt(gpt.embed_tokens(inp[:, None]), pos, self.spec.grid, cache)
+                cache.advance(1)
+            g = guide(logits[:, -1], n, sampling.cfg_scale, guided)
+            if on_logits is not None:
+                on_logits(step, g)
+            tokens[:, step] = forced[:, step].to(self.device) if forced is not None else sample(g, sampling, step)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        stats = WaveStats(batch_size=n, rows=rows, tokens=n * N, decode_s=time.perf_counter() - t0,
+                          compaction_s=cache.compaction_s, kv_cache_bytes=cache.nbytes(),
+                          peak_memory_bytes=peak_memory_bytes(self.device))
+        return WaveResult(tokens=tokens.cpu(), stats=stats)
+
+    @torch.inference_mode()
+    def decode_images(self, tokens: Tensor) -> np.ndarray:
+        """Token grids [n, N] -> uint8 images [n, H, W, 3] through the VQ decoder (fp32)."""
+        from workers.models.vq import to_uint8
+
+        if self.vq is None:
+            raise RuntimeError("this engine has no VQ decoder")
+        out = []
+        for i in range(0, tokens.shape[0], self.decode_chunk):
+            t = tokens[i:i + self.decode_chunk].to(self.device)
+            out.append(np.asarray(to_uint8(self.vq.decode_code(t, self.spec.grid).float().cpu())))
+        return np.concatenate(out)
+
+    def generate(self, requests: list[GenRequest]) -> tuple[Tensor, list[WaveStats]]:
+        """All tokens [len(requests), N] in request order, decoded in waves of max_batch."""
+        tokens, stats = [], []
+        for i in range(0, len(requests), self.max_batch):
+            res = self.run_wave(requests[i:i + self.max_batch])
+            tokens.append(res.tokens)
+            stats.append(res.stats)
+        return torch.cat(tokens), stats

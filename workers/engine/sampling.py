@@ -1,0 +1,97 @@
+"""Classifier-free guidance and token sampling, per row, as LlamaGen does it (specs/llamagen.md §2).
+
+Randomness: every item draws its uniforms from its own generator seeded by the item's seed, and a
+token is picked by inverse-CDF sampling of its filtered distribution. An item's tokens therefore do
+not depend on which other items share its batch, or on its row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    cfg_scale: float = 4.0
+    temperature: float = 1.0
+    top_k: int = 2000
+    top_p: float = 1.0
+
+    def validate(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not self.cfg_scale >= 0:
+            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+
+
+@dataclass
+class BatchSampling:
+    """Per-row sampling settings of one wave, as tensors on the decode device."""
+
+    cfg_scale: Tensor  # [n] fp32
+    temperature: Tensor  # [n] fp32
+    top_k: Tensor  # [n] int64, 0 = off
+    top_p: Tensor  # [n] fp32
+    uniforms: Tensor  # [n, num_tokens] fp32 in [0, 1), one per token to sample
+
+    @classmethod
+    def build(cls, params: list[SamplingParams], seeds: list[int], num_tokens: int,
+              device: torch.device) -> "BatchSampling":
+        uniforms = torch.stack([
+            torch.rand(num_tokens, generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64).float()
+            for s in seeds])
+        f32 = dict(dtype=torch.float32, device=device)
+        return cls(
+            cfg_scale=torch.tensor([p.cfg_scale for p in params], **f32),
+            temperature=torch.tensor([max(p.temperature, 1e-5) for p in params], **f32),
+            top_k=torch.tensor([p.top_k for p in params], dtype=torch.long, device=device),
+            top_p=torch.tensor([p.top_p for p in params], **f32),
+            uniforms=uniforms.to(device),
+        )
+
+
+def guide(logits: Tensor, n: int, cfg_scale: Tensor, guided: bool) -> Tensor:
+    """logits [2n or n, V] fp32 -> [n, V]: uncond + s*(cond - uncond); rows with s <= 1 use cond only."""
+    if not guided:
+        return logits[:n]
+    cond, uncond = logits[:n], logits[n:2 * n]
+    s = cfg_scale[:, None]
+    mixed = uncond + s * (cond - uncond)
+    return torch.where(s > 1, mixed, cond)
+
+
+def filter_logits(logits: Tensor, top_k: Tensor, top_p: Tensor) -> Tensor:
+    """Top-k (ties kept) then HF-style top-p, per row. logits [n, V] fp32 (already temperature-scaled)."""
+    vocab = logits.shape[-1]
+    k = torch.where((top_k > 0) & (top_k < vocab), top_k, torch.zeros_like(top_k))
+    if bool((k > 0).any()):
+        kmax = int(k.max())
+        kth = logits.topk(kmax, dim=-1).values.gather(1, (k.clamp(min=1) - 1)[:, None])
+        drop = (logits < kth) & (k > 0)[:, None]
+        logits = logits.masked_fill(drop, float("-inf"))
+    if bool((top_p < 1).any()):
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cum > top_p[:, None]
+        # shift right: keep the first token that crosses the threshold
+        remove[:, 1:] = remove[:, :-1].clone()
+        remove[:, 0] = False
+        remove = torch.zeros_like(remove).scatter(1, order, remove)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def sample(logits: Tensor, sampling: BatchSampling, step: int) -> Tensor:
+    """Guided logits [n, V] -> tokens [n] for token index `step` of every item."""
+    scaled = logits / sampling.temperature[:, None]
+    probs = filter_logits(scaled, sampling.top_k, sampling.top_p).softmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    u = sampling.uniforms[:, step:step + 1] * cdf[:, -1:]
+    # right=True: the first index whose cdf exceeds u, which can never be a zero-probability token
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=logits.shape[-1] - 1).squeeze(1)
