@@ -5,6 +5,7 @@ turns every loading failure into a one-line `UserError`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 from jobs.errors import UserError
@@ -44,6 +45,10 @@ class ModelChoice:
             raise UserError(f"model {self.name} needs --checkpoint (and --vq-checkpoint), or --random-weights")
         if self.checkpoint is not None and self.vq_checkpoint is None and spec.builtin_weights is None:
             raise UserError(f"model {self.name} needs --vq-checkpoint together with --checkpoint")
+        if not self.random_weights:
+            for flag, uri in (("--checkpoint", self.checkpoint), ("--vq-checkpoint", self.vq_checkpoint)):
+                if uri is not None:
+                    _check_readable(flag, uri, self.s3_endpoint_url)
 
     def resolve_device(self) -> str:
         import torch
@@ -83,3 +88,25 @@ class ModelChoice:
         except (StorageError, CheckpointError) as e:
             raise UserError(str(e)) from None
         return spec, gpt, vq, device
+
+
+def _check_readable(flag: str, uri: str, endpoint_url: str | None) -> None:
+    """Fail fast on a checkpoint that is not there (the load itself may happen on another node)."""
+    from pathlib import Path
+
+    from jobs.storage import StorageError, open_storage
+
+    if not uri.startswith("s3://"):
+        p = Path(uri.removeprefix("file://")).expanduser()
+        if not p.is_file():
+            raise UserError(f"{flag} {uri}: no such file")
+        if not os.access(p, os.R_OK):
+            raise UserError(f"{flag} {uri}: not readable")
+        return
+    bucket_and_key = uri[len("s3://"):]
+    bucket, _, key = bucket_and_key.partition("/")
+    try:
+        if not open_storage(f"s3://{bucket}", endpoint_url=endpoint_url).exists(key):
+            raise UserError(f"{flag} {uri}: no such object")
+    except StorageError as e:
+        raise UserError(f"{flag} {uri}: {e}") from None

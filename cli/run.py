@@ -1,0 +1,138 @@
+"""`linegen run` and `linegen validate`: a job on the embedded default, and a manifest check."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from cli import options
+from cli.errors import fail, handle_errors
+from cli.main import app
+
+
+def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[str], checkpoint: Optional[str],
+               vq_checkpoint: Optional[str], random_weights: bool, cache: str, cache_ratio: Optional[str],
+               cache_lines: Optional[int], shard_size: int, workers: Optional[int], batch_size: Optional[int],
+               memory_budget: Optional[str], seed: int, cfg_scale: Optional[float], top_k: Optional[int],
+               top_p: float, temperature: float, device: str, dtype: Optional[str],
+               s3_endpoint_url: Optional[str]):
+    """The JobSpec a `run`/`submit` command line describes (shared so both spell it the same)."""
+    from jobs.cache_choice import CacheChoice
+    from jobs.models import ModelChoice
+    from jobs.plan import Sampling
+    from jobs.spec import JobSpec, check_job_id, new_job_id
+    from workers.models.registry import DEFAULT_MODEL
+
+    choice = ModelChoice(name=model or DEFAULT_MODEL, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint,
+                         random_weights=random_weights, device=device, dtype=dtype, s3_endpoint_url=s3_endpoint_url)
+    spec_model = choice.spec()
+    try:
+        sampling = Sampling(cfg_scale=spec_model.default_cfg_scale if cfg_scale is None else cfg_scale,
+                            temperature=temperature, top_k=spec_model.default_top_k if top_k is None else top_k,
+                            top_p=top_p)
+    except ValueError as e:
+        fail(str(e))
+    if workers is not None and workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    if batch_size is not None and batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {batch_size}")
+    if memory_budget is not None:
+        from workers.engine.packing import PackingError, parse_bytes
+
+        try:
+            parse_bytes(memory_budget)
+        except PackingError as e:
+            fail(str(e))
+    return JobSpec(job_id=check_job_id(job_id) if job_id else new_job_id(), manifest=manifest, out=out,
+                   model=choice, cache=CacheChoice(cache, cache_ratio, cache_lines), sampling=sampling, seed=seed,
+                   shard_size=shard_size, workers=workers, batch_size=batch_size, memory_budget=memory_budget,
+                   s3_endpoint_url=s3_endpoint_url)
+
+
+@app.command("run")
+@handle_errors
+def run_command(
+    manifest: str = typer.Argument(..., help="Prompt manifest (.jsonl, .csv, .parquet): local path or s3:// URI."),
+    out: str = typer.Option("out", "--out", help="Output root: a local folder or s3://bucket/prefix."),
+    job_id: Optional[str] = typer.Option(None, "--job-id", help="Job id (re-run with the same id and --out to resume)."),
+    model: Optional[str] = options.Model,
+    checkpoint: Optional[str] = options.Checkpoint,
+    vq_checkpoint: Optional[str] = options.VQCheckpoint,
+    random_weights: bool = options.RandomWeights,
+    cache: str = options.Cache,
+    cache_ratio: Optional[str] = options.CacheRatio,
+    cache_lines: Optional[int] = options.CacheLines,
+    shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard (the unit of commit and resume)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Model-holding actors (default: one per GPU, or 1 on CPU)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images decoded together (default: as many as fit --memory-budget)."),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Memory for weights + caches per worker, e.g. 20GiB (default: 85% of free memory)."),
+    seed: int = options.Seed,
+    cfg_scale: Optional[float] = options.CfgScale,
+    top_k: Optional[int] = options.TopK,
+    top_p: float = options.TopP,
+    temperature: float = options.Temperature,
+    device: str = options.Device,
+    dtype: Optional[str] = options.DType,
+    s3_endpoint_url: Optional[str] = options.S3Endpoint,
+    as_json: bool = options.Json,
+) -> None:
+    """Run a job on the embedded local Ray: every manifest item once, resumable, to --out."""
+    from jobs.run import run_embedded
+
+    spec = build_spec(manifest, out, job_id, model, checkpoint, vq_checkpoint, random_weights, cache, cache_ratio,
+                      cache_lines, shard_size, workers, batch_size, memory_budget, seed, cfg_scale, top_k, top_p,
+                      temperature, device, dtype, s3_endpoint_url)
+    if as_json:
+        summary = run_embedded(spec)
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    console.print(f"job [bold]{spec.job_id}[/bold] -> {spec.out}/{spec.job_id}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("images", total=None, rate="")
+
+        def show(p):
+            bar.update(task, total=p.images_total, completed=p.images_done,
+                       rate=f"{p.images_per_s:.2f} img/s" if p.images_per_s else "")
+
+        summary = run_embedded(spec, progress=show)
+    from cli.render import summary_table
+
+    Console().print(summary_table(summary))
+
+
+@app.command("validate")
+@handle_errors
+def validate_command(
+    manifest: str = typer.Argument(..., help="Manifest to check (.jsonl, .csv, .parquet; local or s3://)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Also check the rows against this model."),
+    s3_endpoint_url: Optional[str] = options.S3Endpoint,
+    as_json: bool = options.Json,
+) -> None:
+    """Validate a manifest: every bad row with file, line and field; the item count."""
+    from jobs.manifest import Conditioning, ManifestError, read_manifest, total_items
+
+    conditioning = None
+    if model is not None:
+        from jobs.models import ModelChoice
+
+        spec = ModelChoice(name=model, random_weights=True).spec()
+        conditioning = (Conditioning(kind="text") if spec.gpt.cond == "t2i"
+                        else Conditioning(kind="class", num_classes=spec.gpt.num_classes))
+    try:
+        rows = read_manifest(manifest, conditioning, endpoint_url=s3_endpoint_url)
+    except ManifestError as e:
+        if as_json:
+            typer.echo(json.dumps({"valid": False, "issues": [vars(i) for i in e.issues]}, indent=2))
+            raise typer.Exit(1)
+        raise
+    result = {"valid": True, "rows": len(rows), "items": total_items(rows)}
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(f"{manifest}: valid, {result['rows']} rows, {result['items']} images")

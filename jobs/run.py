@@ -1,0 +1,17 @@
+"""`linegen run`: a job on the embedded default (a local Ray started in-process) or, when Ray is
+already initialised, on that cluster; the same driver a submitted job runs."""
+from __future__ import annotations
+
+from typing import Callable
+
+from jobs.driver import Progress, prepare_job, run_job
+from jobs.spec import JobSpec
+
+
+def run_embedded(spec: JobSpec, progress: Callable[[Progress], None] | None = None,
+                 num_cpus: int | None = None) -> dict:
+    prepared = prepare_job(spec)  # every check and the whole manifest before Ray starts
+    from cluster.local import LocalCluster
+
+    with LocalCluster(num_cpus=num_cpus):
+        return run_job(spec, progress=progress, prepared=prepared)
