@@ -38,7 +38,7 @@ def generate_command(
 ) -> None:
     """Generate --count images for each --class-id with one model, into --out."""
     from jobs.cache_choice import CacheChoice
-    from jobs.generate import GenerateOptions, generate_to_folder
+    from jobs.generate import GenerateOptions, check_options, generate_to_folder, load_engine
     from jobs.models import ModelChoice
     from jobs.plan import Sampling
     from workers.models.registry import DEFAULT_MODEL
@@ -53,13 +53,13 @@ def generate_command(
                             top_p=top_p)
     except ValueError as e:
         fail(str(e))
-    choice.check()
-    choice.resolve_device()
     opts = GenerateOptions(model=choice, class_ids=tuple(class_id), count=count, out=out, seed=seed,
                            sampling=sampling, cache=CacheChoice(cache, cache_ratio, cache_lines),
                            batch_size=batch_size)
+    check_options(opts)
+    engine = load_engine(opts)
     if as_json:
-        summary = generate_to_folder(opts)
+        summary = generate_to_folder(opts, engine=engine)
         typer.echo(json.dumps(summary, indent=2))
         return
     from rich.console import Console
@@ -69,6 +69,7 @@ def generate_command(
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("generating", total=len(class_id) * count)
-        summary = generate_to_folder(opts, progress=lambda done, total: bar.update(task, completed=done))
+        summary = generate_to_folder(opts, progress=lambda done, total: bar.update(task, completed=done),
+                                     engine=engine)
     console.print(f"[green]{summary['images']} images[/green] -> {summary['out']} "
                   f"({summary['images_per_s']} images/s, {summary['tokens_per_s']} tokens/s, {summary['device']})")

@@ -17,7 +17,7 @@ def models_command(as_json: bool = options.Json) -> None:
     rows = [{"name": s.name, "default": s.name == DEFAULT_MODEL, "conditioning": s.gpt.cond,
              "layers": s.gpt.n_layer, "heads": s.gpt.n_head, "dim": s.gpt.dim, "image_size": s.image_size,
              "grid": s.grid, "tokens": s.num_tokens, "prefix": s.prefix_len,
-             "weights": "built-in" if s.builtin_weights else "checkpoint", "description": s.description}
+             "weights": "built-in" if s.builtin_weights else ("random" if s.random_by_design else "checkpoint"), "description": s.description}
             for s in MODELS.values()]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

@@ -58,10 +58,29 @@ def plan_items(opts: GenerateOptions) -> list[Item]:
     return expand_items(rows, job_seed=opts.seed, sampling=opts.sampling)
 
 
-def generate_to_folder(opts: GenerateOptions, progress: Callable[[int, int], None] | None = None) -> dict:
+def check_options(opts: GenerateOptions) -> list[Item]:
+    """Every check that needs no weights; returns the planned items."""
     items = plan_items(opts)
     spec = opts.model.spec()
     opts.cache.build(spec.prefix_len, spec.grid)
+    opts.model.check()
+    opts.model.resolve_device()
+    return items
+
+
+def load_engine(opts: GenerateOptions):
+    """The model on its device, wrapped in an engine (errors here are one-line UserErrors)."""
+    from workers.engine import Engine
+
+    spec, gpt, vq, device = opts.model.load()
+    return Engine(gpt, vq, spec, opts.cache.build(spec.prefix_len, spec.grid), device=device,
+                  max_batch=opts.batch_size)
+
+
+def generate_to_folder(opts: GenerateOptions, progress: Callable[[int, int], None] | None = None,
+                       engine=None) -> dict:
+    items = check_options(opts)
+    engine = engine or load_engine(opts)
     try:
         opts.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -70,11 +89,7 @@ def generate_to_folder(opts: GenerateOptions, progress: Callable[[int, int], Non
     import numpy as np
     from PIL import Image
 
-    from workers.engine import Engine
-
-    spec, gpt, vq, device = opts.model.load()
-    engine = Engine(gpt, vq, spec, opts.cache.build(spec.prefix_len, spec.grid), device=device,
-                    max_batch=opts.batch_size)
+    spec, gpt, device = engine.spec, engine.gpt, str(engine.device)
     t0 = time.perf_counter()
     all_tokens, done, decode_s = [], 0, 0.0
     for start in range(0, len(items), opts.batch_size):

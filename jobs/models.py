@@ -37,10 +37,11 @@ class ModelChoice:
 
     def check(self) -> None:
         """Everything that can be checked without loading weights (fast, before any work)."""
-        self.spec()
+        spec = self.spec()
         if self.dtype is not None and self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        spec = self.spec()
+        if spec.random_by_design and self.checkpoint is None:
+            return
         if not self.random_weights and spec.builtin_weights is None and self.checkpoint is None:
             raise UserError(f"model {self.name} needs --checkpoint (and --vq-checkpoint), or --random-weights")
         if self.checkpoint is not None and self.vq_checkpoint is None and spec.builtin_weights is None:
@@ -81,6 +82,8 @@ class ModelChoice:
         gpt_src, vq_src = self.checkpoint, self.vq_checkpoint
         if spec.builtin_weights is not None and gpt_src is None and not self.random_weights:
             gpt_src, vq_src = spec.builtin_weights, spec.builtin_weights
+        if spec.random_by_design and gpt_src is None:
+            gpt_src = vq_src = None
         try:
             gpt_path = None if self.random_weights or gpt_src is None else fetch_to_local(gpt_src, endpoint_url=self.s3_endpoint_url)
             vq_path = None if self.random_weights or vq_src is None else fetch_to_local(vq_src, endpoint_url=self.s3_endpoint_url)

@@ -88,6 +88,8 @@ class ModelSpec:
     description: str = ""
     # Where the weights come from when the user gives no checkpoint (shipped models only).
     builtin_weights: str | None = None
+    # A model that is random by design (test models): runs without checkpoints or --random-weights.
+    random_by_design: bool = False
     default_cfg_scale: float = 4.0
     default_top_k: int = 2000
 

@@ -1,0 +1,245 @@
+"""The user's config file: ``~/.config/linegen/config.toml``.
+
+The path is, first found: the ``path`` argument, ``$LINEGEN_CONFIG``,
+``$XDG_CONFIG_HOME/linegen/config.toml``, ``~/.config/linegen/config.toml``. A missing default
+file is an empty config; a missing file that was named explicitly is an error.
+
+::
+
+    [cluster]
+    address = "http://head.example.com:8265"
+    token_file = "~/.config/linegen/ray_token"   # a path; never the token itself
+
+    [output]
+    out = "s3://bucket/datasets"
+
+    [s3]
+    endpoint_url = "http://127.0.0.1:8333"       # optional, for S3-compatible stores
+
+    [prices]                                     # dollars per device-hour, override built-ins
+    H100 = 3.29
+
+    [models]
+    c2i-xl = { checkpoint = "s3://bucket/c2i_XL_384.pt", vq_checkpoint = "s3://bucket/vq_ds16_c2i.pt" }
+
+Secrets do not belong here: a literal token or AWS key is refused with an error that says where
+to put it instead (a token file, an environment variable, or the AWS credential chain).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.prices import parse_price
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and, when known, the line."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    address: str | None = None
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    out: str | None = None
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    checkpoint: str | None = None
+    vq_checkpoint: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None = None
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    prices: dict[str, float] = field(default_factory=dict)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+
+
+_SECTIONS = {
+    "cluster": {"address", "token_file"},
+    "output": {"out"},
+    "s3": {"endpoint_url", "region", "profile"},
+}
+_TOKEN_KEYS = {"token", "auth_token", "ray_token", "ray_auth_token", "password", "secret"}
+_AWS_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+             "access_key", "secret_key", "access_key_id", "secret_access_key", "session_token"}
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("LINEGEN_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "linegen" / "config.toml"
+
+
+def _line_of(text: str, section: str | None, key: str | None) -> int | None:
+    """Best-effort line number of ``key`` inside ``[section]`` (or of the section header)."""
+    current: str | None = None
+    header = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
+    for i, line in enumerate(text.splitlines(), start=1):
+        m = header.match(line)
+        if m:
+            current = m.group(1).strip().strip('"')
+            if key is None and current == section:
+                return i
+            continue
+        if key is not None and (section is None or current == section or current is None):
+            if re.match(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+                return i
+            if section and re.match(rf"^\s*{re.escape(section)}\s*\.\s*{re.escape(key)}\s*=", line):
+                return i
+    return None
+
+
+class _Reader:
+    def __init__(self, path: Path, text: str):
+        self.path = path
+        self.text = text
+
+    def error(self, msg: str, section: str | None = None, key: str | None = None) -> ConfigError:
+        line = _line_of(self.text, section, key) if (section or key) else None
+        where = f"{self.path}, line {line}" if line else str(self.path)
+        return ConfigError(f"{where}: {msg}")
+
+    def check_secret(self, section: str, key: str) -> None:
+        k = key.lower()
+        if k in _TOKEN_KEYS:
+            raise self.error(
+                f"[{section}] {key}: secrets are not stored in the config file; put the token in "
+                "a file readable only by you and set token_file = \"/path/to/file\" under "
+                "[cluster], or set LINEGEN_RAY_TOKEN in the environment",
+                section, key)
+        if k in _AWS_KEYS:
+            raise self.error(
+                f"[{section}] {key}: AWS credentials are not stored in the config file; use the "
+                "standard AWS credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "a profile in ~/.aws/credentials, or an instance role)",
+                section, key)
+
+    def string(self, section: str, key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(f"[{section}] {key} must be a non-empty string", section, key)
+        return value.strip()
+
+
+def parse_config(text: str, path: str | os.PathLike[str] = "<config>") -> Config:
+    """Parse config text (``path`` is only used in messages and to resolve relative paths)."""
+    p = Path(path)
+    r = _Reader(p, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message ends with "(at line N, column M)".
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+
+    values: dict[str, dict[str, Any]] = {}
+    prices: dict[str, float] = {}
+    models: dict[str, ModelConfig] = {}
+    for section, body in data.items():
+        r.check_secret("top level", section)
+        if section not in (*_SECTIONS, "prices", "models"):
+            raise r.error(
+                f"unknown section [{section}] (known: cluster, output, s3, prices, models)",
+                section if isinstance(body, dict) else None,
+                None if isinstance(body, dict) else section)
+        if not isinstance(body, dict):
+            raise r.error(f"[{section}] must be a table", None, section)
+        if section == "prices":
+            for name, value in body.items():
+                try:
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise ValueError(name)
+                    prices[name] = parse_price(f"{name}={value}")[1]
+                except ValueError:
+                    raise r.error(
+                        f"[prices] {name} = {value!r}: a price must be a number >= 0 of dollars "
+                        "per device-hour, e.g. H100 = 3.29", "prices", name) from None
+            continue
+        if section == "models":
+            for name, spec in body.items():
+                models[name] = _model(r, name, spec)
+            continue
+        known = _SECTIONS[section]
+        values[section] = {}
+        for key, value in body.items():
+            r.check_secret(section, key)
+            if key not in known:
+                raise r.error(
+                    f"unknown key [{section}] {key} (known: {', '.join(sorted(known))})", section, key)
+            values[section][key] = r.string(section, key, value)
+
+    cl = values.get("cluster", {})
+    token_file = None
+    if "token_file" in cl:
+        tf = Path(cl["token_file"]).expanduser()
+        if not tf.is_absolute():
+            tf = (p.parent / tf) if str(p) != "<config>" else tf
+        token_file = tf
+    return Config(
+        path=p if str(p) != "<config>" else None,
+        cluster=ClusterConfig(address=cl.get("address"), token_file=token_file),
+        output=OutputConfig(out=values.get("output", {}).get("out")),
+        s3=S3Config(**values.get("s3", {})),
+        prices=prices,
+        models=models,
+    )
+
+
+def _model(r: _Reader, name: str, spec: Any) -> ModelConfig:
+    if isinstance(spec, str):
+        return ModelConfig(name=name, checkpoint=spec)
+    if not isinstance(spec, dict):
+        raise r.error(
+            f"[models] {name} must be a table, e.g. {name} = {{ checkpoint = \"...\", "
+            "vq_checkpoint = \"...\" }", "models", name)
+    options = dict(spec)
+    for key in list(options):
+        r.check_secret(f"models.{name}", key)
+    ckpt = options.pop("checkpoint", None)
+    vq = options.pop("vq_checkpoint", None)
+    for key, value in (("checkpoint", ckpt), ("vq_checkpoint", vq)):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise r.error(f"[models] {name}.{key} must be a non-empty string", "models", name)
+    return ModelConfig(name=name, checkpoint=ckpt, vq_checkpoint=vq, options=options)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the config file (see the module docstring for where it is looked for)."""
+    explicit = path is not None or bool(os.environ.get("LINEGEN_CONFIG"))
+    p = Path(path).expanduser() if path is not None else default_config_path()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{p}: config file does not exist") from None
+        return Config(path=None)
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: config file is not UTF-8 text") from None
+    return parse_config(text, p)
