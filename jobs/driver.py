@@ -328,22 +328,22 @@ def write_success(job: PreparedJob, wall_s: float, generated: int) -> dict:
     return summary
 
 
-def job_cost(device_seconds: dict[str, float], images: int, overrides: dict | None = None) -> dict:
-    """Device-seconds x price; CPU time has no device price and costs 0 here."""
-    try:
-        from cluster.prices import PriceTable
-    except ImportError:
-        return {"usd": None, "note": "no price table"}
-    table = PriceTable(overrides or {})
-    usd, unknown = 0.0, []
+def job_cost(device_seconds: dict[str, float], images: int, overrides=None) -> dict:
+    """Device-seconds x the price table's $/device-hour (CPU workers are priced per vCPU-hour,
+    one vCPU per worker: a lower bound). Unknown devices are listed, not guessed."""
+    from cluster.prices import PriceTable
+
+    table = PriceTable.builtin().with_overrides(overrides)
+    usd, unknown, used = 0.0, [], {}
     for dev, secs in device_seconds.items():
         price = table.lookup(dev)
         if price is None:
             unknown.append(dev)
             continue
-        usd += secs / 3600 * price
+        usd += secs / 3600 * price.usd_per_hour
+        used[dev] = price.usd_per_hour
     return {"usd": usd, "usd_per_1k_images": usd / images * 1000 if images else None,
-            "unpriced_devices": unknown}
+            "usd_per_hour": used, "unpriced_devices": unknown}
 
 
 def main(argv: list[str] | None = None) -> int:

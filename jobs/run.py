@@ -13,5 +13,9 @@ def run_embedded(spec: JobSpec, progress: Callable[[Progress], None] | None = No
     prepared = prepare_job(spec)  # every check and the whole manifest before Ray starts
     from cluster.local import LocalCluster
 
-    with LocalCluster(num_cpus=num_cpus):
+    import logging
+
+    # A private in-process cluster: no token file to write, no Ray banner on the user's terminal.
+    with LocalCluster(num_cpus=num_cpus, auth_mode="disabled", log_to_driver=False,
+                      init_kwargs={"logging_level": logging.ERROR}):
         return run_job(spec, progress=progress, prepared=prepared)
