@@ -30,6 +30,7 @@ def generate_command(
     cache: str = options.Cache,
     cache_ratio: Optional[str] = options.CacheRatio,
     cache_lines: Optional[int] = options.CacheLines,
+    cache_option: Optional[List[str]] = options.CacheOption,
     batch_size: int = typer.Option(16, "--batch-size", help="Images decoded together (a CFG pair counts once)."),
     device: str = options.Device,
     dtype: Optional[str] = options.DType,
@@ -54,7 +55,7 @@ def generate_command(
     except ValueError as e:
         fail(str(e))
     opts = GenerateOptions(model=choice, class_ids=tuple(class_id), count=count, out=out, seed=seed,
-                           sampling=sampling, cache=CacheChoice(cache, cache_ratio, cache_lines),
+                           sampling=sampling, cache=CacheChoice.from_flags(cache, cache_ratio, cache_lines, cache_option),
                            batch_size=batch_size)
     check_options(opts)
     engine = load_engine(opts)

@@ -14,6 +14,7 @@ DType = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (defaul
 Cache = typer.Option("full", "--cache", help="KV cache policy: full, linear, streaming, h2o, snapkv.")
 CacheRatio = typer.Option(None, "--cache-ratio", help="Visual cache budget as a fraction of the tokens, e.g. 1/6 or 0.25 (default 1/6).")
 CacheLines = typer.Option(None, "--cache-lines", help="Visual cache budget in token lines (instead of --cache-ratio).")
+CacheOption = typer.Option(None, "--cache-option", help="Policy switch KEY=VALUE, repeatable: linear takes anchors, recent_lines, aggregate (sum|mean|max), pool_1d, pool_2d, cfg_shared; streaming sinks; h2o recent_share; snapkv kernel.")
 S3Endpoint = typer.Option(None, "--s3-endpoint-url", envvar="LINEGEN_S3_ENDPOINT_URL", help="Endpoint of an S3-compatible store.")
 Json = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 Seed = typer.Option(0, "--seed", help="Job seed; each image's seed derives from (seed, row, replica).")

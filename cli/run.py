@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -13,7 +13,7 @@ from cli.main import app
 
 def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[str], checkpoint: Optional[str],
                vq_checkpoint: Optional[str], random_weights: bool, cache: str, cache_ratio: Optional[str],
-               cache_lines: Optional[int], shard_size: int, workers: Optional[int], batch_size: Optional[int],
+               cache_lines: Optional[int], cache_option: Optional[List[str]], shard_size: int, workers: Optional[int], batch_size: Optional[int],
                memory_budget: Optional[str], seed: int, cfg_scale: Optional[float], top_k: Optional[int],
                top_p: float, temperature: float, device: str, dtype: Optional[str],
                s3_endpoint_url: Optional[str]):
@@ -45,7 +45,7 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
         except PackingError as e:
             fail(str(e))
     return JobSpec(job_id=check_job_id(job_id) if job_id else new_job_id(), manifest=manifest, out=out,
-                   model=choice, cache=CacheChoice(cache, cache_ratio, cache_lines), sampling=sampling, seed=seed,
+                   model=choice, cache=CacheChoice.from_flags(cache, cache_ratio, cache_lines, cache_option), sampling=sampling, seed=seed,
                    shard_size=shard_size, workers=workers, batch_size=batch_size, memory_budget=memory_budget,
                    s3_endpoint_url=s3_endpoint_url)
 
@@ -63,6 +63,7 @@ def run_command(
     cache: str = options.Cache,
     cache_ratio: Optional[str] = options.CacheRatio,
     cache_lines: Optional[int] = options.CacheLines,
+    cache_option: Optional[List[str]] = options.CacheOption,
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard (the unit of commit and resume)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Model-holding actors (default: one per GPU, or 1 on CPU)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images decoded together (default: as many as fit --memory-budget)."),
@@ -81,7 +82,7 @@ def run_command(
     from jobs.run import run_embedded
 
     spec = build_spec(manifest, out, job_id, model, checkpoint, vq_checkpoint, random_weights, cache, cache_ratio,
-                      cache_lines, shard_size, workers, batch_size, memory_budget, seed, cfg_scale, top_k, top_p,
+                      cache_lines, cache_option, shard_size, workers, batch_size, memory_budget, seed, cfg_scale, top_k, top_p,
                       temperature, device, dtype, s3_endpoint_url)
     if as_json:
         summary = run_embedded(spec)

@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -396,7 +397,10 @@ def _tail(client, addr: ClusterAddress, submission_id: str) -> Iterator[str]:
     try:
         while True:
             try:
-                chunk = loop.run_until_complete(agen.__anext__())
+                with warnings.catch_warnings():
+                    # Ray 2.60's tail passes ssl=None to aiohttp, which warns about it.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    chunk = loop.run_until_complete(agen.__anext__())
             except StopAsyncIteration:
                 return
             except Exception as e:  # noqa: BLE001

@@ -19,6 +19,7 @@ Ray is imported lazily, inside functions.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -237,15 +238,27 @@ class HeadProcess:
         self.stop()
 
 
-def _probe(url: str, timeout: float = 2.0) -> int | None:
+def _probe(url: str, timeout: float = 2.0, headers: Mapping[str, str] | None = None) -> int | None:
     """HTTP status of GET url, or None if nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        req = urllib.request.Request(url, headers=dict(headers or {}))
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status
     except urllib.error.HTTPError as e:
         return e.code
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def _head_node_alive(base: str, headers: Mapping[str, str], timeout: float = 2.0) -> bool:
+    """Whether the State API lists an ALIVE node (the raylet has registered)."""
+    try:
+        req = urllib.request.Request(base + "/api/v0/nodes?limit=10", headers=dict(headers))
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            rows = json.loads(resp.read())["data"]["result"]["result"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+        return False
+    return any(r.get("state") == "ALIVE" for r in rows)
 
 
 def start_head(
@@ -263,7 +276,9 @@ def start_head(
     ready_timeout: float = 120.0,
     die_with_parent: bool = False,
 ) -> HeadProcess:
-    """Start a Ray head (with dashboard and Jobs API) and wait until ``/api/version`` answers.
+    """Start a Ray head (with dashboard and Jobs API) and wait until it is ready: the dashboard
+    answers ``/api/version`` and the head node is ALIVE (checked with ``RAY_AUTH_TOKEN`` from
+    ``env`` when token auth is on; without a known token, only that the dashboard answers).
 
     ``env`` is added to this process's environment for the head (a None value removes a
     variable), e.g. ``{"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": tok}`` or
@@ -320,21 +335,31 @@ def start_head(
         )
     head = HeadProcess(proc=proc, host=host, port_dashboard=port_dashboard, port_gcs=port_gcs,
                        temp_dir=tdir, log_path=log_path, env=child_env, owns_temp_dir=owns)
-    version_url = f"http://{host}:{port_dashboard}/api/version"
+    base = f"http://{host}:{port_dashboard}"
+    # With token auth we can look inside only if we know the token.
+    token = child_env.get("RAY_AUTH_TOKEN", "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     deadline = t0 + ready_timeout
+    dashboard_up = False
     while True:
         if proc.poll() is not None:
             tail = _tail(log_path)
             head.stop()
             raise HeadStartError(f"ray start exited with code {proc.returncode}:\n{tail}")
-        code = _probe(version_url)
-        # 401/403: the dashboard is up with token auth on.
-        if code in (200, 401, 403):
+        if not dashboard_up:
+            code = _probe(base + "/api/version", headers=headers)
+            # 401/403 without a known token: the dashboard is up with token auth on; that is
+            # as far as we can check.
+            if code in (401, 403) and not token:
+                break
+            dashboard_up = code == 200
+        # Then wait for the head node itself (jobs need its raylet).
+        if dashboard_up and _head_node_alive(base, headers):
             break
         if time.monotonic() > deadline:
             tail = _tail(log_path)
             head.stop()
-            raise HeadStartError(f"Ray dashboard at {version_url} not up after {ready_timeout:g} s:\n{tail}")
+            raise HeadStartError(f"Ray head at {base} not ready after {ready_timeout:g} s:\n{tail}")
         time.sleep(0.25)
     head.started_in_s = time.monotonic() - t0
     return head

@@ -147,8 +147,9 @@ def _remote(address: ClusterAddress, timeout: float) -> dict[str, Any]:
         usage_all = report.get("usage") or None
         usage_by_node = report.get("usageByNode") or {}
     except (KeyError, TypeError):
-        if status is not None:
-            warnings.append("/api/cluster_status: no load metrics yet")
+        pass
+    if status is not None and usage_all is None:
+        warnings.append("/api/cluster_status: no resource use reported yet (the head started moments ago?)")
 
     summary = best_effort("/nodes?view=summary")
     hw_by_node: dict[str, dict] = {}

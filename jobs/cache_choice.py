@@ -15,6 +15,17 @@ class CacheChoice:
     lines: int | None = None
     options: dict = field(default_factory=dict)  # policy-specific switches (anchors, recent_lines, ...)
 
+    @classmethod
+    def from_flags(cls, policy: str, ratio: str | None, lines: int | None, options: list[str] | None) -> "CacheChoice":
+        """--cache-option KEY=VALUE strings -> typed options (ints, floats, true/false, text)."""
+        parsed: dict = {}
+        for text in options or []:
+            key, sep, value = text.partition("=")
+            if not sep or not key.strip():
+                raise UserError(f"--cache-option must look like KEY=VALUE (e.g. anchors=8), got {text!r}")
+            parsed[key.strip().replace("-", "_")] = _typed(value.strip())
+        return cls(policy, ratio, lines, parsed)
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -32,8 +43,14 @@ class CacheChoice:
             if grid is not None:
                 policy.check(Layout(prefix=prefix or 0, grid=grid))
             return policy
-        except (CacheConfigError, TypeError) as e:
+        except CacheConfigError as e:
             raise UserError(str(e)) from None
+        except TypeError as e:  # an option the policy does not have
+            import re
+
+            m = re.search(r"keyword argument '(\w+)'", str(e))
+            what = f"has no option {m.group(1)!r}" if m else str(e)
+            raise UserError(f"cache policy {self.policy!r} {what} (see --help for --cache-option)") from None
 
     def effective_ratio(self, prefix: int, grid: int) -> float:
         """Kept visual tokens / all visual tokens on a model's grid (1.0 for the full cache)."""
@@ -41,3 +58,14 @@ class CacheChoice:
 
         layout = Layout(prefix=prefix, grid=grid)
         return min(1.0, self.build().budget(layout) / layout.num_tokens)
+
+
+def _typed(value: str):
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value

@@ -147,7 +147,8 @@ class _Pool:
 
         self.ray = ray
         self.job, self.sink = job, sink
-        self.cls = ray.remote(**resources)(GenerationActor)
+        # a threaded actor: submit() must not wait behind a blocking next_outcome()
+        self.cls = ray.remote(max_concurrency=4, **resources)(GenerationActor)
         self.cpu_threads = cpu_threads
         self.started = 0
         self.actors: dict[str, object] = {}
