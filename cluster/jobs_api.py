@@ -14,7 +14,6 @@ Every function takes a `ClusterAddress` (it connects first) or a client returned
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -392,6 +391,8 @@ def tail_logs(address, submission_id: str) -> Iterator[str]:
 
 
 def _tail(client, addr: ClusterAddress, submission_id: str) -> Iterator[str]:
+    import asyncio
+
     agen = client.tail_job_logs(submission_id)
     loop = asyncio.new_event_loop()
     try:

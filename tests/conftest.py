@@ -39,3 +39,10 @@ def tmp_bucket(s3_server: S3Server) -> str:
     """A fresh, uniquely named bucket."""
     s3_server.start()  # no-op unless an earlier test left the server stopped
     return s3_server.make_bucket(f"t-{uuid.uuid4().hex[:16]}")
+
+
+# Real Ray heads (`ray start --head` on free loopback ports), module-scoped; see tests/ray_fixtures.py.
+try:
+    from ray_fixtures import ray_head, ray_head_token  # noqa: E402,F401
+except ModuleNotFoundError:  # tests/ imported as a package
+    from tests.ray_fixtures import ray_head, ray_head_token  # noqa: E402,F401

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import threading
 import time
@@ -127,6 +128,17 @@ def test_stop_running_job(ray_head) -> None:
     assert jobs_api.stop(client, sid) is True
     state = jobs_api.wait(client, sid, timeout=60, poll=0.25)
     assert state.status == "STOPPED"
+
+
+def test_connect_uses_the_given_address_not_ray_env(ray_head, clean_env: pytest.MonkeyPatch) -> None:
+    # Ray's client would otherwise replace its argument with these (inside a job, RAY_ADDRESS
+    # is the GCS address).
+    clean_env.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    clean_env.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:1")
+    client = jobs_api.connect(ray_head.address())
+    assert isinstance(jobs_api.list_jobs(client), list)
+    assert client.linegen_address.url == ray_head.url
+    assert (client._address, os.environ["RAY_ADDRESS"]) == (ray_head.url, "127.0.0.1:1")
 
 
 def test_unknown_job(ray_head) -> None:

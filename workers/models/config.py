@@ -86,8 +86,9 @@ class ModelSpec:
     image_size: int
     vq: VQConfig = field(default=VQ16)
     description: str = ""
-    # Where the weights come from when the user gives no checkpoint (shipped models only).
-    builtin_weights: str | None = None
+    # Where the weights come from when the user gives no checkpoint (shipped models only):
+    # a (GPT file, VQ file) pair of local paths in the official LlamaGen layout.
+    builtin_weights: tuple[str, str] | None = None
     # A model that is random by design (test models): runs without checkpoints or --random-weights.
     random_by_design: bool = False
     default_cfg_scale: float = 4.0

@@ -1,6 +1,8 @@
 """Registered models by name: which GPT config, image size and VQ tokenizer each one is."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from workers.models.config import ModelSpec, VQ16, VQConfig, gpt_config, GPTConfig
 
 
@@ -21,9 +23,20 @@ def _llamagen(size: str, image: int, cond: str = "c2i", **kw) -> ModelSpec:
 TINY_VQ = VQConfig(codebook_size=256, codebook_embed_dim=8, z_channels=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
 TINY_GPT = GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=256, caption_dim=32, caption_tokens=8)
 
+# The built-in model, trained here on procedural shapes (workers/builtin; weights shipped in the
+# package): 10 classes, 96px images, a downsample-4 VQ, so a 24x24 grid (N = 576) like LlamaGen-384.
+BUILTIN_WEIGHTS = Path(__file__).resolve().parent.parent / "builtin" / "weights"
+SHAPES_VQ = VQConfig(codebook_size=512, codebook_embed_dim=8, z_channels=64, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
+SHAPES_GPT = GPTConfig(dim=192, n_layer=4, n_head=4, vocab_size=512, num_classes=10)
+SHAPES = ModelSpec(name="linegen-shapes-c2i", gpt=SHAPES_GPT, image_size=96, vq=SHAPES_VQ,
+                   description="built-in c2i model trained on procedural shapes (10 classes, 24x24 tokens, 96px)",
+                   builtin_weights=(str(BUILTIN_WEIGHTS / "shapes_gpt.pt"), str(BUILTIN_WEIGHTS / "shapes_vq.pt")),
+                   default_cfg_scale=3.0, default_top_k=0)
+
 MODELS: dict[str, ModelSpec] = {
     s.name: s
     for s in [
+        SHAPES,
         _llamagen("B", 256), _llamagen("B", 384),
         _llamagen("L", 256), _llamagen("L", 384),
         _llamagen("XL", 384), _llamagen("XXL", 384), _llamagen("3B", 384),
@@ -38,7 +51,7 @@ MODELS: dict[str, ModelSpec] = {
     ]
 }
 
-DEFAULT_MODEL = "test-tiny"
+DEFAULT_MODEL = "linegen-shapes-c2i"
 
 
 def get_spec(name: str) -> ModelSpec:

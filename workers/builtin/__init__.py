@@ -1,0 +1,1 @@
+"""The built-in model: a small LlamaGen c2i GPT + VQ trained here on procedural shapes, and its evaluator."""
