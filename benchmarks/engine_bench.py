@@ -30,7 +30,8 @@ class BenchOptions:
     checkpoint: str | None = None
     vq_checkpoint: str | None = None
     policies: tuple[str, ...] = ("full", "linear", "streaming", "h2o", "snapkv")
-    ratio: str = "1/6"
+    ratios: tuple[str, ...] = ("1/6",)
+    max_batch_ratios: tuple[str, ...] | None = None  # ratios that also get the at-max-batch run (None: all)
     batch: int = 1
     memory_budget: str | None = None
     device: str = "cpu"
@@ -62,6 +63,35 @@ def wave_flops(spec: ModelSpec, policy, rows: int) -> float:
         if visual % w == 0 and visual > budget:
             visual = budget
     return total * rows
+
+
+def wave_bytes(spec: ModelSpec, policy, rows: int, weights: int, dtype_bytes: int) -> float:
+    """Bytes a wave must read: all weights once per step, plus every row's cached K and V."""
+    layout = Layout(spec.prefix_len, spec.grid)
+    budget, w, C = policy.budget(layout), layout.width, layout.prefix
+    c = spec.gpt
+    per_entry = 2 * c.n_layer * c.dim * dtype_bytes
+    total, visual = weights + C * per_entry * rows, 0
+    for _ in range(spec.num_tokens - 1):
+        visual += 1
+        total += weights + (C + visual) * per_entry * rows
+        if visual % w == 0 and visual > budget:
+            visual = budget
+    return total
+
+
+def read_bandwidth(device: torch.device, mib: int = 512, repeats: int = 5) -> float:
+    """The machine's plain memory read rate (bytes/s): the roof for small-batch decode."""
+    x = torch.ones(mib * 2**18, device=device, dtype=torch.float32)
+    x.sum()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        x.sum()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return x.numel() * 4 * repeats / (time.perf_counter() - t0)
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -113,17 +143,27 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     guided = opts.cfg_scale > 1
     rows_per_seq = 2 if guided else 1
     peak_rate = matmul_rate(device, dtype)
-    log(f"plain matmul rate: {peak_rate / 1e9:.1f} GFLOP/s ({dtype})")
+    bandwidth = read_bandwidth(device)
+    log(f"plain matmul rate: {peak_rate / 1e9:.1f} GFLOP/s ({dtype}); memory read {bandwidth / 1e9:.1f} GB/s")
+    wbytes = weights_bytes(gpt)
+    dtype_bytes = torch.finfo(dtype).bits // 8
     results = []
     warm = Engine(gpt, None, spec, make_policy("full"), device=device, max_batch=1)
     _timed_wave(warm, 1, opts.cfg_scale, 1)  # first-call costs (allocator, kernels) stay out of the table
-    for name in opts.policies:
-        policy = make_policy(name, ratio=None if name == "full" else opts.ratio)
+    runs = [(name, None) for name in opts.policies if name == "full"]
+    runs += [(name, r) for r in opts.ratios for name in opts.policies if name != "full"]
+    layout = Layout(spec.prefix_len, spec.grid)
+    policies = {run: make_policy(run[0], ratio=run[1]) for run in runs}
+    for p in policies.values():  # every setting checked before the first (long) measurement
+        p.check(layout)
+    for name, ratio_text in runs:
+        policy = policies[(name, ratio_text)]
         engine = Engine(gpt, None, spec, policy, device=device, max_batch=max(opts.batch, 1))
         plan = engine.plan_packing(budget, guided=guided)
         res = _timed_wave(engine, opts.batch, opts.cfg_scale, opts.repeats)
         s = res.stats
         flops = wave_flops(spec, policy, opts.batch * rows_per_seq)
+        nbytes = wave_bytes(spec, policy, opts.batch * rows_per_seq, wbytes, dtype_bytes)
         if device.type == "cuda":
             peak = s.peak_memory_bytes
         else:  # process RSS never goes down, so count what this run holds: weights + cache
@@ -141,8 +181,11 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
             "decode_s": s.decode_s,
             "achieved_flops": flops / s.decode_s,
             "fraction_of_matmul_peak": flops / s.decode_s / peak_rate,
+            "achieved_bytes_per_s": nbytes / s.decode_s,
+            "fraction_of_read_bandwidth": nbytes / s.decode_s / bandwidth,
         }
-        if not opts.skip_max_batch:
+        wants_max = opts.max_batch_ratios is None or name == "full" or ratio_text in opts.max_batch_ratios
+        if not opts.skip_max_batch and wants_max:
             n = plan.max_sequences if opts.max_batch_cap is None else min(plan.max_sequences, opts.max_batch_cap)
             big = Engine(gpt, None, spec, policy, device=device, max_batch=n)
             r = _timed_wave(big, n, opts.cfg_scale, 1)
@@ -150,13 +193,13 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
             row["max_batch_run"] = n
             if device.type == "cuda":
                 row["peak_memory_bytes_at_max_batch"] = r.stats.peak_memory_bytes
-        log(f"{name}: {row['images_per_s']:.3f} images/s at batch {opts.batch}")
+        log(f"{name} {ratio_text or ''}: {row['images_per_s']:.4f} images/s at batch {opts.batch}")
         results.append(row)
     full = next((r for r in results if r["policy"] == "full"), None)
     for r in results:
         r["vs_full"] = {f: (r[f] / full[f] if full and full[f] and r[f] is not None else None) for f in FIELDS}
     machine = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-               "matmul_flops": peak_rate}
+               "matmul_flops": peak_rate, "read_bytes_per_s": bandwidth}
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
     c = spec.gpt

@@ -18,7 +18,8 @@ def bench_command(
     random_weights: bool = typer.Option(True, "--random-weights/--weights", help="Random weights (default) or the given checkpoints."),
     checkpoint: Optional[str] = options.Checkpoint,
     policies: str = typer.Option("full,linear,streaming,h2o,snapkv", "--policies", help="Comma-separated cache policies."),
-    ratio: str = typer.Option("1/6", "--ratio", help="Cache ratio for the compressing policies."),
+    ratio: str = typer.Option("1/6", "--ratio", help="Cache ratio(s) for the compressing policies, comma-separated (e.g. 1/4,1/6,1/8)."),
+    max_batch_ratios: Optional[str] = typer.Option(None, "--max-batch-ratios", help="Only these ratios also get the at-max-batch run (default: all)."),
     batch: int = typer.Option(1, "--batch", help="Images per wave for the equal-batch comparison."),
     memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Memory budget for max_sequences, e.g. 20GiB (default: a fraction of free memory)."),
     max_batch_cap: Optional[int] = typer.Option(None, "--max-batch-cap", help="Run the at-max-batch wave with at most this many images (CPU time bound)."),
@@ -43,7 +44,9 @@ def bench_command(
         fail("--weights needs --checkpoint")
     overrides = {k: v for k, v in (("dim", dim), ("n_layer", layers), ("n_head", heads)) if v is not None}
     opts = BenchOptions(model=model, checkpoint=None if random_weights else checkpoint,
-                        policies=tuple(p.strip() for p in policies.split(",") if p.strip()), ratio=ratio,
+                        policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
+                        ratios=tuple(r.strip() for r in ratio.split(",") if r.strip()),
+                        max_batch_ratios=tuple(r.strip() for r in max_batch_ratios.split(",")) if max_batch_ratios else None,
                         batch=batch, memory_budget=memory_budget, device=device, dtype=dtype, cfg_scale=cfg_scale,
                         max_batch_cap=max_batch_cap, skip_max_batch=skip_max_batch, gpt_overrides=overrides,
                         image_size=image_size, repeats=repeats)

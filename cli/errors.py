@@ -11,11 +11,12 @@ F = TypeVar("F", bound=Callable)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
+    from cluster.jobs_api import ClusterError
     from jobs.errors import UserError
     from jobs.manifest import ManifestError
     from jobs.storage import StorageError
 
-    return (UserError, ManifestError, StorageError)
+    return (UserError, ManifestError, StorageError, ClusterError)
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -23,6 +23,15 @@ TopK = typer.Option(None, "--top-k", help="Top-k filtering (0 = off). Default: t
 TopP = typer.Option(1.0, "--top-p", help="Nucleus filtering, in (0, 1].")
 Temperature = typer.Option(1.0, "--temperature", help="Sampling temperature, > 0.")
 
+# Remote clusters (`submit`, `status`, `list`, `logs`, `cancel`, `resume`, `monitor`, `cost`)
+Cluster = typer.Option(None, "--cluster", help="Ray cluster: its dashboard / Jobs API URL, e.g. http://HEAD:8265 (default: RAY_ADDRESS, or [cluster] address in the config).")
+Token = typer.Option(None, "--token", help="Ray auth token (better: LINEGEN_RAY_TOKEN, RAY_AUTH_TOKEN, --token-file or RAY_AUTH_MODE=token with Ray's token file; a flag shows in the process list).")
+TokenFile = typer.Option(None, "--token-file", help="File holding the Ray auth token (default: [cluster] token_file in the config).")
+Header = typer.Option(None, "--header", help="Extra HTTP header NAME=VALUE sent to the cluster (e.g. for a proxy); repeatable.")
+Config = typer.Option(None, "--config", help="Config file (default: $LINEGEN_CONFIG, else ~/.config/linegen/config.toml).")
+Price = typer.Option(None, "--price", help="Price override DEVICE=DOLLARS_PER_HOUR, e.g. H100=3.29; repeatable (default: config [prices], else built-in).")
+JobOut = typer.Option(None, "--out", help="Output root holding the job: a local folder or s3://bucket/prefix (default: from the job's metadata on the cluster, else [output] out).")
+
 OptStr = Optional[str]
 OptInt = Optional[int]
 OptFloat = Optional[float]

@@ -324,7 +324,7 @@ def write_success(job: PreparedJob, wall_s: float, generated: int) -> dict:
         "wall_s_this_run": wall_s, "images_per_s_this_run": generated / wall_s if wall_s > 0 else None,
         "peak_memory_bytes": peak, "kv_cache_bytes": kv, "finished_at": time.time(),
     }
-    summary["cost"] = job_cost(devices, images)
+    summary["cost"] = job_cost(devices, images, job.spec.prices)  # prices: `submit --price`
     storage.put(layout.success_key(job_id), json.dumps(summary, indent=2).encode())
     return summary
 
@@ -356,17 +356,24 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m jobs.driver OUT JOB_ID", file=sys.stderr)
         return 2
     out, job_id = argv
-    try:
-        spec = load_job(out, job_id, os.environ.get("LINEGEN_S3_ENDPOINT_URL"))
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
+    # linegen submit: _FAILED/_CANCELLED markers and SIGTERM (jobs/outcome.py); --at/--after
+    # waiting before Ray and actors exist, so no GPU is held (jobs/schedule.py).
+    from jobs.outcome import driver_outcome
+    from jobs.schedule import wait_for_start
 
-        def show(p: Progress) -> None:
-            print(json.dumps({"progress": p.__dict__}), flush=True)
+    with driver_outcome(out, job_id, os.environ.get("LINEGEN_S3_ENDPOINT_URL")) as outcome:
+        try:
+            spec = load_job(out, job_id, os.environ.get("LINEGEN_S3_ENDPOINT_URL"))
+            wait_for_start(spec)
+            ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
 
-        summary = run_job(spec, progress=show)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
+            def show(p: Progress) -> None:
+                print(json.dumps({"progress": p.__dict__}), flush=True)
+
+            summary = run_job(spec, progress=show)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return outcome.failed(e)
     print(json.dumps({"summary": summary}), flush=True)
     return 0
 

@@ -8,6 +8,8 @@ Every reader and writer builds keys through these functions, so the layout lives
     <job_id>/stats/<shard_id>.parquet      one row per engine batch
     <job_id>/_commits/<shard_id>.json      written last; presence means the shard is complete
     <job_id>/_SUCCESS                      job summary
+    <job_id>/_FAILED                       why the job's driver failed (JSON; jobs.outcome)
+    <job_id>/_CANCELLED                    why it was cancelled or stopped (JSON; jobs.outcome)
 """
 from __future__ import annotations
 
@@ -55,6 +57,14 @@ def commit_key(job_id: str, shard_id: str) -> str:
 
 def success_key(job_id: str) -> str:
     return f"{_component(job_id, 'job id')}/_SUCCESS"
+
+
+def failed_key(job_id: str) -> str:
+    return f"{_component(job_id, 'job id')}/_FAILED"
+
+
+def cancelled_key(job_id: str) -> str:
+    return f"{_component(job_id, 'job id')}/_CANCELLED"
 
 
 def committed_shards(storage: "Storage", job_id: str) -> set[str]:

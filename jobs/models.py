@@ -80,8 +80,10 @@ class ModelChoice:
         device = self.resolve_device()
         dtype = self.resolve_dtype(device)
         gpt_src, vq_src = self.checkpoint, self.vq_checkpoint
-        if spec.builtin_weights is not None and gpt_src is None and not self.random_weights:
-            gpt_src, vq_src = spec.builtin_weights, spec.builtin_weights
+        if spec.builtin_weights is not None and not self.random_weights:
+            # The shipped (GPT, VQ) pair fills in whichever file the user did not give.
+            gpt_src = gpt_src if gpt_src is not None else spec.builtin_weights[0]
+            vq_src = vq_src if vq_src is not None else spec.builtin_weights[1]
         if spec.random_by_design and gpt_src is None:
             gpt_src = vq_src = None
         try:

@@ -47,6 +47,11 @@ class JobSpec:
     max_attempts: int = 3
     s3_endpoint_url: str | None = None
     created_at: float = field(default_factory=time.time)
+    # Scheduling (`linegen submit --at/--after`); the driver waits for both before starting Ray
+    # work. Defaults keep job.json files written before these fields existed loadable.
+    start_at: float | None = None  # Unix seconds (UTC): do not start before this time
+    after: str | None = None  # another job id (same output root) that must succeed first
+    prices: dict[str, float] | None = None  # $/device-hour overrides for the cost in _SUCCESS
 
     def to_json(self) -> str:
         d = asdict(self)

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="linegen-shapes-c2i", help="registered model whose VQ config to train")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=48, help="train on random token-aligned crops of this size (faster)")
+    p.add_argument("--full-steps", type=int, default=150, help="last steps on whole 96px images")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -61,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
         imgs, _ = shapes.dataset(shapes.TRAIN_SEED + 1000 * args.seed, args.batch, start=index)
         index += args.batch
         x = shapes.to_tensor(imgs)
+        if args.crop and step <= args.steps - args.full_steps:  # token-aligned crop, same for the batch
+            g = torch.Generator().manual_seed(args.seed * 100003 + step)
+            y0, x0 = (4 * torch.randint(0, (shapes.IMAGE_SIZE - args.crop) // 4 + 1, (2,), generator=g)).tolist()
+            x = x[:, :, y0:y0 + args.crop, x0:x0 + args.crop]
         zq, idx, vq_loss, flat = quantize(vq, x)
         rec = vq.decoder(vq.post_quant_conv(zq))
         rec_loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        usage.mul_(0.99).index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+        usage.mul_(0.9).index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
         if step % 50 == 0 and step < 0.8 * args.steps:  # restart dead codes from encoder outputs
             dead = (usage < 1e-3).nonzero().squeeze(1)
             if len(dead):

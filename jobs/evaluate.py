@@ -1,0 +1,247 @@
+"""The quality evaluation of cache policies on the built-in model (`linegen eval` / `linegen grid`).
+
+For every policy and ratio, the same requests (same classes, same seeds) are decoded with the
+Engine in batched waves, and compared with the full cache:
+  * class accuracy: the shipped shapes classifier's accuracy on the generated images;
+  * FD (real): Fréchet distance between generated and real held-out images in the classifier's
+    128-d feature space (lower is better); FD (full): the same against the full cache's samples;
+  * token match: fraction of tokens equal to the full cache's, same seed (sampling diverges after
+    the first difference, so this is a strict measure);
+  * fidelity, teacher-forced on the full cache's own samples: mean KL(full || policy) per step and
+    top-1 agreement of the guided next-token distributions (workers/engine/fidelity.py).
+Nothing here imports torch at module level (jobs/ rule); the work happens in `evaluate()`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from jobs.errors import UserError
+from jobs.models import ModelChoice
+
+DEFAULT_POLICIES = ("full", "linear", "streaming", "h2o", "snapkv")
+DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
+
+
+def default_classifier() -> str:
+    return str(Path(__file__).resolve().parent.parent / "workers" / "builtin" / "weights" / "shapes_classifier.pt")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    model: ModelChoice
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    ratios: tuple[str, ...] = DEFAULT_RATIOS
+    samples: int = 500  # per policy x ratio, classes in turn
+    fidelity_samples: int = 64  # teacher-forced fidelity on the first K of them
+    real_samples: int = 2000  # real held-out images for the FD reference
+    seed: int = 0
+    cfg_scale: float | None = None  # None: the model's default
+    top_k: int | None = None
+    max_batch: int = 64
+    classifier: str = field(default_factory=default_classifier)
+
+
+def _check(opts: EvalOptions, spec) -> None:
+    from workers.cache import POLICIES
+
+    for p in opts.policies:
+        if p not in POLICIES:
+            raise UserError(f"unknown cache policy {p!r}; choose from {', '.join(POLICIES)}")
+    if opts.samples < 2 or opts.max_batch < 1 or opts.fidelity_samples < 0:
+        raise UserError("--samples must be >= 2, --max-batch >= 1 and --fidelity-samples >= 0")
+    if spec.gpt.cond != "c2i":
+        raise UserError(f"model {spec.name} is text-conditional; the evaluation needs a class-conditional model")
+    if not Path(opts.classifier).is_file():
+        raise UserError(f"classifier {opts.classifier}: no such file")
+
+
+def requests_for(opts: EvalOptions, spec, count: int):
+    from workers.engine import GenRequest, SamplingParams
+
+    sp = SamplingParams(cfg_scale=spec.default_cfg_scale if opts.cfg_scale is None else opts.cfg_scale,
+                        top_k=spec.default_top_k if opts.top_k is None else opts.top_k)
+    n_cls = spec.gpt.num_classes
+    return [GenRequest(seed=opts.seed * 1_000_003 + i, class_id=i % n_cls, sampling=sp) for i in range(count)]
+
+
+def _generate(engine, requests, max_batch: int):
+    import torch
+
+    tokens, decode_s = [], 0.0
+    for i in range(0, len(requests), max_batch):
+        res = engine.run_wave(requests[i:i + max_batch])
+        tokens.append(res.tokens)
+        decode_s += res.stats.decode_s
+    return torch.cat(tokens), decode_s
+
+
+def _logprobs(engine, requests, tokens, max_batch: int):
+    """Guided next-token log-probabilities [n, N, V] under teacher forcing on `tokens`."""
+    import torch
+
+    from workers.engine.fidelity import _guided_logprobs
+
+    return torch.cat([_guided_logprobs(engine, requests[i:i + max_batch], tokens[i:i + max_batch])
+                      for i in range(0, len(requests), max_batch)])
+
+
+def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> dict:
+    """-> {"model", "settings", "reference", "rows": [one dict per policy x ratio]}."""
+    import numpy as np
+    import torch
+
+    from workers.builtin import shapes
+    from workers.builtin.classifier import classify, frechet_distance, load_classifier
+    from workers.cache import CacheConfigError, make_policy
+    from workers.engine import Engine
+
+    spec = opts.model.spec()
+    _check(opts, spec)
+    t_start = time.perf_counter()
+    spec, gpt, vq, device = opts.model.load()
+    clf = load_classifier(opts.classifier, spec.gpt.num_classes)
+    n_cls = spec.gpt.num_classes
+
+    # Real reference: held-out images, and a second real set of `samples` images for the FD floor.
+    real, real_labels = shapes.dataset(shapes.HELDOUT_SEED, opts.real_samples)
+    real_pred, real_feats = classify(clf, real)
+    real2, real2_labels = shapes.dataset(shapes.HELDOUT_SEED + 1, opts.samples)
+    _, real2_feats = classify(clf, real2)
+    reference = {"real_accuracy": float((real_pred == real_labels).mean()), "real_images": opts.real_samples,
+                 "fd_real_vs_real": frechet_distance(real2_feats, real_feats)}
+    log(f"classifier accuracy on {opts.real_samples} real held-out images: {reference['real_accuracy']:.4f}; "
+        f"FD floor (real {opts.samples} vs real {opts.real_samples}): {reference['fd_real_vs_real']:.3f}")
+
+    requests = requests_for(opts, spec, opts.samples)
+    labels = np.arange(opts.samples) % n_cls
+    nf = min(opts.fidelity_samples, opts.samples)
+    configs = [("full", None)] + [(p, r) for p in opts.policies if p != "full" for r in opts.ratios]
+    if "full" not in opts.policies:
+        log("(the full cache is always run: it is the reference)")
+    rows, full = [], {}
+    for name, ratio in configs:
+        try:
+            policy = make_policy(name, ratio=ratio)
+            engine = Engine(gpt, vq, spec, policy, device=device, max_batch=opts.max_batch)
+        except CacheConfigError as e:
+            raise UserError(str(e)) from None
+        t0 = time.perf_counter()
+        tokens, decode_s = _generate(engine, requests, opts.max_batch)
+        images = engine.decode_images(tokens)
+        pred, feats = classify(clf, images)
+        row = {"policy": name, "ratio": ratio or "1", "budget_tokens": min(spec.num_tokens, policy.budget(engine.layout)),
+               "class_accuracy": float((pred == labels).mean()), "fd_real": frechet_distance(feats, real_feats)}
+        if name == "full":
+            full = {"tokens": tokens, "feats": feats}
+            row.update(fd_full=0.0, token_match=1.0, kl_mean=0.0, top1_agreement=1.0)
+            if nf:
+                full["logprobs"] = _logprobs(engine, requests[:nf], tokens[:nf], opts.max_batch)
+        else:
+            row["fd_full"] = frechet_distance(feats, full["feats"])
+            row["token_match"] = float((tokens == full["tokens"]).float().mean())
+            if nf:
+                got = _logprobs(engine, requests[:nf], full["tokens"][:nf], opts.max_batch)
+                ref = full["logprobs"]
+                row["kl_mean"] = float((ref.exp() * (ref - got)).sum(-1).mean())
+                row["top1_agreement"] = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
+                del got
+        row["decode_s"] = round(decode_s, 2)
+        row["wall_s"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+        log(f"{name:9s} {row['ratio']:>4s}: acc {row['class_accuracy']:.3f} FD(real) {row['fd_real']:.3f} "
+            f"FD(full) {row['fd_full']:.3f} match {row['token_match']:.3f} KL {row.get('kl_mean', float('nan')):.4f} "
+            f"top1 {row.get('top1_agreement', float('nan')):.3f} ({row['wall_s']:.0f}s)")
+    del torch
+    return {
+        "model": spec.name, "device": str(device),
+        "settings": {"samples": opts.samples, "fidelity_samples": nf, "seed": opts.seed,
+                     "cfg_scale": requests[0].sampling.cfg_scale, "top_k": requests[0].sampling.top_k,
+                     "max_batch": opts.max_batch, "grid": spec.grid, "tokens": spec.num_tokens},
+        "reference": reference, "rows": rows, "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+
+
+def render_table(report: dict) -> str:
+    """Markdown table (terminal and benchmarks/RESULTS.md)."""
+    s, ref = report["settings"], report["reference"]
+    head = (f"model {report['model']} ({s['grid']}x{s['grid']} tokens), {s['samples']} samples per row "
+            f"(classes in turn, same seeds for every policy), cfg {s['cfg_scale']}, top-k {s['top_k']}; "
+            f"fidelity teacher-forced on {s['fidelity_samples']} full-cache samples; "
+            f"classifier accuracy on {ref['real_images']} real held-out images {ref['real_accuracy']:.2%}; "
+            f"FD floor (real vs real) {ref['fd_real_vs_real']:.3f}; {report['device']}, {report['wall_s']:.0f} s in all")
+    cols = ["policy", "ratio", "budget (tokens)", "class acc", "FD real", "FD full", "token match", "KL (nats)",
+            "top-1 agree", "wall s"]
+    lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in report["rows"]:
+        lines.append("| " + " | ".join([
+            r["policy"], r["ratio"], str(r["budget_tokens"]), f"{r['class_accuracy']:.1%}", f"{r['fd_real']:.3f}",
+            f"{r['fd_full']:.3f}", f"{r['token_match']:.3f}", f"{r.get('kl_mean', float('nan')):.4f}",
+            f"{r.get('top1_agreement', float('nan')):.3f}", f"{r['wall_s']:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    model: ModelChoice
+    out: Path
+    policies: tuple[str, ...] = ("full", "linear")
+    ratio: str = "1/6"
+    per_class: int = 4
+    seed: int = 0
+    cfg_scale: float | None = None
+    top_k: int | None = None
+    max_batch: int = 64
+
+
+def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) -> dict:
+    """A PNG: one block per policy (rows = classes, columns = samples, same seeds), side by side."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from workers.cache import CacheConfigError, make_policy
+    from workers.engine import Engine
+
+    spec = opts.model.spec()
+    if spec.gpt.cond != "c2i":
+        raise UserError(f"model {spec.name} is text-conditional; `grid` needs a class-conditional model")
+    if opts.per_class < 1:
+        raise UserError("--per-class must be >= 1")
+    spec, gpt, vq, device = opts.model.load()
+    n_cls, k, size = spec.gpt.num_classes, opts.per_class, spec.image_size
+    ev = EvalOptions(model=opts.model, seed=opts.seed, cfg_scale=opts.cfg_scale, top_k=opts.top_k)
+    requests = requests_for(ev, spec, n_cls * k)  # request i: class i % n_cls
+    blocks, labels = [], []
+    for name in opts.policies:
+        try:
+            policy = make_policy(name, ratio=None if name == "full" else opts.ratio)
+            engine = Engine(gpt, vq, spec, policy, device=device, max_batch=opts.max_batch)
+        except CacheConfigError as e:
+            raise UserError(str(e)) from None
+        t0 = time.perf_counter()
+        tokens, _ = _generate(engine, requests, opts.max_batch)
+        images = engine.decode_images(tokens)
+        gap, block = 2, np.full((n_cls * (size + 2), k * (size + 2), 3), 255, dtype=np.uint8)
+        for i, img in enumerate(images):
+            c, j = i % n_cls, i // n_cls
+            block[c * (size + gap):c * (size + gap) + size, j * (size + gap):j * (size + gap) + size] = img
+        blocks.append(block)
+        labels.append(name if name == "full" else f"{name} {opts.ratio}")
+        log(f"{labels[-1]}: {len(images)} images in {time.perf_counter() - t0:.0f}s")
+    header, sep = 18, 16
+    width = sum(b.shape[1] for b in blocks) + sep * (len(blocks) - 1)
+    canvas = Image.new("RGB", (width, blocks[0].shape[0] + header), "white")
+    draw, x = ImageDraw.Draw(canvas), 0
+    for block, label in zip(blocks, labels):
+        canvas.paste(Image.fromarray(block), (x, header))
+        draw.text((x + 2, 3), label, fill="black")
+        x += block.shape[1] + sep
+    try:
+        opts.out.parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(opts.out)
+    except OSError as e:
+        raise UserError(f"cannot write {opts.out}: {e.strerror}") from None
+    return {"out": str(opts.out), "model": spec.name, "policies": list(opts.policies), "ratio": opts.ratio,
+            "per_class": k, "classes": n_cls, "width": canvas.width, "height": canvas.height}

@@ -1,0 +1,125 @@
+"""The built-in model: procedural dataset, shipped weights, evaluator metrics and the eval/grid commands."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from workers.builtin import shapes
+from workers.builtin.classifier import classify, frechet_distance, load_classifier
+from workers.models.registry import DEFAULT_MODEL, get_spec
+
+SPEC = get_spec("linegen-shapes-c2i")
+CLASSIFIER = str(__import__("jobs.evaluate", fromlist=["x"]).default_classifier())
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_dataset_is_deterministic_and_balanced():
+    a, la = shapes.dataset(5, 30)
+    b, lb = shapes.dataset(5, 30)
+    assert a.shape == (30, 96, 96, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and np.array_equal(la, lb)
+    assert np.array_equal(la, np.arange(30) % shapes.NUM_CLASSES)  # classes in turn
+    c, _ = shapes.dataset(6, 30)
+    assert not np.array_equal(a, c)  # another seed, other images
+    # image i does not depend on how many images are rendered with it
+    tail, _ = shapes.dataset(5, 10, start=20)
+    assert np.array_equal(tail, a[20:])
+    assert shapes.NUM_CLASSES >= 10 and len(set(shapes.CLASS_NAMES)) == shapes.NUM_CLASSES
+
+
+def test_objects_repeat_with_the_same_colour():
+    """Long-range consistency: the two circles of class 0 (top-left, bottom-right) share a colour."""
+    for seed in range(5):
+        img = shapes.render(0, seed).astype(int)
+        assert np.array_equal(img[24, 24], img[72, 72])  # both centres (jitter is at most 4 px)
+
+
+def test_builtin_model_is_the_default_with_shipped_weights():
+    assert DEFAULT_MODEL == "linegen-shapes-c2i"
+    assert SPEC.grid == 24 and SPEC.num_tokens == 576 and SPEC.gpt.vocab_size == SPEC.vq.codebook_size
+    total = 0
+    for path in SPEC.builtin_weights + (CLASSIFIER,):
+        total += __import__("os").path.getsize(path)
+    assert total <= 20 * 2**20
+
+
+def test_shipped_weights_load_and_generate():
+    from jobs.models import ModelChoice
+    from workers.cache import make_policy
+    from workers.engine import Engine, GenRequest, SamplingParams
+
+    spec, gpt, vq, device = ModelChoice(name=DEFAULT_MODEL, device="cpu").load()
+    engine = Engine(gpt, vq, spec, make_policy("linear", ratio="1/6"), device=device, max_batch=2)
+    sp = SamplingParams(cfg_scale=spec.default_cfg_scale, top_k=spec.default_top_k)
+    res = engine.run_wave([GenRequest(seed=1, class_id=5, sampling=sp), GenRequest(seed=2, class_id=6, sampling=sp)])
+    assert res.tokens.shape == (2, 576) and int(res.tokens.max()) < spec.gpt.vocab_size
+    images = engine.decode_images(res.tokens)
+    assert images.shape == (2, 96, 96, 3) and images.dtype == np.uint8
+    assert images.std() > 10  # structured images, not a flat colour
+
+
+def test_classifier_on_real_heldout_images():
+    clf = load_classifier(CLASSIFIER)
+    imgs, labels = shapes.dataset(shapes.HELDOUT_SEED, 100, start=5000)
+    pred, feats = classify(clf, imgs)
+    assert (pred == labels).mean() >= 0.98
+    assert feats.shape == (100, 128)
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 8))
+    assert abs(frechet_distance(a, a)) < 1e-6
+    shifted = frechet_distance(a, a + 3.0)  # same covariance: squared mean shift, 8 * 9
+    assert shifted == pytest.approx(72.0, rel=1e-6)
+    b = rng.normal(size=(400, 8)) * 2.0  # covariance 4I vs I: tr(I + 4I - 2*2I) = 8 per... ~8
+    assert frechet_distance(a, b) == pytest.approx(8.0, rel=0.3)
+
+
+def test_eval_command_metrics_on_a_small_sample():
+    from cli.main import app
+
+    r = CliRunner().invoke(app, ["eval", "--policies", "full,streaming", "--ratios", "1/8", "--samples", "2",
+                                 "--fidelity-samples", "1", "--real-samples", "20", "--max-batch", "2",
+                                 "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["reference"]["real_accuracy"] >= 0.9
+    rows = {(x["policy"], x["ratio"]): x for x in report["rows"]}
+    assert set(rows) == {("full", "1"), ("streaming", "1/8")}
+    full, st = rows["full", "1"], rows["streaming", "1/8"]
+    assert full["kl_mean"] == 0 and full["token_match"] == 1 and full["fd_full"] == 0
+    assert st["budget_tokens"] == 72
+    for key in ("class_accuracy", "token_match", "top1_agreement"):
+        assert 0 <= st[key] <= 1
+    assert st["kl_mean"] >= 0 and np.isfinite(st["fd_real"]) and np.isfinite(st["fd_full"])
+
+
+def test_grid_command_writes_a_png(tmp_path):
+    from PIL import Image
+
+    from cli.main import app
+
+    out = tmp_path / "g.png"
+    r = CliRunner().invoke(app, ["grid", "--policies", "full", "--per-class", "1", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    img = Image.open(out)
+    assert img.size == (98, 10 * 98 + 18)
+
+
+def test_eval_rejects_unknown_policy():
+    from cli.main import app
+
+    r = CliRunner().invoke(app, ["eval", "--policies", "full,nope", "--samples", "4"])
+    assert r.exit_code != 0 and "unknown cache policy 'nope'" in r.output

@@ -1,0 +1,162 @@
+"""Train the built-in class-conditional GPT (LlamaGen architecture) on VQ codes of shapes images.
+
+    python -m workers.builtin.train_gpt --vq workers/builtin/weights/shapes_vq.pt \
+        --out workers/builtin/weights/shapes_gpt.pt
+
+Steps: render `--images` training images (shapes.TRAIN_SEED), encode them once with the trained VQ
+(24x24 = 576 codes each), then train next-token prediction with the class token as prefix, exactly
+the sequence the engine decodes (prefix at position 0, visual token j predicted at position j).
+The class is dropped to the null class with probability 0.1 so that classifier-free guidance works.
+The file holds `{"model": state_dict}` (the official layout). `--init` continues from a checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workers.builtin import shapes
+
+
+@torch.inference_mode()
+def encode_dataset(vq, count: int, seed: int, batch: int = 50, log=print) -> tuple[np.ndarray, np.ndarray]:
+    """Render and VQ-encode `count` images -> (codes int16 [count, N], labels int64 [count])."""
+    codes, labels = [], []
+    t0 = time.time()
+    for start in range(0, count, batch):
+        imgs, lab = shapes.dataset(seed, min(batch, count - start), start=start)
+        codes.append(vq.encode(shapes.to_tensor(imgs)).numpy().astype(np.int16))
+        labels.append(lab)
+        if (start // batch) % 20 == 0:
+            log(f"encoded {start + len(lab)}/{count} images {time.time() - t0:.0f}s")
+    return np.concatenate(codes), np.concatenate(labels)
+
+
+def train_loss(gpt, codes: torch.Tensor, labels: torch.Tensor, grid: int) -> torch.Tensor:
+    """Teacher-forced next-token cross-entropy over all N tokens of each sequence."""
+    n = codes.shape[1]
+    x = torch.cat([gpt.embed_condition(labels), gpt.embed_tokens(codes[:, :-1])], dim=1)
+    logits = gpt(x, torch.arange(n), grid, last_only=False)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+
+
+@torch.inference_mode()
+def sample_check(gpt, vq, spec, classifier_path: str | None, per_class: int = 2, log=print) -> float | None:
+    """Generate a few images per class with the full cache and report the classifier's accuracy."""
+    from workers.cache import make_policy
+    from workers.engine import Engine, GenRequest, SamplingParams
+
+    if classifier_path is None or not Path(classifier_path).is_file():
+        return None
+    from workers.builtin.classifier import classify, load_classifier
+
+    n_cls = spec.gpt.num_classes
+    engine = Engine(gpt.eval(), vq, spec, make_policy("full"), max_batch=n_cls * per_class)
+    reqs = [GenRequest(seed=10_000 + i, class_id=i % n_cls,
+                       sampling=SamplingParams(cfg_scale=spec.default_cfg_scale, top_k=spec.default_top_k))
+            for i in range(n_cls * per_class)]
+    tokens = engine.run_wave(reqs).tokens
+    images = engine.decode_images(tokens)
+    pred, _ = classify(load_classifier(classifier_path, n_cls), images)
+    acc = float((pred == np.arange(len(reqs)) % n_cls).mean())
+    log(f"sample check: class accuracy {acc:.2f} on {len(reqs)} full-cache samples")
+    gpt.train()
+    return acc
+
+
+def main(argv: list[str] | None = None) -> None:
+    from workers.models.checkpoint import load_vq, read_checkpoint
+    from workers.models.gpt import GPT
+    from workers.models.registry import get_spec
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--vq", default="workers/builtin/weights/shapes_vq.pt")
+    p.add_argument("--out", default="workers/builtin/weights/shapes_gpt.pt")
+    p.add_argument("--model", default="linegen-shapes-c2i")
+    p.add_argument("--images", type=int, default=4000, help="training images (rendered and encoded once)")
+    p.add_argument("--codes-cache", default=None, help="a .npz to keep the encoded codes in between runs")
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--class-dropout", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AVX512-BF16)")
+    p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    p.add_argument("--init", default=None, help="continue from this GPT checkpoint")
+    p.add_argument("--classifier", default="workers/builtin/weights/shapes_classifier.pt",
+                   help="for the end-of-training sample check (skipped if missing)")
+    p.add_argument("--check-every", type=int, default=0, help="sample check every K steps (0: only at the end)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    spec = get_spec(args.model)
+    vq = load_vq(spec.vq, args.vq, with_encoder=True)
+
+    if args.codes_cache and Path(args.codes_cache).is_file():
+        z = np.load(args.codes_cache)
+        codes_np, labels_np = z["codes"], z["labels"]
+        print(f"loaded {len(codes_np)} encoded images from {args.codes_cache}", flush=True)
+    else:
+        codes_np, labels_np = encode_dataset(vq, args.images, shapes.TRAIN_SEED + 1000 * args.seed,
+                                             log=lambda m: print(m, flush=True))
+        if args.codes_cache:
+            np.savez(args.codes_cache, codes=codes_np, labels=labels_np)
+    codes = torch.from_numpy(codes_np.astype(np.int64))
+    labels = torch.from_numpy(labels_np)
+    used = len(np.unique(codes_np))
+    print(f"{len(codes)} sequences of {codes.shape[1]} tokens; {used}/{spec.gpt.vocab_size} codes used", flush=True)
+
+    gpt = GPT(spec.gpt)
+    if args.init:
+        gpt.load_state_dict(read_checkpoint(args.init))
+    else:  # LlamaGen's init
+        for m in gpt.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+                torch.nn.init.normal_(m.weight, std=0.02)
+    gpt.train()
+    decay = [p_ for n, p_ in gpt.named_parameters() if p_.dim() >= 2]
+    no_decay = [p_ for n, p_ in gpt.named_parameters() if p_.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    g = torch.Generator().manual_seed(args.seed)
+    null = spec.gpt.null_class
+    t0, ema = time.time(), None
+    step = 0
+    for step in range(1, args.steps + 1):
+        lr = args.lr * min(1.0, step / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(codes), (args.batch,), generator=g)
+        lab = labels[idx].clone()
+        lab[torch.rand(args.batch, generator=g) < args.class_dropout] = null
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = train_loss(gpt, codes[idx], lab, spec.grid)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
+        opt.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if step % 25 == 0 or step == 1:
+            print(f"step {step}/{args.steps} loss {loss.item():.4f} (avg {ema:.4f}) lr {lr:.2e} "
+                  f"{time.time() - t0:.0f}s", flush=True)
+        if args.check_every and step % args.check_every == 0:
+            torch.save({"model": gpt.state_dict()}, args.out)
+            sample_check(gpt, vq, spec, args.classifier, per_class=1, log=lambda m: print(m, flush=True))
+        if args.minutes is not None and time.time() - t0 > 60 * args.minutes:
+            print(f"time limit reached at step {step}", flush=True)
+            break
+    gpt.eval()
+    torch.save({"model": gpt.state_dict()}, args.out)
+    print(f"saved {args.out} after {time.time() - t0:.0f}s ({step} steps)", flush=True)
+    sample_check(gpt, vq, spec, args.classifier, log=lambda m: print(m, flush=True))
+
+
+if __name__ == "__main__":
+    main()
