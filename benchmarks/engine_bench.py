@@ -138,6 +138,12 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     device = torch.device(opts.device)
     dtype = getattr(torch, opts.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     spec = build_spec(opts)
+    runs = [(name, None) for name in opts.policies if name == "full"]
+    runs += [(name, r) for r in opts.ratios for name in opts.policies if name != "full"]
+    layout = Layout(spec.prefix_len, spec.grid)
+    policies = {run: make_policy(run[0], ratio=run[1]) for run in runs}
+    for p in policies.values():  # every setting checked before the first (long) measurement
+        p.check(layout)
     gpt, _vq = load_model(spec, opts.checkpoint, opts.vq_checkpoint, device=device, dtype=dtype)
     budget = parse_bytes(opts.memory_budget) if opts.memory_budget else None
     guided = opts.cfg_scale > 1
@@ -150,12 +156,6 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     results = []
     warm = Engine(gpt, None, spec, make_policy("full"), device=device, max_batch=1)
     _timed_wave(warm, 1, opts.cfg_scale, 1)  # first-call costs (allocator, kernels) stay out of the table
-    runs = [(name, None) for name in opts.policies if name == "full"]
-    runs += [(name, r) for r in opts.ratios for name in opts.policies if name != "full"]
-    layout = Layout(spec.prefix_len, spec.grid)
-    policies = {run: make_policy(run[0], ratio=run[1]) for run in runs}
-    for p in policies.values():  # every setting checked before the first (long) measurement
-        p.check(layout)
     for name, ratio_text in runs:
         policy = policies[(name, ratio_text)]
         engine = Engine(gpt, None, spec, policy, device=device, max_batch=max(opts.batch, 1))
