@@ -44,10 +44,12 @@ def state_text(state: str):
     return Text(state, style=STATE_STYLE.get(state, ""))
 
 
-def counts(doc: dict) -> str:
+def counts(doc: dict, short: bool = False) -> str:
     sh, im = doc.get("shards") or {}, doc.get("images") or {}
     if sh.get("total") is None and im.get("total") is None:
         return "n/a"
+    if short:
+        return f"{im.get('done', 0)}/{im.get('total', '?')} img, {sh.get('done', 0)}/{sh.get('total', '?')} sh"
     return f"{sh.get('done', 0)}/{sh.get('total', '?')} shards, {im.get('done', 0)}/{im.get('total', '?')} images"
 
 
@@ -132,7 +134,7 @@ def jobs_table(docs: list[dict], title: str | None = None):
         attempts = d.get("attempts") or []
         if len(attempts) > 1:
             note = (note + "; " if note else "") + f"{len(attempts)} attempts"
-        t.add_row(d["job_id"], state_text(d["state"]), bar(d, 16), counts(d), rate(d.get("images_per_s")),
+        t.add_row(d["job_id"], state_text(d["state"]), bar(d, 10), counts(d, short=True), rate(d.get("images_per_s")),
                   duration(d.get("eta_s")) if d.get("eta_s") is not None else "", money((d.get("cost") or {}).get("usd")),
                   note)
     return t

@@ -79,13 +79,15 @@ def run_command(
     as_json: bool = options.Json,
 ) -> None:
     """Run a job on the embedded local Ray: every manifest item once, resumable, to --out."""
+    from jobs.driver import prepare_job
     from jobs.run import run_embedded
 
     spec = build_spec(manifest, out, job_id, model, checkpoint, vq_checkpoint, random_weights, cache, cache_ratio,
                       cache_lines, cache_option, shard_size, workers, batch_size, memory_budget, seed, cfg_scale, top_k, top_p,
                       temperature, device, dtype, s3_endpoint_url)
+    prepared = prepare_job(spec)  # the whole manifest and every setting, before anything is shown
     if as_json:
-        summary = run_embedded(spec)
+        summary = run_embedded(spec, prepared=prepared)
         typer.echo(json.dumps(summary, indent=2))
         return
     from rich.console import Console
@@ -101,7 +103,7 @@ def run_command(
             bar.update(task, total=p.images_total, completed=p.images_done,
                        rate=f"{p.images_per_s:.2f} img/s" if p.images_per_s else "")
 
-        summary = run_embedded(spec, progress=show)
+        summary = run_embedded(spec, progress=show, prepared=prepared)
     from cli.render import summary_table
 
     Console().print(summary_table(summary))

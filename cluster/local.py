@@ -83,9 +83,17 @@ class LocalCluster:
         self._saved_auth_mode: str | None = None
 
     def start(self) -> LocalCluster:
+        # RAY_AUTH_MODE is read when ray is imported: set it first, or the driver and the
+        # cluster it starts disagree about auth and actor creation is cancelled.
+        # Ray reads RAY_AUTH_MODE once, early: set it before the first `import ray`, or this
+        # process and the cluster it starts disagree about auth and actor creation is cancelled.
+        if self.auth_mode is not None:
+            self._saved_auth_mode = os.environ.get("RAY_AUTH_MODE")
+            os.environ["RAY_AUTH_MODE"] = self.auth_mode
         import ray
 
         if ray.is_initialized():
+            self._restore_env()
             self.started = False
             return self
         kwargs: dict[str, Any] = {
@@ -103,9 +111,6 @@ class LocalCluster:
             Path(self.temp_dir).mkdir(parents=True, exist_ok=True)
             kwargs["_temp_dir"] = self.temp_dir
         kwargs.update(self.init_kwargs)
-        if self.auth_mode is not None:
-            self._saved_auth_mode = os.environ.get("RAY_AUTH_MODE")
-            os.environ["RAY_AUTH_MODE"] = self.auth_mode
         try:
             ray.init(**kwargs)
         except Exception:

@@ -93,12 +93,20 @@ def prepare_job(spec: JobSpec) -> PreparedJob:
                         "(manifest, model, cache, sampling, seed or shard size); use another --job-id")
     ext = _manifest_ext(spec.manifest)
     copy_key = layout.manifest_key(spec.job_id, ext)
-    try:
-        data, name = storage.get(copy_key), spec.manifest
-    except StorageNotFound:
-        from jobs.storage import read_uri
-
-        data, name = read_uri(spec.manifest, endpoint_url=spec.s3_endpoint_url), spec.manifest
+    data, read_error = _read_manifest_bytes(spec)
+    if existing is not None:
+        try:
+            copy = storage.get(copy_key)
+        except StorageNotFound:
+            copy = None
+        if data is None:  # the user's file is gone (or unreachable here): the job's own copy counts
+            data = copy
+        elif copy is not None and copy != data:
+            raise UserError(f"job {spec.job_id}: {spec.manifest} changed since the job started; "
+                            "resume with the original manifest or use another --job-id")
+    if data is None:
+        raise read_error
+    name = spec.manifest
     rows = parse_manifest(data, name, _conditioning(spec))
     items = expand_items(rows, job_seed=spec.seed, sampling=spec.sampling)
     shards = plan_shards(items, spec.shard_size)
@@ -115,6 +123,16 @@ def prepare_job(spec: JobSpec) -> PreparedJob:
             raise UserError(f"job {spec.job_id}: the plan changed since the job started "
                             f"({recorded['items']} items then, {len(items)} now); use another --job-id")
     return PreparedJob(spec=spec, storage=storage, shards=shards, fingerprint=fingerprint)
+
+
+def _read_manifest_bytes(spec: JobSpec) -> tuple[bytes | None, Exception | None]:
+    """The manifest as the user points to it now, or (None, why) if it cannot be read from here."""
+    from jobs.storage import StorageError, read_uri
+
+    try:
+        return read_uri(spec.manifest, endpoint_url=spec.s3_endpoint_url), None
+    except StorageError as e:
+        return None, e
 
 
 def plan_key(job_id: str) -> str:
@@ -233,6 +251,7 @@ def run_job(spec: JobSpec, progress: Callable[[Progress], None] | None = None,
         pool = _Pool(job, sink, count, resources, threads)
         ray = pool.ray
         restarts_left = count * spec.max_attempts
+        last_death = ""
 
         def requeue(shard: Shard, attempt: int, why: str) -> None:
             if attempt >= spec.max_attempts:
@@ -244,7 +263,10 @@ def run_job(spec: JobSpec, progress: Callable[[Progress], None] | None = None,
             for name in list(pool.actors):  # top up every actor's queue
                 while todo and len(pool.in_flight[name]) < PREFETCH:
                     pool.submit(name, *todo.popleft())
-            if not pool.waiting:
+            if not pool.waiting:  # every worker is gone and no restarts are left
+                for shard, _ in todo:
+                    failed[shard.shard_id] = last_death or "no worker left"
+                todo.clear()
                 break
             ready, _ = ray.wait(list(pool.waiting), num_returns=1, timeout=10.0)
             for ref in ready:
@@ -252,12 +274,15 @@ def run_job(spec: JobSpec, progress: Callable[[Progress], None] | None = None,
                 try:
                     outcome = ray.get(ref)
                 except RayActorError as e:
-                    why = _last_line(e)
+                    last_death = f"worker died: {_last_line(e)}"
                     for shard, attempt in pool.remove(name):
-                        requeue(shard, attempt, f"worker died: {why}")
+                        requeue(shard, attempt, last_death)
                     if restarts_left > 0 and (todo or any(pool.in_flight.values())):
                         restarts_left -= 1
-                        pool.add()
+                        try:
+                            pool.add()
+                        except Exception as add_error:  # Ray refused a new actor: no more workers
+                            last_death = f"cannot start a worker: {_last_line(add_error)}"
                     report("worker restarted")
                     continue
                 if outcome is not None:

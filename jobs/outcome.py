@@ -167,5 +167,15 @@ def driver_outcome(out: str, job_id: str, endpoint_url: str | None = None) -> It
         guard.failed(e)
         raise
     except Exception as e:
-        guard._record("failed", f"{type(e).__name__}: {e}")
+        guard._record("failed", _describe(e))
         raise
+
+
+def _describe(e: BaseException) -> str:
+    """Our own one-line errors (bad manifest, storage) as they are; anything else with its type."""
+    from jobs.manifest import ManifestError
+    from jobs.storage import StorageError
+
+    if isinstance(e, (ManifestError, StorageError)):
+        return str(e)
+    return f"{type(e).__name__}: {e}"

@@ -151,6 +151,7 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
 
     if p.summary is not None and not with_stats:
         p.device_seconds = dict(p.summary.get("device_seconds_by_device") or {})
+        p.images_per_s = p.summary.get("images_per_s_this_run")
         return p
     if not with_stats or not committed:
         return p

@@ -85,13 +85,12 @@ class Context:
 
 def parse_headers(items: list[str] | None) -> dict[str, str]:
     headers: dict[str, str] = {}
-    for item in items or []:
-        if "=" in item:
-            k, _, v = item.partition("=")
-        elif ":" in item:
-            k, _, v = item.partition(":")
-        else:
-            raise UserError(f"--header must look like NAME=VALUE, got {item.split()[0][:40]!r}...")
+    for n, item in enumerate(items or [], start=1):
+        cuts = [i for i in (item.find("="), item.find(":")) if i >= 0]
+        if not cuts:
+            # the value may be a secret: never echo it
+            raise UserError(f"--header #{n} must look like NAME=VALUE (or 'NAME: VALUE')")
+        k, v = item[:min(cuts)], item[min(cuts) + 1:]
         k = k.strip()
         if not k or not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", k):
             raise UserError(f"--header: {k!r} is not a valid HTTP header name")
@@ -210,6 +209,14 @@ def runtime_env(*, ship_code: bool, attempt: str, s3_endpoint_url: str | None,
     return env
 
 
+def _quiet_upload_logs() -> None:
+    """Ray's client logs every py_modules upload at INFO on stderr; a user wants one line from us."""
+    import logging
+
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def entrypoint(out: str, job_id: str) -> str:
     return f"python -m jobs.driver {shlex.quote(out)} {shlex.quote(job_id)}"
 
@@ -234,6 +241,14 @@ def _version_warning(cluster_version: str) -> str | None:
         return (f"this machine has Ray {local} but the cluster runs Ray {cluster_version}; "
                 "the Jobs API usually works across versions, the job runs with the cluster's")
     return None
+
+
+def shown_url(url: str) -> str:
+    """A cluster URL as printed: without any ``user:password@`` part."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def _is_loopback(url: str) -> bool:
@@ -297,7 +312,7 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
             raise UserError("--after names the job itself")
     spec = dataclasses.replace(spec, out=out, s3_endpoint_url=endpoint, start_at=start_at, after=after,
                                prices=ctx.flag_prices or None)
-    result = {"job_id": spec.job_id, "submission_id": spec.job_id, "cluster": address.url, "out": out,
+    result = {"job_id": spec.job_id, "submission_id": spec.job_id, "cluster": shown_url(address.url), "out": out,
               "start_at": start_at, "start_at_utc": utc_iso(start_at),
               "start_at_text": describe_time(start_at) if start_at else None, "after": after,
               "warnings": warnings}
@@ -333,6 +348,7 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
                            else " and its recorded schedule applies"))
         spec = dataclasses.replace(spec, start_at=recorded.start_at, after=recorded.after)
     env = runtime_env(ship_code=ship_code, attempt=spec.job_id, s3_endpoint_url=endpoint)
+    _quiet_upload_logs()
     submitted = jobs_api.submit(client, entrypoint(out, spec.job_id), spec.job_id, env,
                                 _metadata(spec.job_id, out, endpoint, 0, spec),
                                 entrypoint_num_cpus=driver_cpus, entrypoint_num_gpus=0)
@@ -354,7 +370,7 @@ def resume(ctx: Context, job_id: str, *, now: bool = False, ship_code: bool = Tr
     loc = locate(ctx, job_id, client=client)
     if loc.spec is None:
         raise UserError(f"job {job_id}: no job.json under {loc.out}; nothing to resume")
-    base = {"job_id": job_id, "cluster": address.url, "out": loc.out}
+    base = {"job_id": job_id, "cluster": shown_url(address.url), "out": loc.out}
     if loc.storage.exists(layout.success_key(job_id)):
         return {**base, "status": "already complete", "submission_id": None}
     active = [a for a in loc.attempts if a.status in ACTIVE]
@@ -368,6 +384,7 @@ def resume(ctx: Context, job_id: str, *, now: bool = False, ship_code: bool = Tr
     clear_outcome(loc.storage, job_id)
     endpoint = loc.endpoint
     env = runtime_env(ship_code=ship_code, attempt=sid, s3_endpoint_url=endpoint, ignore_schedule=now)
+    _quiet_upload_logs()
     submitted = jobs_api.submit(client, entrypoint(loc.out, job_id), sid, env,
                                 _metadata(job_id, loc.out, endpoint, n, loc.spec, now=now),
                                 entrypoint_num_cpus=driver_cpus, entrypoint_num_gpus=0)
@@ -432,7 +449,7 @@ def locate(ctx: Context, job_id: str, *, client=None, states: list | None = None
             raise no_job(address, job_id)
         raise UserError(f"no job '{job_id}' {where}")
     return Located(job_id=job_id, attempts=attempts, all_states=states, out=out, endpoint=endpoint,
-                   storage=storage, spec=spec, cluster=address.url if address else None,
+                   storage=storage, spec=spec, cluster=shown_url(address.url) if address else None,
                    storage_error=storage_error)
 
 
@@ -636,7 +653,7 @@ def cancel(ctx: Context, job_id: str, *, wait_s: float = 30.0,
     loc = locate(ctx, job_id, client=client)
     if not loc.attempts:
         raise jobs_api.no_job(address, job_id)
-    base = {"job_id": job_id, "cluster": address.url, "out": loc.out, "warnings": []}
+    base = {"job_id": job_id, "cluster": shown_url(address.url), "out": loc.out, "warnings": []}
     if loc.storage is not None and loc.storage.exists(layout.success_key(job_id)):
         return {**base, "status": "already complete", "stopped": []}
     active = [a for a in loc.attempts if a.status in ACTIVE]
@@ -690,11 +707,9 @@ def job_cost_report(ctx: Context, job_id: str) -> dict:
         p = table.lookup(dev)
         if p is not None:
             used[dev] = {"priced_as": p.device, "usd_per_hour": p.usd_per_hour, "unit": p.unit,
-                         "source": p.source if not p.note.startswith("given as") else p.source,
-                         "note": p.note}
-    return {"job_id": job_id, "out": loc.out, "complete": progress.succeeded,
-            "images": {"done": progress.images_done, "total": progress.images_total},
-            **c, "prices": used}
+                         "source": p.source, "note": p.note}
+    return {"job_id": job_id, "out": loc.out, "complete": progress.succeeded, **c,
+            "images": {"done": progress.images_done, "total": progress.images_total}, "prices": used}
 
 
 def monitor_snapshot(ctx: Context, *, cache=None) -> dict:
@@ -719,4 +734,5 @@ def monitor_snapshot(ctx: Context, *, cache=None) -> dict:
                          "attempts": [_attempt_doc(a) for a in attempts]})
     docs.sort(key=lambda d: d.get("submitted_at") or 0.0)
     snap["linegen_jobs"] = docs
+    snap["cluster"] = shown_url(str(snap.get("cluster", "")))
     return snap

@@ -27,8 +27,10 @@ MODEL_ARGS = ["--model", "test-tiny", "--random-weights"]
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without anything that could point `linegen` elsewhere
     (AWS credentials/endpoints, a Ray address), plus `extra`."""
+    # RAY_AUTH_MODE too: an in-process ray.init() (test_jobs' ray_local) leaves "token" behind in
+    # os.environ, and `linegen run` breaks with it (see test_run_with_ray_auth_mode_token_in_env).
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AWS_") and k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+           if not k.startswith("AWS_") and k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env.update(extra or {})
     return env

@@ -80,7 +80,7 @@ def test_generate_random_weights_and_seeds(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out, classes in ((a, ["1", "2"]), (b, ["2"])):
         args = [x for c in classes for x in ("--class-id", c)]
-        r = linegen("generate", "--random-weights", *args, "--count", "2", "--seed", "9", "--top-k", "50", "--out", str(out))
+        r = linegen("generate", "--model", "test-tiny", *args, "--count", "2", "--seed", "9", "--top-k", "50", "--out", str(out))
         assert r.returncode == 0, r.stderr
     ta, tb = np.load(a / "tokens.npy"), np.load(b / "tokens.npy")
     assert not np.array_equal(ta[0], ta[1])  # replicas differ
@@ -105,6 +105,8 @@ def test_generate_random_weights_and_seeds(tmp_path):
 ])
 def test_bad_input_is_one_line_error(tmp_path, args, message):
     base = ["generate", "--out", str(tmp_path / "o")]
+    if "--model" not in args:
+        base += ["--model", "test-tiny"]
     if "--class-id" not in args:
         base += ["--class-id", "1"]
     r = linegen(*base, *args)

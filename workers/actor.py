@@ -101,7 +101,13 @@ class GenerationActor:
                     shard, attempt = self.inbox.get(timeout=0.5) if not wave else self.inbox.get_nowait()
                 except queue.Empty:
                     break
-                if self.sink.is_committed(shard.shard_id):
+                try:
+                    committed = self.sink.is_committed(shard.shard_id)
+                except Exception as e:  # storage unreachable: this shard fails, the driver retries it
+                    self.outbox.put(ShardOutcome(shard.shard_id, attempt, "failed", error=_one_line(e),
+                                                 worker=self.worker))
+                    continue
+                if committed:
                     self.outbox.put(ShardOutcome(shard.shard_id, attempt, "already", worker=self.worker))
                 else:
                     pending.append(_Pending(shard, attempt))

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AVX512-BF16)")
-    p.add_argument("--minutes", type=float, default=None, help="stop (and save) after this much wall time")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-time budget: the schedule follows time when it runs ahead of steps; stops at the end")
     p.add_argument("--init", default=None, help="continue from this GPT checkpoint")
     p.add_argument("--classifier", default="workers/builtin/weights/shapes_classifier.pt",
                    help="for the end-of-training sample check (skipped if missing)")
@@ -130,7 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     t0, ema = time.time(), None
     step = 0
     for step in range(1, args.steps + 1):
-        lr = args.lr * min(1.0, step / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        # Progress is steps or wall time, whichever is further along: on a shared CPU the cosine
+        # still decays to its end inside --minutes.
+        progress = step / args.steps
+        if args.minutes is not None:
+            progress = max(progress, (time.time() - t0) / (60 * args.minutes))
+        progress = min(progress, 1.0)
+        lr = args.lr * min(1.0, step / args.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in opt.param_groups:
             group["lr"] = lr
         idx = torch.randint(len(codes), (args.batch,), generator=g)
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.check_every and step % args.check_every == 0:
             torch.save({"model": gpt.state_dict()}, args.out)
             sample_check(gpt, vq, spec, args.classifier, per_class=1, log=lambda m: print(m, flush=True))
-        if args.minutes is not None and time.time() - t0 > 60 * args.minutes:
+        if progress >= 1.0 and step < args.steps:
             print(f"time limit reached at step {step}", flush=True)
             break
     gpt.eval()

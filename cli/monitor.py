@@ -1,0 +1,131 @@
+"""`linegen monitor`: a live view of a Ray cluster and its linegen jobs (or one JSON snapshot)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import List, Optional
+
+import typer
+
+from cli import options
+from cli.errors import handle_errors
+from cli.main import app
+
+NA = "n/a"
+
+
+def _num(x, unit: str = "", digits: int = 0) -> str:
+    if x is None or x == NA:
+        return NA
+    return f"{float(x):.{digits}f}{unit}"
+
+
+def _gib(x) -> str:
+    if x is None or x == NA:
+        return NA
+    return f"{float(x) / 2**30:.1f} GiB"
+
+
+def _used(pair: dict) -> str:
+    return f"{pair.get('in_use', NA)}/{pair.get('total', NA)}"
+
+
+def render(snap: dict):
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from cli.jobview import jobs_table
+    from jobs.remote import shown_url
+
+    cpus, gpus = snap.get("cpus") or {}, snap.get("gpus") or {}
+    head = Text.assemble(
+        ("linegen monitor ", "bold"), (shown_url(str(snap.get("cluster", ""))), "cyan"),
+        f"  Ray {snap.get('ray_version', NA)}  ",
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.get("time") or time.time())),
+    )
+    totals = Text(
+        f"CPUs in use {_used(cpus)}   GPUs in use {_used(gpus)}   "
+        f"GPU utilisation {_num(gpus.get('utilisation_percent'), '%')}   "
+        f"GPU memory {_gib(gpus.get('memory_used_bytes'))} / {_gib(gpus.get('memory_total_bytes'))}"
+    )
+    nodes = Table(title="nodes", expand=False)
+    for name in ("node", "address", "state", "CPUs used/total", "GPUs used/total", "GPU util", "GPU memory"):
+        nodes.add_column(name)
+    for n in snap.get("nodes") or []:
+        nodes.add_row(
+            ("head " if n.get("is_head") else "") + str(n.get("hostname") or n.get("node_id") or "")[:24],
+            str(n.get("address") or ""),
+            "alive" if n.get("alive") else "dead",
+            f"{n.get('cpus_in_use', NA)}/{n.get('cpus_total', NA)}",
+            f"{n.get('gpus_in_use', NA)}/{n.get('gpus_total', NA)}",
+            _num(n.get("gpu_utilisation_percent"), "%"),
+            f"{_gib(n.get('gpu_memory_used_bytes'))} / {_gib(n.get('gpu_memory_total_bytes'))}",
+        )
+    docs = snap.get("linegen_jobs") or []
+    active = [d for d in docs if d.get("state") in ("RUNNING", "PENDING", "SCHEDULED", "WAITING")]
+    recent = [d for d in docs if d not in active][-5:]
+    parts = [head, totals, nodes]
+    parts.append(jobs_table(active, title="running and scheduled jobs") if active else Text("no running or scheduled linegen jobs"))
+    if recent:
+        parts.append(jobs_table(recent, title="recently finished"))
+    for w in snap.get("warnings") or []:
+        parts.append(Text(f"note: {w}", style="dim"))
+    return Group(*parts)
+
+
+@app.command("monitor")
+@handle_errors
+def monitor_command(
+    cluster: Optional[str] = options.Cluster,
+    interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes."),
+    once: bool = typer.Option(False, "--once", help="Print one snapshot and exit."),
+    token: Optional[str] = options.Token,
+    token_file: Optional[str] = options.TokenFile,
+    header: Optional[List[str]] = options.Header,
+    config: Optional[str] = options.Config,
+    price: Optional[List[str]] = options.Price,
+    s3_endpoint_url: Optional[str] = options.S3Endpoint,
+    as_json: bool = options.Json,
+) -> None:
+    """Live view of a cluster: nodes, CPUs/GPUs, GPU use ("n/a" if unreported), jobs with progress, ETA, cost."""
+    from jobs.progress import StatsCache
+    from jobs.remote import make_context, monitor_snapshot
+
+    ctx = make_context(cluster=cluster, token=token, headers=header, config_path=config, prices=price,
+                       s3_endpoint_url=s3_endpoint_url, token_file=token_file)
+    ctx.require_cluster()
+    cache = StatsCache()
+    if once or as_json:
+        snap = monitor_snapshot(ctx, cache=cache)
+        if as_json:
+            typer.echo(json.dumps(snap, indent=2, default=str))
+        else:
+            from rich.console import Console
+
+            Console().print(render(snap))
+        return
+    if interval <= 0:
+        raise typer.BadParameter("--interval must be > 0")
+    from rich.console import Console
+    from rich.live import Live
+
+    from rich.console import Group
+    from rich.text import Text
+
+    from cli.errors import user_errors
+
+    console = Console()
+    view = render(monitor_snapshot(ctx, cache=cache))  # a first failure is an error, as for --once
+    try:
+        with Live(view, console=console, refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                try:
+                    view = render(monitor_snapshot(ctx, cache=cache))
+                    live.update(view)
+                except user_errors() as e:  # keep watching through a blip; say so
+                    stamp = time.strftime("%H:%M:%S")
+                    live.update(Group(view, Text(f"{stamp} refresh failed: {e}", style="red")))
+    except KeyboardInterrupt:
+        pass

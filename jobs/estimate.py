@@ -1,0 +1,193 @@
+"""What a manifest would cost on a given device, before running it (`linegen cost --estimate`).
+
+cost = images / (images per device-second) / 3600 x $/device-hour. The throughput comes, first
+found, from:
+
+1. a job's own stats (``--from-job JOB``): images / device-seconds of its committed shards;
+2. finished jobs under the output root (``--out`` / config) with the same model, cache policy and
+   ratio that ran on the same device (their ``_SUCCESS`` summaries), the most recent first;
+3. ``benchmarks/throughput.json``: rows measured by our benchmarks (model, device, cache policy,
+   ratio, images/s, batch, source, date);
+
+and the answer says which. Without any of them there is no estimate: the answer says that no
+measurement exists for that model/device/cache instead of guessing one.
+"""
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import UserError
+
+TABLE_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.json"
+
+
+def ratio_value(ratio: Any) -> float | None:
+    """'1/6' / 0.1667 / None -> a float (None: full cache or unspecified)."""
+    if ratio is None or ratio == "":
+        return None
+    if isinstance(ratio, (int, float)):
+        return float(ratio)
+    try:
+        return float(Fraction(str(ratio).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"cache ratio {ratio!r} is not a number or fraction like 1/6") from None
+
+
+def _same_cache(policy: str, ratio: float | None, row_policy: str, row_ratio: Any) -> bool:
+    if policy != row_policy:
+        return False
+    if policy == "full":
+        return True
+    rr = ratio_value(row_ratio)
+    want = ratio if ratio is not None else 1 / 6  # the policies' default ratio
+    return rr is not None and abs(rr - want) < 1e-6
+
+
+def load_table(path: Path | str | None = None) -> list[dict]:
+    p = Path(path) if path else TABLE_PATH
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        return []
+    except ValueError as e:
+        raise UserError(f"{p}: not valid JSON ({e})") from None
+    rows = data.get("rows", data) if isinstance(data, dict) else data
+    return [r for r in rows if isinstance(r, dict) and r.get("images_per_s")]
+
+
+def from_table(model: str, device: str, policy: str, ratio: float | None, rows: list[dict]) -> dict | None:
+    from cluster.prices import canonical_device
+
+    matches = [r for r in rows if r.get("model") == model and canonical_device(str(r.get("device"))) == device
+               and _same_cache(policy, ratio, str(r.get("cache_policy")), r.get("ratio"))]
+    if not matches:
+        return None
+    best = max(matches, key=lambda r: float(r["images_per_s"]))
+    return {"images_per_device_s": float(best["images_per_s"]), "kind": "benchmark",
+            "source": (f"benchmark table {TABLE_PATH.name}: {best.get('model')} on {best.get('device')}, "
+                       f"cache {best.get('cache_policy')} {best.get('ratio') or ''}".rstrip()
+                       + f", batch {best.get('batch')}, measured {best.get('date')} ({best.get('source')})"),
+            "row": best}
+
+
+def _device_of(device_seconds: dict[str, float]) -> str | None:
+    from cluster.prices import canonical_device
+
+    names = {canonical_device(d) for d in device_seconds if d}
+    return names.pop() if len(names) == 1 else None
+
+
+def from_job(storage, job_id: str, device: str, policy: str, ratio: float | None, model: str) -> dict:
+    from jobs.progress import read_progress
+
+    p = read_progress(storage, job_id, with_stats=True)
+    if p.spec is None and p.summary is None:
+        raise UserError(f"--from-job {job_id}: no such job under the output root")
+    secs = sum(p.device_seconds.values())
+    if not secs or not p.images_done:
+        raise UserError(f"--from-job {job_id}: the job has no committed shards with stats yet")
+    ran_on = _device_of(p.device_seconds)
+    if ran_on != device:
+        raise UserError(f"--from-job {job_id} ran on {', '.join(sorted(p.device_seconds)) or 'unknown'}, not {device}; "
+                        "its throughput says nothing about that device")
+    notes = []
+    if p.spec is not None:
+        if p.spec.model.name != model:
+            notes.append(f"it used model {p.spec.model.name}, not {model}")
+        if not _same_cache(policy, ratio, p.spec.cache.policy, p.spec.cache.ratio or (None if p.spec.cache.policy == "full" else "1/6")):
+            notes.append(f"it used cache {p.spec.cache.policy} {p.spec.cache.ratio or ''}".rstrip())
+    images = p.images_done
+    return {"images_per_device_s": images / secs, "kind": "job-stats",
+            "source": f"measured: stats of job {job_id} ({images} images, {secs:.1f} device-seconds)"
+                      + (f"; note: {'; '.join(notes)}" if notes else ""), "row": None}
+
+
+def from_finished_jobs(storage, model: str, device: str, policy: str, ratio: float | None) -> dict | None:
+    from jobs import layout
+    from jobs.progress import read_spec
+
+    found = []
+    for key in storage.list(""):
+        if key.count("/") != 1 or not key.endswith("/_SUCCESS"):
+            continue
+        job_id = key.split("/", 1)[0]
+        try:
+            summary = json.loads(storage.get(layout.success_key(job_id)))
+        except Exception:  # noqa: BLE001 - a broken summary is simply not used
+            continue
+        spec = read_spec(storage, job_id)
+        if spec is None or spec.model.name != model:
+            continue
+        if not _same_cache(policy, ratio, spec.cache.policy, spec.cache.ratio or (None if spec.cache.policy == "full" else "1/6")):
+            continue
+        devices = summary.get("device_seconds_by_device") or {}
+        if _device_of(devices) != device or not summary.get("images_per_device_s"):
+            continue
+        found.append((summary.get("finished_at") or 0, job_id, summary))
+    if not found:
+        return None
+    _, job_id, s = max(found)
+    return {"images_per_device_s": float(s["images_per_device_s"]), "kind": "job-stats",
+            "source": f"measured: job {job_id} ({s.get('images')} images, {float(s.get('device_seconds') or 0):.1f} "
+                      "device-seconds)", "row": None}
+
+
+def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_ratio: str | None = None,
+             gpus: int = 1, prices: dict[str, float] | None = None, storage=None, from_job_id: str | None = None,
+             s3_endpoint_url: str | None = None, table: list[dict] | None = None) -> dict:
+    """The estimate document. ``throughput`` is None (and ``reason`` says why) when nothing was
+    measured for this model, device and cache."""
+    from cluster.prices import PriceTable, canonical_device
+    from jobs.manifest import Conditioning, read_manifest, total_items
+    from jobs.models import ModelChoice
+
+    if gpus < 1:
+        raise UserError(f"--gpus must be >= 1, got {gpus}")
+    spec = ModelChoice(name=model, random_weights=True).spec()
+    conditioning = (Conditioning(kind="text") if spec.gpt.cond == "t2i"
+                    else Conditioning(kind="class", num_classes=spec.gpt.num_classes))
+    rows = read_manifest(manifest, conditioning, endpoint_url=s3_endpoint_url)
+    images = total_items(rows)
+    device = canonical_device(gpu)
+    ratio = ratio_value(cache_ratio) if cache != "full" else None
+    price_table = PriceTable.builtin().with_overrides(prices or None)
+    price = price_table.lookup(device)
+    if price is None:
+        price_table.usd_per_hour(device)  # raises the "no price for device" message
+    doc: dict[str, Any] = {
+        "manifest": manifest, "images": images, "model": model, "device": device, "gpus": gpus,
+        "cache_policy": cache, "cache_ratio": cache_ratio if cache != "full" else None,
+        "price": {"usd_per_hour": price.usd_per_hour, "unit": price.unit, "source": price.source, "note": price.note},
+        "throughput": None, "reason": None, "device_hours": None, "usd": None, "usd_per_1k_images": None,
+        "wall_hours": None,
+    }
+    tp = None
+    if from_job_id:
+        if storage is None:
+            raise UserError("--from-job needs the job's output root: pass --out (or set [output] out)")
+        tp = from_job(storage, from_job_id, device, cache, ratio, model)
+    if tp is None and storage is not None:
+        tp = from_finished_jobs(storage, model, device, cache, ratio)
+    if tp is None:
+        tp = from_table(model, device, cache, ratio, load_table() if table is None else table)
+    if tp is None:
+        cache_text = cache + (f" {cache_ratio or '1/6'}" if cache != "full" else "")
+        doc["reason"] = (f"no measured throughput exists for {model} on {device} with cache {cache_text}: "
+                         f"nothing in {TABLE_PATH.name}"
+                         + (" and no matching finished job under the output root" if storage is not None else "")
+                         + f"; measure it (e.g. a small `linegen submit` on a {device}, then "
+                         "`linegen cost --estimate ... --from-job JOB`) rather than trust a guess")
+        return doc
+    rate = tp["images_per_device_s"]
+    device_s = images / rate
+    usd = device_s / 3600 * price.usd_per_hour
+    doc.update({
+        "throughput": {"images_per_device_s": rate, "kind": tp["kind"], "source": tp["source"]},
+        "device_hours": device_s / 3600, "usd": usd,
+        "usd_per_1k_images": usd / images * 1000 if images else None,
+        "wall_hours": device_s / 3600 / gpus,
+    })
+    return doc
