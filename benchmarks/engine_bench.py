@@ -42,6 +42,7 @@ class BenchOptions:
     gpt_overrides: dict = field(default_factory=dict)  # e.g. dim=256, n_layer=8, n_head=4
     image_size: int | None = None
     repeats: int = 1
+    warmup: bool = True
 
 
 def decode_flops(spec: ModelSpec, ctx: int) -> float:
@@ -154,8 +155,8 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     wbytes = weights_bytes(gpt)
     dtype_bytes = torch.finfo(dtype).bits // 8
     results = []
-    warm = Engine(gpt, None, spec, make_policy("full"), device=device, max_batch=1)
-    _timed_wave(warm, 1, opts.cfg_scale, 1)  # first-call costs (allocator, kernels) stay out of the table
+    if opts.warmup:  # first-call costs (allocator, kernels, CUDA context) stay out of the table
+        _timed_wave(Engine(gpt, None, spec, make_policy("full"), device=device, max_batch=1), 1, opts.cfg_scale, 1)
     for name, ratio_text in runs:
         policy = policies[(name, ratio_text)]
         engine = Engine(gpt, None, spec, policy, device=device, max_batch=max(opts.batch, 1))

@@ -30,6 +30,7 @@ def bench_command(
     heads: Optional[int] = typer.Option(None, "--heads", help="Override the GPT head count."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Override the image size (grid = size/16)."),
     repeats: int = typer.Option(1, "--repeats", help="Waves per measurement (the fastest counts)."),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="One untimed wave first (GPU: keep it on)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     dtype: Optional[str] = options.DType,
     as_json: bool = options.Json,
@@ -49,7 +50,7 @@ def bench_command(
                         max_batch_ratios=tuple(r.strip() for r in max_batch_ratios.split(",")) if max_batch_ratios else None,
                         batch=batch, memory_budget=memory_budget, device=device, dtype=dtype, cfg_scale=cfg_scale,
                         max_batch_cap=max_batch_cap, skip_max_batch=skip_max_batch, gpt_overrides=overrides,
-                        image_size=image_size, repeats=repeats)
+                        image_size=image_size, repeats=repeats, warmup=warmup)
     try:
         report = run_bench(opts, log=(lambda m: None) if as_json else (lambda m: typer.echo(m, err=True)))
     except ValueError as e:  # cache settings, memory budget, model size

@@ -295,6 +295,11 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
     address = ctx.require_cluster()
     if driver_cpus < 0:
         raise UserError(f"--driver-cpus must be >= 0, got {driver_cpus}")
+    start_at = parse_at(at) if at else None
+    if after is not None:
+        check_job_id(after)
+        if after == spec.job_id:
+            raise UserError("--after names the job itself")
     client = jobs_api.connect(address)  # unreachable / not Ray / token: fail before writing anything
     warnings: list[str] = []
     w = _version_warning(jobs_api.ray_version(address))
@@ -305,11 +310,6 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
         warnings.append(f"--out {out} is a local folder: the cluster's nodes must see the same path "
                         "(a shared filesystem); use s3://bucket/prefix otherwise")
     endpoint = spec.s3_endpoint_url or ctx.s3_endpoint_url
-    start_at = parse_at(at) if at else None
-    if after is not None:
-        check_job_id(after)
-        if after == spec.job_id:
-            raise UserError("--after names the job itself")
     spec = dataclasses.replace(spec, out=out, s3_endpoint_url=endpoint, start_at=start_at, after=after,
                                prices=ctx.flag_prices or None)
     result = {"job_id": spec.job_id, "submission_id": spec.job_id, "cluster": shown_url(address.url), "out": out,
@@ -329,13 +329,13 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
     if after is not None:
         dep_attempts = attempts_of(states, after)
         if not dep_attempts and not storage.exists(layout.spec_key(after)):
-            raise UserError(f"--after {after}: no job {after!r} on cluster {address.url} or under {out}")
+            raise UserError(f"--after {after}: no job {after!r} on cluster {shown_url(address.url)} or under {out}")
         dep = dependency_state(storage, after)
         dep_active = any(a.status in ACTIVE for a in dep_attempts)
         if dep.state in ("failed", "cancelled") and not dep_active:
             raise UserError(f"--after {after}: {dep.reason}; resume it first (linegen resume {after})")
         if dep.state == "waiting" and not dep_active:
-            warnings.append(f"job {after} is not running on {address.url}; this job waits until it "
+            warnings.append(f"job {after} is not running on {shown_url(address.url)}; this job waits until it "
                             f"succeeds (linegen resume {after})")
     from jobs.driver import prepare_job
     from jobs.progress import read_spec
@@ -343,6 +343,9 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
     recorded = read_spec(storage, spec.job_id)
     prepare_job(spec)  # every check before anything runs; writes job.json, the manifest copy, plan.json
     if recorded is not None:
+        from jobs.outcome import clear_outcome
+
+        clear_outcome(storage, spec.job_id)  # an earlier run's _FAILED/_CANCELLED no longer holds
         warnings.append(f"job {spec.job_id} already exists under {out}: its committed shards are kept"
                         + ("" if (recorded.start_at, recorded.after) == (start_at, after)
                            else " and its recorded schedule applies"))
