@@ -64,6 +64,7 @@ def parse_ratio(text: str | float) -> float:
 class CachePolicy(ABC):
     name: str = ""
     needs_queries: bool = False
+    cfg_shared: bool = False  # True: a CFG pair's null row keeps what its conditional row keeps
 
     @abstractmethod
     def visual_capacity(self, layout: Layout) -> int:

@@ -121,15 +121,12 @@ class KVCache:
         if not self.compresses:
             return
         need_scores = self.visual_length() > self.budget
-        if not need_scores and not self.state_needs_update():
+        if not need_scores and not any(self.state):  # H2O accumulates scores even before the first eviction
             return
         t0 = time.perf_counter()
         for layer in range(len(self.k)):
             self._compact_layer(layer, line, compact=need_scores)
         self.compaction_s += time.perf_counter() - t0
-
-    def state_needs_update(self) -> bool:
-        return any(self.state)
 
     def _line_attention(self, layer: int) -> Tensor | None:
         if self.queries is None:
@@ -157,7 +154,7 @@ class KVCache:
         scores = self.policy.score(ctx)  # also updates accumulated state
         if not compact:
             return
-        if self.pairs and getattr(self.policy, "cfg_shared", False):
+        if self.pairs and self.policy.cfg_shared:
             # Shared CFG selection: the unconditional row keeps what its conditional partner keeps.
             scores = scores.clone()
             scores[self.pairs:2 * self.pairs] = scores[:self.pairs]
@@ -167,7 +164,7 @@ class KVCache:
             kept = buf[:, :, p:p + vl].gather(2, idx)
             buf[:, :, p:p + self.budget] = kept
         self.positions[layer][:, :, :self.budget] = positions.gather(2, keep)
-        for name, t in self.state[layer].items():
+        for t in self.state[layer].values():
             if isinstance(t, Tensor) and t.dim() == 3:
                 t[:, :, :self.budget] = t[:, :, :vl].gather(2, keep)
                 t[:, :, self.budget:] = 0
