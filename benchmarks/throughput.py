@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
         row = measure(args.model, policy, args.ratio, args.images, args.batch, args.shard_size, args.device,
                       random_weights=not args.checkpoint_weights)
-        row["source"] = (f"python -m benchmarks.throughput (linegen run job stats, {args.images} images, "
+        weights = "model weights" if args.checkpoint_weights else "random weights"
+        row["source"] = (f"python -m benchmarks.throughput (linegen run job stats, {weights}, {args.images} images, "
                          f"shard {args.shard_size}); {machine}")
         row["date"] = time.strftime("%Y-%m-%d")
         rows.append(row)

@@ -178,8 +178,9 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
         doc["reason"] = (f"no measured throughput exists for {model} on {device} with cache {cache_text}: "
                          f"nothing in {TABLE_PATH.name}"
                          + (" and no matching finished job under the output root" if storage is not None else "")
-                         + f"; measure it (e.g. a small `linegen submit` on a {device}, then "
-                         "`linegen cost --estimate ... --from-job JOB`) rather than trust a guess")
+                         + f"; measure it on a {device} (`python -m benchmarks.throughput --model {model} "
+                         "--device cuda --write`, or a small `linegen submit` there and then "
+                         "`--from-job JOB`) rather than trust a guess")
         return doc
     rate = tp["images_per_device_s"]
     device_s = images / rate

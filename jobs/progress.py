@@ -61,8 +61,12 @@ def _epoch(v: Any) -> float:
 def read_shard_stats(storage: Storage, job_id: str, shard_id: str) -> ShardStats:
     import pyarrow.parquet as pq
 
+    # No Arrow thread pools (we parallelise per shard ourselves): Arrow's pool threads still alive
+    # at interpreter exit can abort a short-lived CLI with "terminate called without an active
+    # exception" (apache/arrow#34314).
     table = pq.read_table(io.BytesIO(storage.get(layout.stats_key(job_id, shard_id))),
-                          columns=["device", "images", "wall_s", "started_at", "finished_at"])
+                          columns=["device", "images", "wall_s", "started_at", "finished_at"],
+                          use_threads=False, pre_buffer=False)
     d = table.to_pydict()
     devices: dict[str, float] = {}
     for dev, w in zip(d["device"], d["wall_s"]):
@@ -115,7 +119,7 @@ def read_spec(storage: Storage, job_id: str):
 
 
 def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, since: float | None = None,
-                  cache: StatsCache | None = None, now: float | None = None, spec=None) -> JobProgress:
+                  cache: StatsCache | None = None, spec=None) -> JobProgress:
     """Progress of ``job_id`` under ``storage``. ``since``: start of the running attempt (Unix s),
     for its throughput and ETA. ``with_stats=False`` skips the stats files (counts only)."""
     from jobs.driver import plan_key

@@ -39,6 +39,9 @@ CODE_EXCLUDES = ["__pycache__", "*.pyc", ".pytest_cache", "*.egg-info"]
 MAX_CODE_BYTES = 90 * 1024 * 1024  # Ray's practical upload limit is about 100 MiB
 ACTIVE = frozenset({"PENDING", "RUNNING"})
 DEFAULT_DRIVER_CPUS = 0.1
+# Seconds to wait for the dashboard to answer one request: a refused connection fails at once,
+# but a busy head (a job decoding on the same node) can take a few seconds to answer.
+HTTP_TIMEOUT_S = 10.0
 
 META_JOB = "linegen_job_id"
 META_OUT = "linegen_out"
@@ -300,9 +303,9 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
         check_job_id(after)
         if after == spec.job_id:
             raise UserError("--after names the job itself")
-    client = jobs_api.connect(address)  # unreachable / not Ray / token: fail before writing anything
+    client = jobs_api.connect(address, timeout=HTTP_TIMEOUT_S)  # unreachable / not Ray / token: fail before writing anything
     warnings: list[str] = []
-    w = _version_warning(jobs_api.ray_version(address))
+    w = _version_warning(jobs_api.ray_version(address, timeout=HTTP_TIMEOUT_S))
     if w:
         warnings.append(w)
     out = _absolute_out(spec.out)
@@ -369,7 +372,7 @@ def resume(ctx: Context, job_id: str, *, now: bool = False, ship_code: bool = Tr
     from jobs.outcome import clear_outcome
 
     address = ctx.require_cluster()
-    client = jobs_api.connect(address)
+    client = jobs_api.connect(address, timeout=HTTP_TIMEOUT_S)
     loc = locate(ctx, job_id, client=client)
     if loc.spec is None:
         raise UserError(f"job {job_id}: no job.json under {loc.out}; nothing to resume")
@@ -423,7 +426,7 @@ def locate(ctx: Context, job_id: str, *, client=None, states: list | None = None
     check_job_id(job_id)
     address = ctx.address
     if states is None and address is not None:
-        client = client or jobs_api.connect(address)
+        client = client or jobs_api.connect(address, timeout=HTTP_TIMEOUT_S)
         states = jobs_api.list_jobs(client)
     states = states or []
     attempts = attempts_of(states, job_id)
@@ -596,7 +599,7 @@ def list_jobs(ctx: Context, *, cache=None) -> list[dict]:
     from cluster import jobs_api
 
     if ctx.address is not None:
-        client = jobs_api.connect(ctx.address)
+        client = jobs_api.connect(ctx.address, timeout=HTTP_TIMEOUT_S)
         states = jobs_api.list_jobs(client)
         groups = group_attempts(states)
         docs = []
@@ -627,7 +630,7 @@ def logs(ctx: Context, job_id: str, *, follow: bool = False) -> Iterator[str]:
     from cluster import jobs_api
 
     address = ctx.require_cluster()
-    client = jobs_api.connect(address)
+    client = jobs_api.connect(address, timeout=HTTP_TIMEOUT_S)
     loc = locate(ctx, job_id, client=client, need_storage=False)
     if not loc.attempts:
         raise jobs_api.no_job(address, job_id)
@@ -652,7 +655,7 @@ def cancel(ctx: Context, job_id: str, *, wait_s: float = 30.0,
     from jobs.storage import StorageError
 
     address = ctx.require_cluster()
-    client = jobs_api.connect(address)
+    client = jobs_api.connect(address, timeout=HTTP_TIMEOUT_S)
     loc = locate(ctx, job_id, client=client)
     if not loc.attempts:
         raise jobs_api.no_job(address, job_id)
@@ -722,11 +725,11 @@ def monitor_snapshot(ctx: Context, *, cache=None) -> dict:
     from cluster.utilisation import snapshot
 
     address = ctx.require_cluster()
-    snap = snapshot(address)
+    snap = snapshot(address, timeout=HTTP_TIMEOUT_S)
     if isinstance(snap.get("jobs"), list):
         states = _states_from_snapshot(snap["jobs"])
     else:
-        states = jobs_api.list_jobs(address)
+        states = jobs_api.list_jobs(jobs_api.connect(address, timeout=HTTP_TIMEOUT_S))
     docs = []
     for jid, attempts in group_attempts(states).items():
         active = any(a.status in ACTIVE for a in attempts)

@@ -356,6 +356,16 @@ def test_estimate_from_table_and_no_measurement(tmp_path: Path) -> None:
     assert "no measured throughput exists for test-tiny on H100 with cache full" in none["reason"]
 
 
+def test_estimate_from_the_shipped_table(tmp_path: Path) -> None:
+    from jobs.estimate import estimate
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"class_id": 1, "count": 100}\n')
+    doc = estimate(str(manifest), "test-tiny", "cpu", prices={"CPU": 1.0})
+    assert doc["throughput"]["kind"] == "benchmark" and "throughput.json" in doc["throughput"]["source"]
+    assert doc["usd"] == pytest.approx(100 / doc["throughput"]["images_per_device_s"] / 3600)
+
+
 def test_throughput_table_rows_are_complete() -> None:
     from jobs.estimate import TABLE_PATH
 
