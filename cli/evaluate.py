@@ -51,7 +51,7 @@ def eval_command(
                        ratios=_split(ratios), samples=samples, fidelity_samples=fidelity_samples,
                        real_samples=real_samples, seed=seed, cfg_scale=cfg_scale, top_k=top_k, max_batch=max_batch,
                        classifier=classifier or default_classifier())
-    report = evaluate(opts, log=(lambda m: None) if as_json else (lambda m: typer.echo(m, err=True)))
+    report = evaluate(opts, log=lambda m: typer.echo(m, err=True))  # progress on stderr, even with --json
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

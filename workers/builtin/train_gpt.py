@@ -8,6 +8,13 @@ Steps: render `--images` training images (shapes.TRAIN_SEED), encode them once w
 the sequence the engine decodes (prefix at position 0, visual token j predicted at position j).
 The class is dropped to the null class with probability 0.1 so that classifier-free guidance works.
 The file holds `{"model": state_dict}` (the official layout). `--init` continues from a checkpoint.
+
+The shipped weights came from two runs on a shared 2-core CPU (34 minutes; under-trained, see
+benchmarks/RESULTS.md); more steps (several thousand) are what the class layouts still need:
+    python -m workers.builtin.train_gpt --threads 2 --bf16 --images 1500 --codes-cache /tmp/codes.npz \
+        --steps 1400 --batch 8 --lr 2e-3 --minutes 22 --out /tmp/stage1.pt      # stopped at step 545
+    python -m workers.builtin.train_gpt --threads 2 --bf16 --codes-cache /tmp/codes.npz --init /tmp/stage1.pt \
+        --steps 1000 --batch 8 --lr 2e-3 --warmup 10 --minutes 12 --seed 1     # stopped at step 431
 """
 from __future__ import annotations
 
