@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pyarrow as pa
@@ -374,29 +373,13 @@ def test_read_manifest_local_path_and_missing_file(tmp_path):
         read_manifest("gs://bucket/m.jsonl")
 
 
-def test_read_manifest_s3_goes_through_storage(monkeypatch):
-    # A stand-in for jobs.storage so this test does not depend on boto3 or a server.
-    class StorageError(Exception):
-        pass
-
-    calls = []
-
-    def read_uri(uri, *, endpoint_url=None):
-        calls.append((uri, endpoint_url))
-        if uri.endswith("missing.jsonl"):
-            raise StorageError("no such key")
-        return jsonl({"prompt": "x"})
-
-    fake = types.ModuleType("jobs.storage")
-    fake.StorageError, fake.read_uri = StorageError, read_uri
-    monkeypatch.setitem(sys.modules, "jobs.storage", fake)
-
-    rows = read_manifest("s3://b/m.jsonl", TEXT, endpoint_url="http://127.0.0.1:1")
-    assert rows[0].prompt == "x"
-    assert calls == [("s3://b/m.jsonl", "http://127.0.0.1:1")]
-    with pytest.raises(ManifestError, match="no such key") as err:
-        read_manifest("s3://b/missing.jsonl")
-    assert err.value.issues[0].file == "s3://b/missing.jsonl"
+def test_read_manifest_from_real_s3(s3_env, tmp_bucket):
+    s3_env.client().put_object(Bucket=tmp_bucket, Key="m.jsonl", Body=jsonl({"prompt": "x"}, {"prompt": "y", "count": 2}))
+    rows = read_manifest(f"s3://{tmp_bucket}/m.jsonl", TEXT, endpoint_url=s3_env.endpoint_url)
+    assert [r.prompt for r in rows] == ["x", "y"] and rows[1].count == 2
+    with pytest.raises(ManifestError) as err:
+        read_manifest(f"s3://{tmp_bucket}/missing.jsonl", endpoint_url=s3_env.endpoint_url)
+    assert err.value.issues[0].file == f"s3://{tmp_bucket}/missing.jsonl"
 
 
 def test_conditioning_validates_itself():
