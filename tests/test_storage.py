@@ -331,6 +331,8 @@ def test_read_uri_and_fetch_to_local(s3_env, tmp_bucket, tmp_path):
 
 
 def _stubbed(**options):
+    # The one place a real server cannot help: SeaweedFS never answers 409
+    # ConditionalRequestConflict (AWS S3 does), so that retry path is driven by botocore's Stubber.
     import boto3
     from botocore.stub import Stubber
 
