@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|")
     for b in (int(x) for x in args.batches.split(",")):
         eng = Engine(gpt, None, spec, policy, device=device, max_batch=b)
-        s = eng.run_wave(_requests(b, args.cfg_scale)).stats
+        s = eng.run_wave(_requests(eng.spec, b, args.cfg_scale)).stats
         flops = wave_flops(spec, policy, b * rows_per)
         nbytes = wave_bytes(spec, policy, b * rows_per, wbytes, 4)
         print(f"| {b} | {b * rows_per} | {s.tokens / s.decode_s:.1f} | {b / s.decode_s:.4f} | {s.decode_s / b:.1f} | "

@@ -8,6 +8,7 @@ import typer
 Model = typer.Option(None, "--model", help="Registered model name (see `linegen models`).")
 Checkpoint = typer.Option(None, "--checkpoint", help="GPT checkpoint: local path or s3:// URI (official LlamaGen layout).")
 VQCheckpoint = typer.Option(None, "--vq-checkpoint", help="VQ tokenizer checkpoint: local path or s3:// URI.")
+TextEncoder = typer.Option(None, "--text-encoder", help="Text-to-image models: T5 encoder folder in the Hugging Face layout (config.json, weights, tokenizer), local path or s3:// prefix.")
 RandomWeights = typer.Option(False, "--random-weights", help="Run without checkpoints (noise images; for trying the pipeline).")
 Device = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 DType = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU).")

@@ -52,6 +52,7 @@ def submit_command(
     model: Optional[str] = options.Model,
     checkpoint: Optional[str] = options.Checkpoint,
     vq_checkpoint: Optional[str] = options.VQCheckpoint,
+    text_encoder: Optional[str] = options.TextEncoder,
     random_weights: bool = options.RandomWeights,
     cache: str = options.Cache,
     cache_ratio: Optional[str] = options.CacheRatio,
@@ -82,9 +83,11 @@ def submit_command(
     configured = (ctx.config.models or {}).get(model) if (model and ctx.config) else None
     if configured is not None and checkpoint is None and not random_weights:
         checkpoint, vq_checkpoint = configured.checkpoint, vq_checkpoint or configured.vq_checkpoint
+    if configured is not None and text_encoder is None:
+        text_encoder = configured.text_encoder
     spec = build_spec(manifest, ctx.out, job_id, model, checkpoint, vq_checkpoint, random_weights, cache, cache_ratio,
                       cache_lines, cache_option, shard_size, workers, batch_size, memory_budget, seed, cfg_scale,
-                      top_k, top_p, temperature, device, dtype, ctx.s3_endpoint_url)
+                      top_k, top_p, temperature, device, dtype, ctx.s3_endpoint_url, text_encoder)
     result = submit(ctx, spec, at=at, after=after, ship_code=not no_ship_code, driver_cpus=driver_cpus)
     if as_json:
         _echo_json(result)

@@ -17,6 +17,9 @@ def summary_table(summary: dict):
         ("peak memory", f"{summary['peak_memory_bytes'] / 2**20:.0f} MiB (KV cache {summary['kv_cache_bytes'] / 2**20:.1f} MiB)"),
         ("cost", "n/a" if cost.get("usd") is None else f"${cost['usd']:.4f} (${cost.get('usd_per_1k_images') or 0:.4f} per 1k images)"),
     ]
+    if summary.get("prompts_truncated"):
+        rows.append(("prompts cut", f"[yellow]{summary['prompts_truncated']} images came from prompts longer than the "
+                                    "text encoder's limit (cut; see the prompt_truncated column)[/yellow]"))
     for k, v in rows:
         table.add_row(k, v)
     return table

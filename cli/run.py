@@ -16,7 +16,7 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
                cache_lines: Optional[int], cache_option: Optional[List[str]], shard_size: int, workers: Optional[int], batch_size: Optional[int],
                memory_budget: Optional[str], seed: int, cfg_scale: Optional[float], top_k: Optional[int],
                top_p: float, temperature: float, device: str, dtype: Optional[str],
-               s3_endpoint_url: Optional[str]):
+               s3_endpoint_url: Optional[str], text_encoder: Optional[str] = None):
     """The JobSpec a `run`/`submit` command line describes (shared so both spell it the same)."""
     from jobs.cache_choice import CacheChoice
     from jobs.models import ModelChoice
@@ -25,7 +25,8 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
     from workers.models.registry import DEFAULT_MODEL
 
     choice = ModelChoice(name=model or DEFAULT_MODEL, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint,
-                         random_weights=random_weights, device=device, dtype=dtype, s3_endpoint_url=s3_endpoint_url)
+                         random_weights=random_weights, device=device, dtype=dtype, s3_endpoint_url=s3_endpoint_url,
+                         text_encoder=text_encoder)
     spec_model = choice.spec()
     try:
         sampling = Sampling(cfg_scale=spec_model.default_cfg_scale if cfg_scale is None else cfg_scale,
@@ -59,6 +60,7 @@ def run_command(
     model: Optional[str] = options.Model,
     checkpoint: Optional[str] = options.Checkpoint,
     vq_checkpoint: Optional[str] = options.VQCheckpoint,
+    text_encoder: Optional[str] = options.TextEncoder,
     random_weights: bool = options.RandomWeights,
     cache: str = options.Cache,
     cache_ratio: Optional[str] = options.CacheRatio,
@@ -84,7 +86,7 @@ def run_command(
 
     spec = build_spec(manifest, out, job_id, model, checkpoint, vq_checkpoint, random_weights, cache, cache_ratio,
                       cache_lines, cache_option, shard_size, workers, batch_size, memory_budget, seed, cfg_scale, top_k, top_p,
-                      temperature, device, dtype, s3_endpoint_url)
+                      temperature, device, dtype, s3_endpoint_url, text_encoder)
     prepared = prepare_job(spec)  # the whole manifest and every setting, before anything is shown
     if as_json:
         summary = run_embedded(spec, prepared=prepared)
@@ -114,19 +116,22 @@ def run_command(
 def validate_command(
     manifest: str = typer.Argument(..., help="Manifest to check (.jsonl, .csv, .parquet; local or s3://)."),
     model: Optional[str] = typer.Option(None, "--model", help="Also check the rows against this model."),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="With a text-to-image --model: also list the prompts its tokenizer will cut (local folder or s3:// prefix)."),
     s3_endpoint_url: Optional[str] = options.S3Endpoint,
     as_json: bool = options.Json,
 ) -> None:
     """Validate a manifest: every bad row with file, line and field; the item count."""
     from jobs.manifest import Conditioning, ManifestError, read_manifest, total_items
 
-    conditioning = None
+    conditioning, spec = None, None
     if model is not None:
         from jobs.models import ModelChoice
 
         spec = ModelChoice(name=model, random_weights=True).spec()
         conditioning = (Conditioning(kind="text") if spec.gpt.cond == "t2i"
                         else Conditioning(kind="class", num_classes=spec.gpt.num_classes))
+    if text_encoder is not None and (spec is None or spec.gpt.cond != "t2i"):
+        fail("--text-encoder needs --model with a text-to-image model")
     try:
         rows = read_manifest(manifest, conditioning, endpoint_url=s3_endpoint_url)
     except ManifestError as e:
@@ -135,7 +140,25 @@ def validate_command(
             raise typer.Exit(1)
         raise
     result = {"valid": True, "rows": len(rows), "items": total_items(rows)}
+    if text_encoder is not None:
+        result["truncated"] = _truncated_prompts(rows, text_encoder, spec.gpt.caption_tokens, s3_endpoint_url)
     if as_json:
         typer.echo(json.dumps(result))
-    else:
-        typer.echo(f"{manifest}: valid, {result['rows']} rows, {result['items']} images")
+        return
+    typer.echo(f"{manifest}: valid, {result['rows']} rows, {result['items']} images")
+    for t in result.get("truncated", []):
+        typer.echo(f"  warning: {manifest}:{t['line']}: prompt has {t['tokens']} tokens; only the first "
+                   f"{t['limit']} are used", err=True)
+
+
+def _truncated_prompts(rows, text_encoder: str, limit: int, endpoint_url: Optional[str]) -> list[dict]:
+    from jobs.storage import StorageError, fetch_folder_to_local
+    from workers.models.text import TextEncoderError, load_tokenizer, prepare_texts, token_counts
+
+    try:
+        tokenizer = load_tokenizer(fetch_folder_to_local(text_encoder, endpoint_url=endpoint_url))
+    except (StorageError, TextEncoderError) as e:
+        fail(f"--text-encoder {text_encoder}: {e}")
+    prompt_rows = [r for r in rows if r.prompt is not None]
+    counts = token_counts(tokenizer, prepare_texts([r.prompt for r in prompt_rows]))
+    return [{"line": r.line, "tokens": n, "limit": limit} for r, n in zip(prompt_rows, counts) if n > limit]

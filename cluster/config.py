@@ -21,6 +21,8 @@ file is an empty config; a missing file that was named explicitly is an error.
 
     [models]
     c2i-xl = { checkpoint = "s3://bucket/c2i_XL_384.pt", vq_checkpoint = "s3://bucket/vq_ds16_c2i.pt" }
+    llamagen-t2i-xl-256 = { checkpoint = "s3://bucket/t2i_XL_stage1_256.pt", vq_checkpoint = "s3://bucket/vq_ds16_t2i.pt",
+                            text_encoder = "s3://bucket/flan-t5-xl/" }
 
 Secrets do not belong here: a literal token or AWS key is refused with an error that says where
 to put it instead (a token file, an environment variable, or the AWS credential chain).
@@ -65,6 +67,7 @@ class ModelConfig:
     name: str
     checkpoint: str | None = None
     vq_checkpoint: str | None = None
+    text_encoder: str | None = None  # t2i models: a T5 folder (Hugging Face layout)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -222,10 +225,11 @@ def _model(r: _Reader, name: str, spec: Any) -> ModelConfig:
         r.check_secret(f"models.{name}", key)
     ckpt = options.pop("checkpoint", None)
     vq = options.pop("vq_checkpoint", None)
-    for key, value in (("checkpoint", ckpt), ("vq_checkpoint", vq)):
+    text = options.pop("text_encoder", None)
+    for key, value in (("checkpoint", ckpt), ("vq_checkpoint", vq), ("text_encoder", text)):
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise r.error(f"[models] {name}.{key} must be a non-empty string", "models", name)
-    return ModelConfig(name=name, checkpoint=ckpt, vq_checkpoint=vq, options=options)
+    return ModelConfig(name=name, checkpoint=ckpt, vq_checkpoint=vq, text_encoder=text, options=options)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

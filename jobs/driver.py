@@ -82,8 +82,6 @@ def prepare_job(spec: JobSpec) -> PreparedJob:
     spec.model.check()
     model = spec.model.spec()
     spec.cache.build(model.prefix_len, model.grid)
-    if model.gpt.cond == "t2i":
-        raise UserError(f"model {model.name} is text-to-image; text prompts are not supported by `run` yet")
     if spec.shard_size < 1:
         raise UserError(f"--shard-size must be >= 1, got {spec.shard_size}")
     storage = open_storage(spec.out, endpoint_url=spec.s3_endpoint_url)
@@ -325,7 +323,7 @@ def write_success(job: PreparedJob, wall_s: float, generated: int) -> dict:
     missing = [s.shard_id for s in job.shards if s.shard_id not in committed]
     if missing:
         raise UserError(f"job {job_id}: {len(missing)} shard(s) have no commit marker: {', '.join(missing[:5])}")
-    images = tokens = 0
+    images = tokens = truncated = 0
     device_s, peak, kv = 0.0, 0, 0
     devices: dict[str, float] = {}
     for s in job.shards:
@@ -336,6 +334,7 @@ def write_success(job: PreparedJob, wall_s: float, generated: int) -> dict:
         device_s += sum(d["wall_s"])
         peak = max([peak] + [x for x in d["peak_memory_bytes"] if x is not None])
         kv = max([kv] + [x for x in d["kv_cache_bytes"] if x is not None])
+        truncated += sum(x or 0 for x in d.get("prompts_truncated", []))  # absent in older stats files
         for dev, w in zip(d["device"], d["wall_s"]):
             devices[dev] = devices.get(dev, 0.0) + w
     if images != job.items_total:
@@ -347,7 +346,8 @@ def write_success(job: PreparedJob, wall_s: float, generated: int) -> dict:
         "device_seconds": device_s, "device_seconds_by_device": devices,
         "images_per_device_s": images / device_s if device_s else None,
         "wall_s_this_run": wall_s, "images_per_s_this_run": generated / wall_s if wall_s > 0 else None,
-        "peak_memory_bytes": peak, "kv_cache_bytes": kv, "finished_at": time.time(),
+        "peak_memory_bytes": peak, "kv_cache_bytes": kv, "prompts_truncated": truncated,
+        "finished_at": time.time(),
     }
     summary["cost"] = job_cost(devices, images, job.spec.prices)  # prices: `submit --price`
     storage.put(layout.success_key(job_id), json.dumps(summary, indent=2).encode())

@@ -23,6 +23,7 @@ class ModelChoice:
     dtype: str | None = None  # None: bfloat16 on GPU, float32 on CPU
     s3_endpoint_url: str | None = None
     random_seed: int = 0
+    text_encoder: str | None = None  # t2i: T5 folder (Hugging Face layout), local path or s3:// prefix
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -40,6 +41,7 @@ class ModelChoice:
         spec = self.spec()
         if self.dtype is not None and self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        self._check_text_encoder(spec)
         if spec.random_by_design and self.checkpoint is None:
             return
         if not self.random_weights and spec.builtin_weights is None and self.checkpoint is None:
@@ -50,6 +52,28 @@ class ModelChoice:
             for flag, uri in (("--checkpoint", self.checkpoint), ("--vq-checkpoint", self.vq_checkpoint)):
                 if uri is not None:
                     _check_readable(flag, uri, self.s3_endpoint_url)
+
+    def _check_text_encoder(self, spec) -> None:
+        if spec.gpt.cond != "t2i":
+            if self.text_encoder is not None:
+                raise UserError(f"--text-encoder is only for text-to-image models; {self.name} is class-conditional")
+            return
+        if self.text_encoder is None:
+            raise UserError(f"model {self.name} is text-to-image: it needs --text-encoder PATH (a T5 folder in the "
+                            "Hugging Face layout, e.g. flan-t5-xl, local or s3://bucket/prefix)")
+        import importlib.util
+
+        from workers.models.text import TRANSFORMERS_MISSING, TextEncoderError, check_folder
+
+        if importlib.util.find_spec("transformers") is None:
+            raise UserError(TRANSFORMERS_MISSING)
+        if self.text_encoder.startswith("s3://"):
+            _check_readable("--text-encoder", self.text_encoder.rstrip("/") + "/config.json", self.s3_endpoint_url)
+            return
+        try:
+            check_folder(os.path.expanduser(self.text_encoder.removeprefix("file://")))
+        except TextEncoderError as e:
+            raise UserError(f"--text-encoder: {e}") from None
 
     def resolve_device(self) -> str:
         import torch
@@ -93,6 +117,25 @@ class ModelChoice:
         except (StorageError, CheckpointError) as e:
             raise UserError(str(e)) from None
         return spec, gpt, vq, device
+
+    def load_text_encoder(self, device: str):
+        """The T5 encoder a t2i model needs (None for c2i), on `device`: bf16 on GPU as LlamaGen runs it."""
+        spec = self.spec()
+        if spec.gpt.cond != "t2i":
+            return None
+        import torch
+
+        from jobs.storage import StorageError, fetch_folder_to_local
+        from workers.models.text import TextEncoder, TextEncoderError
+
+        self._check_text_encoder(spec)
+        try:
+            folder = fetch_folder_to_local(self.text_encoder, endpoint_url=self.s3_endpoint_url)
+            dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+            return TextEncoder.load(folder, caption_tokens=spec.gpt.caption_tokens, caption_dim=spec.gpt.caption_dim,
+                                    device=device, dtype=dtype)
+        except (StorageError, TextEncoderError) as e:
+            raise UserError(f"--text-encoder {self.text_encoder}: {e}") from None
 
 
 def _check_readable(flag: str, uri: str, endpoint_url: str | None) -> None:

@@ -74,7 +74,7 @@ class ShardSink:
         return json.loads(data)
 
     def commit(self, shard: Shard, attempt: int, tokens: np.ndarray, images: np.ndarray,
-               stats: list[dict[str, Any]]) -> bool:
+               stats: list[dict[str, Any]], prompt_info: list[tuple[int, bool] | None] | None = None) -> bool:
         """Write the shard's files and its commit marker. True if our marker was written,
         False if the shard was (or got) committed by another attempt.
 
@@ -98,7 +98,7 @@ class ShardSink:
         image_bytes = writer.to_parquet_bytes(
             writer.image_table(shard.items, images, tokens, model=self.model,
                                cache_policy=self.cache_policy, cache_ratio=self.cache_ratio,
-                               png_workers=self.png_workers),
+                               png_workers=self.png_workers, prompt_info=prompt_info),
             self.row_group_size)
         stats_bytes = writer.to_parquet_bytes(
             writer.stats_table([self._stats_row(sid, attempt, row) for row in stats]),

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -753,3 +754,40 @@ def fetch_to_local(
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def fetch_folder_to_local(
+    uri: str, *, endpoint_url: str | None = None, cache_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Return a local folder for ``uri``: a folder as is, or every object under an s3:// prefix
+    (a Hugging Face model folder, say) downloaded once into a cache, keeping relative paths.
+    """
+    uri = os.fspath(uri)
+    if not uri.startswith("s3://"):
+        path = Path(os.path.expanduser(_local_path(uri)))
+        if not path.is_dir():
+            raise StorageNotFound(f"{path} is not a folder")
+        return path
+    base = uri.rstrip("/")
+    keys = [k for k in open_storage(base, endpoint_url=endpoint_url).list()
+            if not any(part.startswith(TMP_PREFIX) for part in k.split("/"))]
+    if not keys:
+        raise StorageNotFound(f"{uri} holds no objects")
+    root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "linegen" / "objects"
+    folder = root / ("folder-" + hashlib.sha256(base.encode()).hexdigest()[:32])
+    for key in keys:
+        # Each object is cached (and re-checked by ETag) by fetch_to_local; the folder view is
+        # hard links to those copies, refreshed on every call.
+        cached = fetch_to_local(f"{base}/{key}", endpoint_url=endpoint_url, cache_dir=root)
+        target = folder.joinpath(*key.split("/"))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}"
+            try:
+                os.link(cached, tmp)
+            except OSError:
+                shutil.copyfile(cached, tmp)
+            os.replace(tmp, target)
+        except OSError as e:
+            raise StorageError(f"cannot write {target}: {e.strerror or e}") from None
+    return folder

@@ -44,6 +44,8 @@ _IMAGE_COLUMNS: tuple[tuple[str, pa.DataType, dict[str, Any]], ...] = (
     ("id", pa.string(), _value("string")),
     ("class_id", pa.int32(), _value("int32")),
     ("prompt", pa.string(), _value("string")),
+    ("prompt_tokens", pa.int32(), _value("int32")),
+    ("prompt_truncated", pa.bool_(), _value("bool")),
     ("seed", pa.int64(), _value("int64")),
     ("model", pa.string(), _value("string")),
     ("cache_policy", pa.string(), _value("string")),
@@ -79,6 +81,7 @@ STATS_SCHEMA = pa.schema([
     ("images_per_s", pa.float64()),
     ("kv_cache_bytes", pa.int64()),
     ("peak_memory_bytes", pa.int64()),
+    ("prompts_truncated", pa.int64()),
     ("started_at", _TIMESTAMP),
     ("finished_at", _TIMESTAMP),
 ])
@@ -134,8 +137,13 @@ def image_table(
     cache_policy: str,
     cache_ratio: float,
     png_workers: int = 4,
+    prompt_info: Sequence[tuple[int, bool] | None] | None = None,
 ) -> pa.Table:
-    """One row per image, in `items` order; `images[i]` and `tokens[i]` belong to `items[i]`."""
+    """One row per image, in `items` order; `images[i]` and `tokens[i]` belong to `items[i]`.
+
+    `prompt_info[i]`: (caption tokens kept, whether the prompt was cut) for text items; the
+    columns are null for class items.
+    """
     images = np.asarray(images)
     tokens = np.asarray(tokens)
     n = len(items)
@@ -146,6 +154,9 @@ def image_table(
     if images.shape[0] != n or tokens.shape[0] != n:
         raise ValueError(f"{n} items but {images.shape[0]} images and {tokens.shape[0]} token grids")
     height, width = int(images.shape[1]), int(images.shape[2])
+    info = list(prompt_info) if prompt_info is not None else [None] * n
+    if len(info) != n:
+        raise ValueError(f"{n} items but {len(info)} prompt_info entries")
 
     pngs = encode_pngs(images, workers=png_workers)
     image_col = pa.StructArray.from_arrays(
@@ -161,6 +172,8 @@ def image_table(
         pa.array([it.user_id for it in items], type=pa.string()),
         pa.array([it.class_id for it in items], type=pa.int32()),
         pa.array([it.prompt for it in items], type=pa.string()),
+        pa.array([None if x is None else int(x[0]) for x in info], type=pa.int32()),
+        pa.array([None if x is None else bool(x[1]) for x in info], type=pa.bool_()),
         pa.array([it.seed for it in items], type=pa.int64()),
         pa.array([model] * n, type=pa.string()),
         pa.array([cache_policy] * n, type=pa.string()),

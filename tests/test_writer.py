@@ -51,7 +51,7 @@ def stats_row(**overrides: Any) -> dict[str, Any]:
         "device": "cpu", "model": "tiny", "cache_policy": "linear", "cache_ratio": 0.25,
         "batch_size": 4, "images": 4, "tokens": 16, "wall_s": 0.5, "tokens_per_s": 32.0,
         "images_per_s": 8.0, "kv_cache_bytes": 1024, "peak_memory_bytes": 4096,
-        "started_at": 1_700_000_000.25, "finished_at": 1_700_000_000.75,
+        "prompts_truncated": 0, "started_at": 1_700_000_000.25, "finished_at": 1_700_000_000.75,
     }
     row.update(overrides)
     return row
@@ -116,7 +116,8 @@ def test_encode_png_round_trip_and_order() -> None:
 EXPECTED_IMAGE_SCHEMA = [
     ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
     ("item_id", pa.string()), ("row", pa.int64()), ("replica", pa.int32()), ("id", pa.string()),
-    ("class_id", pa.int32()), ("prompt", pa.string()), ("seed", pa.int64()),
+    ("class_id", pa.int32()), ("prompt", pa.string()), ("prompt_tokens", pa.int32()),
+    ("prompt_truncated", pa.bool_()), ("seed", pa.int64()),
     ("model", pa.string()), ("cache_policy", pa.string()), ("cache_ratio", pa.float64()),
     ("tokens", pa.list_(pa.int32())), ("width", pa.int32()), ("height", pa.int32()),
 ]
@@ -127,7 +128,9 @@ def image_parquet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[
     n = 250
     items = make_items(n)
     images, tokens = make_arrays(n)
-    table = writer.image_table(items, images, tokens, model="tiny", cache_policy="linear", cache_ratio=0.25)
+    info = [None if it.prompt is None else (it.row % 7 + 1, it.row % 5 == 0) for it in items]
+    table = writer.image_table(items, images, tokens, model="tiny", cache_policy="linear", cache_ratio=0.25,
+                               prompt_info=info)
     path = tmp_path_factory.mktemp("img") / "shard-00000.parquet"
     path.write_bytes(writer.to_parquet_bytes(table))
     return path, items, images, tokens
@@ -148,12 +151,16 @@ def test_image_parquet_schema_rows_and_row_groups(image_parquet) -> None:
     assert features["tokens"]["_type"] == "Sequence"
 
     rows = table.to_pylist()
-    for i in (0, 1, 3, 249):
+    for i in (0, 1, 3, 5, 249):
         r, it = rows[i], items[i]
         assert r["item_id"] == it.item_id and r["row"] == it.row and r["replica"] == it.replica
         assert r["seed"] == it.seed and r["id"] == it.user_id
         assert r["class_id"] == it.class_id and r["prompt"] == it.prompt
         assert (r["class_id"] is None) != (r["prompt"] is None)
+        if it.prompt is None:
+            assert r["prompt_tokens"] is None and r["prompt_truncated"] is None
+        else:
+            assert (r["prompt_tokens"], r["prompt_truncated"]) == (it.row % 7 + 1, it.row % 5 == 0)
         assert r["model"] == "tiny" and r["cache_policy"] == "linear" and r["cache_ratio"] == 0.25
         assert r["tokens"] == tokens[i].tolist()
         assert (r["width"], r["height"]) == (W, H)
@@ -217,7 +224,7 @@ def test_stats_table_types_and_round_trip(tmp_path: Path) -> None:
     assert back.schema.names == [
         "job_id", "shard_id", "attempt", "worker", "node", "device", "model", "cache_policy",
         "cache_ratio", "batch_size", "images", "tokens", "wall_s", "tokens_per_s", "images_per_s",
-        "kv_cache_bytes", "peak_memory_bytes", "started_at", "finished_at"]
+        "kv_cache_bytes", "peak_memory_bytes", "prompts_truncated", "started_at", "finished_at"]
     types = {f.name: f.type for f in back.schema}
     assert types["attempt"] == pa.int32()
     assert types["cache_ratio"] == types["wall_s"] == pa.float64()

@@ -36,6 +36,7 @@ class _Pending:
     tokens: list = field(default_factory=list)
     images: list = field(default_factory=list)
     stats: list = field(default_factory=list)
+    prompt_info: list = field(default_factory=list)  # per item: (caption tokens, truncated) or None
     next_item: int = 0
 
     def done(self) -> int:
@@ -54,6 +55,7 @@ class GenerationActor:
 
         self.sink = sink
         self.spec, gpt, vq, device = model.load()
+        self.text = model.load_text_encoder(device)  # None for class-conditional models
         self.model_name = self.spec.name
         policy = cache.build(self.spec.prefix_len, self.spec.grid)
         self.engine = Engine(gpt, vq, self.spec, policy, device=device, max_batch=1)
@@ -75,7 +77,8 @@ class GenerationActor:
         return {"worker": self.worker, "node": self.node, "device": self.device_name, "pid": os.getpid(),
                 "max_batch": self.engine.max_batch, "model": self.model_name,
                 "cache_bytes_per_sequence": self.engine.cache_bytes_per_sequence(),
-                "packing": self.packing.to_dict()}
+                "packing": self.packing.to_dict(),
+                "text_encoder": self.text.stats() if self.text is not None else None}
 
     def submit(self, shard, attempt: int) -> None:
         self.inbox.put((shard, attempt))
@@ -117,9 +120,22 @@ class GenerationActor:
             p.next_item += take
         return wave
 
-    def _engine_loop(self) -> None:
+    def _requests(self, items: list) -> tuple[list, list]:
+        """GenRequests for a wave's items, and per item (caption tokens, truncated) or None."""
         from workers.engine import GenRequest, SamplingParams
 
+        def sampling(it):
+            return SamplingParams(cfg_scale=it.cfg_scale, temperature=it.temperature, top_k=it.top_k, top_p=it.top_p)
+
+        if self.text is None:
+            requests = [GenRequest(seed=it.seed, class_id=it.class_id, sampling=sampling(it)) for it in items]
+            return requests, [None] * len(items)
+        encoded = self.text.encode([it.prompt for it in items])
+        requests = [GenRequest(seed=it.seed, caption=e.features, caption_mask=e.mask, sampling=sampling(it))
+                    for it, e in zip(items, encoded)]
+        return requests, [(e.tokens, e.truncated) for e in encoded]
+
+    def _engine_loop(self) -> None:
         pending: list[_Pending] = []
         while not self._stop:
             wave = self._take_wave(pending)
@@ -127,10 +143,7 @@ class GenerationActor:
                 continue
             started = time.time()
             try:
-                requests = [GenRequest(seed=it.seed, class_id=it.class_id,
-                                       sampling=SamplingParams(cfg_scale=it.cfg_scale, temperature=it.temperature,
-                                                               top_k=it.top_k, top_p=it.top_p))
-                            for _, it in wave]
+                requests, prompt_info = self._requests([it for _, it in wave])
                 result = self.engine.run_wave(requests)
                 images = self.engine.decode_images(result.tokens)
             except Exception as e:  # a shard that cannot be generated fails, the actor goes on
@@ -147,13 +160,16 @@ class GenerationActor:
                 n = sum(1 for q, _ in wave if q is p)
                 p.tokens.append(tokens[start:start + n])
                 p.images.append(images[start:start + n])
-                p.stats.append(self._stats_row(p, result.stats, n, len(wave), started, finished))
+                p.prompt_info += prompt_info[start:start + n]
+                truncated = sum(1 for x in prompt_info[start:start + n] if x is not None and x[1])
+                p.stats.append(self._stats_row(p, result.stats, n, len(wave), started, finished, truncated))
                 start += n
             for p in [p for p in pending if p.done() == len(p.shard.items)]:
                 pending.remove(p)
                 self.commits.put(p)
 
-    def _stats_row(self, p: _Pending, s, n: int, batch: int, started: float, finished: float) -> dict:
+    def _stats_row(self, p: _Pending, s, n: int, batch: int, started: float, finished: float,
+                   truncated: int) -> dict:
         # A wave shared by two shards is split by item count, so summing wall_s over shards
         # gives device time once (cost accounting relies on it).
         share = n / batch
@@ -165,7 +181,8 @@ class GenerationActor:
                 "batch_size": batch, "images": n, "tokens": n * self.spec.num_tokens, "wall_s": wall,
                 "tokens_per_s": n * self.spec.num_tokens / wall if wall > 0 else 0.0,
                 "images_per_s": n / wall if wall > 0 else 0.0, "kv_cache_bytes": s.kv_cache_bytes,
-                "peak_memory_bytes": s.peak_memory_bytes, "started_at": started, "finished_at": finished}
+                "peak_memory_bytes": s.peak_memory_bytes, "prompts_truncated": truncated,
+                "started_at": started, "finished_at": finished}
 
     # -- the commit thread ------------------------------------------------------------------
     def _commit_loop(self) -> None:
@@ -173,7 +190,7 @@ class GenerationActor:
             p: _Pending = self.commits.get()
             try:
                 wrote = self.sink.commit(p.shard, p.attempt, np.concatenate(p.tokens), np.concatenate(p.images),
-                                         p.stats)
+                                         p.stats, prompt_info=p.prompt_info)
                 self.outbox.put(ShardOutcome(p.shard.shard_id, p.attempt, "committed" if wrote else "already",
                                              images=len(p.shard.items), worker=self.worker))
             except Exception as e:

@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AVX512-BF16)")
     p.add_argument("--minutes", type=float, default=None,
                    help="wall-time budget: the schedule follows time when it runs ahead of steps; stops at the end")
+    p.add_argument("--compile", action="store_true", help="torch.compile the loss (about 25%% faster on a CPU after ~1 min)")
+    p.add_argument("--save-every", type=int, default=0, help="save the checkpoint every K steps (0: only at the end)")
     p.add_argument("--init", default=None, help="continue from this GPT checkpoint")
     p.add_argument("--classifier", default="workers/builtin/weights/shapes_classifier.pt",
                    help="for the end-of-training sample check (skipped if missing)")
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     no_decay = [p_ for n, p_ in gpt.named_parameters() if p_.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95))
+    loss_fn = torch.compile(train_loss) if args.compile else train_loss
     g = torch.Generator().manual_seed(args.seed)
     null = spec.gpt.null_class
     t0, ema = time.time(), None
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         lab = labels[idx].clone()
         lab[torch.rand(args.batch, generator=g) < args.class_dropout] = null
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            loss = train_loss(gpt, codes[idx], lab, spec.grid)
+            loss = loss_fn(gpt, codes[idx], lab, spec.grid)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
@@ -160,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         if step % 25 == 0 or step == 1:
             print(f"step {step}/{args.steps} loss {loss.item():.4f} (avg {ema:.4f}) lr {lr:.2e} "
                   f"{time.time() - t0:.0f}s", flush=True)
+        if args.save_every and step % args.save_every == 0:
+            torch.save({"model": gpt.state_dict()}, args.out)
         if args.check_every and step % args.check_every == 0:
             torch.save({"model": gpt.state_dict()}, args.out)
             sample_check(gpt, vq, spec, args.classifier, per_class=1, log=lambda m: print(m, flush=True))

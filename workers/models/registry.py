@@ -45,8 +45,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(name="test-tiny", gpt=TINY_GPT, image_size=32, vq=TINY_VQ,
                   description="tiny random-weight c2i model for tests (8x8 tokens, 32px)", random_by_design=True,
                   default_cfg_scale=2.0, default_top_k=0),
-        ModelSpec(name="test-tiny-t2i", gpt=GPTConfig(**{**TINY_GPT.__dict__, "cond": "t2i"}), image_size=32,
-                  vq=TINY_VQ, description="tiny random-weight t2i model for tests (8 caption tokens)", random_by_design=True,
+        ModelSpec(name="test-tiny-t2i", gpt=GPTConfig(**{**TINY_GPT.__dict__, "cond": "t2i", "caption_tokens": 120}), image_size=32,
+                  vq=TINY_VQ, description="tiny random-weight t2i model for tests (120 caption tokens, like LlamaGen)", random_by_design=True,
                   default_cfg_scale=2.0, default_top_k=0),
     ]
 }
