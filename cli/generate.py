@@ -26,7 +26,7 @@ def generate_command(
     cfg_scale: Optional[float] = options.CfgScale,
     top_k: Optional[int] = options.TopK,
     top_p: float = options.TopP,
-    temperature: float = options.Temperature,
+    temperature: Optional[float] = options.Temperature,
     cache: str = options.Cache,
     cache_ratio: Optional[str] = options.CacheRatio,
     cache_lines: Optional[int] = options.CacheLines,
@@ -50,7 +50,8 @@ def generate_command(
     spec = choice.spec()
     try:
         sampling = Sampling(cfg_scale=spec.default_cfg_scale if cfg_scale is None else cfg_scale,
-                            temperature=temperature, top_k=spec.default_top_k if top_k is None else top_k,
+                            temperature=spec.default_temperature if temperature is None else temperature,
+                            top_k=spec.default_top_k if top_k is None else top_k,
                             top_p=top_p)
     except ValueError as e:
         fail(str(e))

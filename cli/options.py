@@ -22,7 +22,7 @@ Seed = typer.Option(0, "--seed", help="Job seed; each image's seed derives from 
 CfgScale = typer.Option(None, "--cfg-scale", help="Classifier-free guidance scale (<= 1 disables guidance). Default: the model's.")
 TopK = typer.Option(None, "--top-k", help="Top-k filtering (0 = off). Default: the model's.")
 TopP = typer.Option(1.0, "--top-p", help="Nucleus filtering, in (0, 1].")
-Temperature = typer.Option(1.0, "--temperature", help="Sampling temperature, > 0.")
+Temperature = typer.Option(None, "--temperature", help="Sampling temperature, > 0. Default: the model's.")
 
 # Remote clusters (`submit`, `status`, `list`, `logs`, `cancel`, `resume`, `monitor`, `cost`)
 Cluster = typer.Option(None, "--cluster", help="Ray cluster: its dashboard / Jobs API URL, e.g. http://HEAD:8265 (default: RAY_ADDRESS, or [cluster] address in the config).")

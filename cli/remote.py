@@ -66,7 +66,7 @@ def submit_command(
     cfg_scale: Optional[float] = options.CfgScale,
     top_k: Optional[int] = options.TopK,
     top_p: float = options.TopP,
-    temperature: float = options.Temperature,
+    temperature: Optional[float] = options.Temperature,
     device: str = options.Device,
     dtype: Optional[str] = options.DType,
     s3_endpoint_url: Optional[str] = options.S3Endpoint,

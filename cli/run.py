@@ -15,7 +15,7 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
                vq_checkpoint: Optional[str], random_weights: bool, cache: str, cache_ratio: Optional[str],
                cache_lines: Optional[int], cache_option: Optional[List[str]], shard_size: int, workers: Optional[int], batch_size: Optional[int],
                memory_budget: Optional[str], seed: int, cfg_scale: Optional[float], top_k: Optional[int],
-               top_p: float, temperature: float, device: str, dtype: Optional[str],
+               top_p: float, temperature: Optional[float], device: str, dtype: Optional[str],
                s3_endpoint_url: Optional[str], text_encoder: Optional[str] = None):
     """The JobSpec a `run`/`submit` command line describes (shared so both spell it the same)."""
     from jobs.cache_choice import CacheChoice
@@ -30,7 +30,8 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
     spec_model = choice.spec()
     try:
         sampling = Sampling(cfg_scale=spec_model.default_cfg_scale if cfg_scale is None else cfg_scale,
-                            temperature=temperature, top_k=spec_model.default_top_k if top_k is None else top_k,
+                            temperature=spec_model.default_temperature if temperature is None else temperature,
+                            top_k=spec_model.default_top_k if top_k is None else top_k,
                             top_p=top_p)
     except ValueError as e:
         fail(str(e))
@@ -74,7 +75,7 @@ def run_command(
     cfg_scale: Optional[float] = options.CfgScale,
     top_k: Optional[int] = options.TopK,
     top_p: float = options.TopP,
-    temperature: float = options.Temperature,
+    temperature: Optional[float] = options.Temperature,
     device: str = options.Device,
     dtype: Optional[str] = options.DType,
     s3_endpoint_url: Optional[str] = options.S3Endpoint,

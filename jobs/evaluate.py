@@ -62,7 +62,8 @@ def requests_for(opts: EvalOptions, spec, count: int):
     from workers.engine import GenRequest, SamplingParams
 
     sp = SamplingParams(cfg_scale=spec.default_cfg_scale if opts.cfg_scale is None else opts.cfg_scale,
-                        top_k=spec.default_top_k if opts.top_k is None else opts.top_k)
+                        top_k=spec.default_top_k if opts.top_k is None else opts.top_k,
+                        temperature=spec.default_temperature)
     n_cls = spec.gpt.num_classes
     return [GenRequest(seed=opts.seed * 1_000_003 + i, class_id=i % n_cls, sampling=sp) for i in range(count)]
 
@@ -159,6 +160,7 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
         "model": spec.name, "device": str(device),
         "settings": {"samples": opts.samples, "fidelity_samples": nf, "seed": opts.seed,
                      "cfg_scale": requests[0].sampling.cfg_scale, "top_k": requests[0].sampling.top_k,
+                     "temperature": requests[0].sampling.temperature,
                      "max_batch": opts.max_batch, "grid": spec.grid, "tokens": spec.num_tokens},
         "reference": reference, "rows": rows, "wall_s": round(time.perf_counter() - t_start, 1),
     }
@@ -168,7 +170,8 @@ def render_table(report: dict) -> str:
     """Markdown table (terminal and benchmarks/RESULTS.md)."""
     s, ref = report["settings"], report["reference"]
     head = (f"model {report['model']} ({s['grid']}x{s['grid']} tokens), {s['samples']} samples per row "
-            f"(classes in turn, same seeds for every policy), cfg {s['cfg_scale']}, top-k {s['top_k']}; "
+            f"(classes in turn, same seeds for every policy), cfg {s['cfg_scale']}, top-k {s['top_k']}, "
+            f"temperature {s.get('temperature', 1.0)}; "
             f"fidelity teacher-forced on {s['fidelity_samples']} full-cache samples; "
             f"classifier accuracy on {ref['real_images']} real held-out images {ref['real_accuracy']:.2%}; "
             f"FD floor (real vs real) {ref['fd_real_vs_real']:.3f}; {report['device']}, {report['wall_s']:.0f} s in all")

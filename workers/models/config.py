@@ -93,6 +93,7 @@ class ModelSpec:
     random_by_design: bool = False
     default_cfg_scale: float = 4.0
     default_top_k: int = 2000
+    default_temperature: float = 1.0
 
     @property
     def grid(self) -> int:

@@ -31,7 +31,7 @@ SHAPES_GPT = GPTConfig(dim=192, n_layer=4, n_head=4, vocab_size=512, num_classes
 SHAPES = ModelSpec(name="linegen-shapes-c2i", gpt=SHAPES_GPT, image_size=96, vq=SHAPES_VQ,
                    description="built-in c2i model trained on procedural shapes (10 classes, 24x24 tokens, 96px)",
                    builtin_weights=(str(BUILTIN_WEIGHTS / "shapes_gpt.pt"), str(BUILTIN_WEIGHTS / "shapes_vq.pt")),
-                   default_cfg_scale=3.0, default_top_k=0)
+                   default_cfg_scale=2.0, default_top_k=0, default_temperature=0.9)
 
 MODELS: dict[str, ModelSpec] = {
     s.name: s
