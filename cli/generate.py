@@ -49,10 +49,7 @@ def generate_command(
                          s3_endpoint_url=s3_endpoint_url)
     spec = choice.spec()
     try:
-        sampling = Sampling(cfg_scale=spec.default_cfg_scale if cfg_scale is None else cfg_scale,
-                            temperature=spec.default_temperature if temperature is None else temperature,
-                            top_k=spec.default_top_k if top_k is None else top_k,
-                            top_p=top_p)
+        sampling = Sampling(**spec.sampling(cfg_scale, top_k, temperature), top_p=top_p)
     except ValueError as e:
         fail(str(e))
     opts = GenerateOptions(model=choice, class_ids=tuple(class_id), count=count, out=out, seed=seed,

@@ -29,10 +29,7 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
                          text_encoder=text_encoder)
     spec_model = choice.spec()
     try:
-        sampling = Sampling(cfg_scale=spec_model.default_cfg_scale if cfg_scale is None else cfg_scale,
-                            temperature=spec_model.default_temperature if temperature is None else temperature,
-                            top_k=spec_model.default_top_k if top_k is None else top_k,
-                            top_p=top_p)
+        sampling = Sampling(**spec_model.sampling(cfg_scale, top_k, temperature), top_p=top_p)
     except ValueError as e:
         fail(str(e))
     if workers is not None and workers < 1:

@@ -61,9 +61,7 @@ def _check(opts: EvalOptions, spec) -> None:
 def requests_for(opts: EvalOptions, spec, count: int):
     from workers.engine import GenRequest, SamplingParams
 
-    sp = SamplingParams(cfg_scale=spec.default_cfg_scale if opts.cfg_scale is None else opts.cfg_scale,
-                        top_k=spec.default_top_k if opts.top_k is None else opts.top_k,
-                        temperature=spec.default_temperature)
+    sp = SamplingParams(**spec.sampling(opts.cfg_scale, opts.top_k))
     n_cls = spec.gpt.num_classes
     return [GenRequest(seed=opts.seed * 1_000_003 + i, class_id=i % n_cls, sampling=sp) for i in range(count)]
 

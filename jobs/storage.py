@@ -700,6 +700,11 @@ def read_uri(uri: str, *, endpoint_url: str | None = None) -> bytes:
         raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
 
 
+def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
+    """Where downloaded objects are kept: `cache_dir`, else ~/.cache/linegen/objects."""
+    return Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "linegen" / "objects"
+
+
 def fetch_to_local(
     uri: str, *, endpoint_url: str | None = None, cache_dir: str | os.PathLike[str] | None = None
 ) -> Path:
@@ -724,7 +729,7 @@ def fetch_to_local(
         raise StorageNotFound(f"{uri} does not exist")
     size, etag = int(head.get("ContentLength", -1)), str(head.get("ETag", ""))
 
-    root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "linegen" / "objects"
+    root = _cache_root(cache_dir)
     folder = root / hashlib.sha256(uri.encode()).hexdigest()[:32]
     target = folder / safe_component(name)
     meta_path = folder / ".meta.json"
@@ -773,7 +778,7 @@ def fetch_folder_to_local(
             if not any(part.startswith(TMP_PREFIX) for part in k.split("/"))]
     if not keys:
         raise StorageNotFound(f"{uri} holds no objects")
-    root = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "linegen" / "objects"
+    root = _cache_root(cache_dir)
     folder = root / ("folder-" + hashlib.sha256(base.encode()).hexdigest()[:32])
     for key in keys:
         # Each object is cached (and re-checked by ETag) by fetch_to_local; the folder view is

@@ -77,8 +77,7 @@ def test_shipped_model_draws_recognisable_classes():
     from workers.engine import Engine, GenRequest, SamplingParams
 
     spec, gpt, vq, device = ModelChoice(name=DEFAULT_MODEL, device="cpu").load()
-    sp = SamplingParams(cfg_scale=spec.default_cfg_scale, top_k=spec.default_top_k,
-                        temperature=spec.default_temperature)
+    sp = SamplingParams(**spec.sampling())
     requests = [GenRequest(seed=7_000 + i, class_id=i % 10, sampling=sp) for i in range(20)]
     engine = Engine(gpt, vq, spec, make_policy("full"), device=device, max_batch=20)
     images = engine.decode_images(engine.run_wave(requests).tokens)

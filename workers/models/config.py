@@ -95,6 +95,13 @@ class ModelSpec:
     default_top_k: int = 2000
     default_temperature: float = 1.0
 
+    def sampling(self, cfg_scale: float | None = None, top_k: int | None = None,
+                 temperature: float | None = None) -> dict:
+        """cfg_scale, top_k and temperature as given, the model's defaults where None."""
+        return {"cfg_scale": self.default_cfg_scale if cfg_scale is None else cfg_scale,
+                "top_k": self.default_top_k if top_k is None else top_k,
+                "temperature": self.default_temperature if temperature is None else temperature}
+
     @property
     def grid(self) -> int:
         return self.image_size // self.vq.downsample
