@@ -1,6 +1,6 @@
 """Full-cache engine throughput against batch size (issue 2's baseline table).
 
-    python -m benchmarks.batch_scaling --model llamagen-c2i-b-256 --batches 1,4,16
+    python -m linegen.benchmarks.batch_scaling --model llamagen-c2i-b-256 --batches 1,4,16
 
 Random weights, decode only (no VQ), CFG on: every image is 2 cache rows. Also prints the share of
 the machine's plain matmul rate and memory read rate the decode loop reaches.
@@ -11,12 +11,12 @@ import argparse
 
 import torch
 
-from benchmarks.engine_bench import (matmul_rate, read_bandwidth, wave_bytes, wave_flops, _requests)
-from workers.cache import make_policy
-from workers.engine import Engine
-from workers.engine.packing import weights_bytes
-from workers.models.loading import load_model
-from workers.models.registry import get_spec
+from linegen.benchmarks.engine_bench import (matmul_rate, read_bandwidth, wave_bytes, wave_flops, _requests)
+from linegen.workers.cache import make_policy
+from linegen.workers.engine import Engine
+from linegen.workers.engine.packing import weights_bytes
+from linegen.workers.models.loading import load_model
+from linegen.workers.models.registry import get_spec
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from workers.cache import Layout, make_policy
-from workers.engine import Engine, GenRequest, SamplingParams
-from workers.engine.packing import parse_bytes, weights_bytes
-from workers.models.config import ModelSpec
-from workers.models.loading import load_model
-from workers.models.registry import get_spec
+from linegen.workers.cache import Layout, make_policy
+from linegen.workers.engine import Engine, GenRequest, SamplingParams
+from linegen.workers.engine.packing import parse_bytes, weights_bytes
+from linegen.workers.models.config import ModelSpec
+from linegen.workers.models.loading import load_model
+from linegen.workers.models.registry import get_spec
 
 FIELDS = ("kv_bytes_per_sequence", "max_sequences", "tokens_per_s", "images_per_s",
           "images_per_s_at_max_batch", "peak_memory_bytes", "scoring_share")

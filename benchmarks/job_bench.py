@@ -1,7 +1,7 @@
 """The job system's overhead: `linegen run` (Ray actor, PNG + Parquet, storage, commits) against the
 bare engine loop (decode + VQ decode, nothing written) on the same model, batch and machine.
 
-    python -m benchmarks.job_bench --model test-tiny --images 512 --batch 16 --shard-size 128
+    python -m linegen.benchmarks.job_bench --model test-tiny --images 512 --batch 16 --shard-size 128
 
 Prints a Markdown table. The job's throughput is counted from its first actor being ready to the
 last commit (Ray start and model loading are a fixed cost per job, reported on their own line).
@@ -18,12 +18,12 @@ from pathlib import Path
 def bare_loop(model: str, images: int, batch: int) -> dict:
     import torch
 
-    from jobs.generate import to_request
-    from jobs.manifest import ManifestRow
-    from jobs.models import ModelChoice
-    from jobs.plan import Sampling, expand_items
-    from workers.cache import make_policy
-    from workers.engine import Engine
+    from linegen.jobs.generate import to_request
+    from linegen.jobs.manifest import ManifestRow
+    from linegen.jobs.models import ModelChoice
+    from linegen.jobs.plan import Sampling, expand_items
+    from linegen.workers.cache import make_policy
+    from linegen.workers.engine import Engine
 
     spec, gpt, vq, device = ModelChoice(model, random_weights=True, device="cpu").load()
     engine = Engine(gpt, vq, spec, make_policy("full"), device=device, max_batch=batch)
@@ -40,12 +40,12 @@ def bare_loop(model: str, images: int, batch: int) -> dict:
 
 
 def job_run(model: str, images: int, batch: int, shard_size: int, out: str) -> dict:
-    from jobs.cache_choice import CacheChoice
-    from jobs.models import ModelChoice
-    from jobs.plan import Sampling
-    from jobs.run import run_embedded
-    from jobs.spec import JobSpec
-    from workers.models.registry import get_spec
+    from linegen.jobs.cache_choice import CacheChoice
+    from linegen.jobs.models import ModelChoice
+    from linegen.jobs.plan import Sampling
+    from linegen.jobs.run import run_embedded
+    from linegen.jobs.spec import JobSpec
+    from linegen.workers.models.registry import get_spec
 
     spec_m = get_spec(model)
     manifest = Path(out) / "manifest.jsonl"

@@ -1,6 +1,6 @@
 """LineAR's switches against H2O on the built-in model: teacher-forced fidelity to the full cache.
 
-    python -m benchmarks.linear_variants --ratio 1/6 --samples 32
+    python -m linegen.benchmarks.linear_variants --ratio 1/6 --samples 32
 
 Every row forces the same full-cache samples (the evaluation's requests: classes in turn, the
 model's sampling defaults) and reports the mean KL(full || policy) per step and top-1 agreement
@@ -25,11 +25,11 @@ VARIANTS: tuple[tuple[str, dict], ...] = (
 
 
 def main(argv: list[str] | None = None) -> None:
-    from jobs.evaluate import EvalOptions, requests_for
-    from jobs.models import ModelChoice
-    from workers.cache import make_policy
-    from workers.engine import Engine
-    from workers.engine.fidelity import fidelity
+    from linegen.jobs.evaluate import EvalOptions, requests_for
+    from linegen.jobs.models import ModelChoice
+    from linegen.workers.cache import make_policy
+    from linegen.workers.engine import Engine
+    from linegen.workers.engine.fidelity import fidelity
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="linegen-shapes-c2i")

@@ -5,7 +5,7 @@ machine and reads images per device-second from the job's own stats (the `_SUCCE
 the same quantity `linegen cost` multiplies by $/device-hour. `--write` appends the rows to
 benchmarks/throughput.json with the machine and date; rows are only ever measured, never typed in.
 
-    python -m benchmarks.throughput --model test-tiny --policies full,linear --ratio 1/6 \\
+    python -m linegen.benchmarks.throughput --model test-tiny --policies full,linear --ratio 1/6 \\
         --images 256 --batch 16 --shard-size 64 --device cpu [--write]
 """
 from __future__ import annotations
@@ -23,12 +23,12 @@ TABLE = Path(__file__).resolve().parent / "throughput.json"
 
 def measure(model: str, policy: str, ratio: str | None, images: int, batch: int, shard_size: int, device: str,
             random_weights: bool) -> dict:
-    from jobs.cache_choice import CacheChoice
-    from jobs.models import ModelChoice
-    from jobs.plan import Sampling
-    from jobs.run import run_embedded
-    from jobs.spec import JobSpec
-    from workers.models.registry import get_spec
+    from linegen.jobs.cache_choice import CacheChoice
+    from linegen.jobs.models import ModelChoice
+    from linegen.jobs.plan import Sampling
+    from linegen.jobs.run import run_embedded
+    from linegen.jobs.spec import JobSpec
+    from linegen.workers.models.registry import get_spec
 
     spec_m = get_spec(model)
     with tempfile.TemporaryDirectory() as out:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         row = measure(args.model, policy, args.ratio, args.images, args.batch, args.shard_size, args.device,
                       random_weights=not args.checkpoint_weights)
         weights = "model weights" if args.checkpoint_weights else "random weights"
-        row["source"] = (f"python -m benchmarks.throughput (linegen run job stats, {weights}, {args.images} images, "
+        row["source"] = (f"python -m linegen.benchmarks.throughput (linegen run job stats, {weights}, {args.images} images, "
                          f"shard {args.shard_size}); {machine}")
         row["date"] = time.strftime("%Y-%m-%d")
         rows.append(row)

@@ -6,9 +6,9 @@ from typing import Optional
 
 import typer
 
-from cli import options
-from cli.errors import fail, handle_errors
-from cli.main import app
+from linegen.cli import options
+from linegen.cli.errors import fail, handle_errors
+from linegen.cli.main import app
 
 
 @app.command("bench")
@@ -36,9 +36,9 @@ def bench_command(
     as_json: bool = options.Json,
 ) -> None:
     """Measure the cache policies side by side: memory, packing and throughput as ratios to `full`."""
-    from benchmarks.engine_bench import BenchOptions, run_bench
-    from benchmarks.report import render_bench
-    from jobs.models import ModelChoice
+    from linegen.benchmarks.engine_bench import BenchOptions, run_bench
+    from linegen.benchmarks.report import render_bench
+    from linegen.jobs.models import ModelChoice
 
     ModelChoice(name=model, random_weights=True, device=device).resolve_device()
     if not random_weights and checkpoint is None:

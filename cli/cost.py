@@ -6,9 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from cli import options
-from cli.errors import fail, handle_errors
-from cli.main import app
+from linegen.cli import options
+from linegen.cli.errors import fail, handle_errors
+from linegen.cli.main import app
 
 
 @app.command("cost")
@@ -33,7 +33,7 @@ def cost_command(
     as_json: bool = options.Json,
 ) -> None:
     """A job's cost (device-seconds from its stats x $/device-hour, $/1k images), or --estimate a manifest's."""
-    from jobs.remote import make_context
+    from linegen.jobs.remote import make_context
 
     ctx = make_context(cluster=cluster, token=token, headers=header, out=out, config_path=config,
                        prices=price, s3_endpoint_url=s3_endpoint_url, token_file=token_file)
@@ -46,7 +46,7 @@ def cost_command(
         return
     if job is None:
         fail("give a job id, or --estimate MANIFEST --model NAME --gpu DEVICE")
-    from jobs.remote import job_cost_report
+    from linegen.jobs.remote import job_cost_report
 
     doc = job_cost_report(ctx, job)
     if as_json:
@@ -55,7 +55,7 @@ def cost_command(
     from rich.console import Console
     from rich.table import Table
 
-    from cli.jobview import money
+    from linegen.cli.jobview import money
 
     t = Table(title=f"cost of job {job}" + ("" if doc["complete"] else " (so far)"), show_header=True)
     for name in ("device", "device-seconds", "$/hour", "priced as", "$"):
@@ -79,11 +79,11 @@ def cost_command(
 
 
 def _estimate(ctx, manifest, model, gpu, gpus, cache, cache_ratio, from_job, as_json) -> None:
-    from jobs.estimate import estimate
+    from linegen.jobs.estimate import estimate
 
     storage = None
     if ctx.out is not None:
-        from jobs.storage import open_storage
+        from linegen.jobs.storage import open_storage
 
         storage = open_storage(ctx.out, endpoint_url=ctx.s3_endpoint_url)
     doc = estimate(manifest, model, gpu, cache=cache, cache_ratio=cache_ratio, gpus=gpus,
@@ -96,7 +96,7 @@ def _estimate(ctx, manifest, model, gpu, gpus, cache, cache_ratio, from_job, as_
         return
     if doc["throughput"] is None:
         fail(doc["reason"])
-    from cli.jobview import duration, money
+    from linegen.cli.jobview import duration, money
 
     tp = doc["throughput"]
     typer.echo(f"{doc['images']} images with {model} on {doc['device']} (cache {cache}"

@@ -11,10 +11,10 @@ F = TypeVar("F", bound=Callable)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from cluster.jobs_api import ClusterError
-    from jobs.errors import UserError
-    from jobs.manifest import ManifestError
-    from jobs.storage import StorageError
+    from linegen.cluster.jobs_api import ClusterError
+    from linegen.jobs.errors import UserError
+    from linegen.jobs.manifest import ManifestError
+    from linegen.jobs.storage import StorageError
 
     return (UserError, ManifestError, StorageError, ClusterError)
 

@@ -7,14 +7,14 @@ from typing import Optional
 
 import typer
 
-from cli import options
-from cli.errors import handle_errors
-from cli.main import app
+from linegen.cli import options
+from linegen.cli.errors import handle_errors
+from linegen.cli.main import app
 
 
 def _choice(model, checkpoint, vq_checkpoint, device, dtype):
-    from jobs.models import ModelChoice
-    from workers.models.registry import DEFAULT_MODEL
+    from linegen.jobs.models import ModelChoice
+    from linegen.workers.models.registry import DEFAULT_MODEL
 
     return ModelChoice(name=model or DEFAULT_MODEL, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint,
                        device=device, dtype=dtype)
@@ -45,7 +45,7 @@ def eval_command(
     as_json: bool = options.Json,
 ) -> None:
     """Quality of each cache policy and ratio vs the full cache: class accuracy, FD, token match, KL, top-1."""
-    from jobs.evaluate import EvalOptions, default_classifier, evaluate, render_table
+    from linegen.jobs.evaluate import EvalOptions, default_classifier, evaluate, render_table
 
     opts = EvalOptions(model=_choice(model, checkpoint, vq_checkpoint, device, dtype), policies=_split(policies),
                        ratios=_split(ratios), samples=samples, fidelity_samples=fidelity_samples,
@@ -76,7 +76,7 @@ def grid_command(
     as_json: bool = options.Json,
 ) -> None:
     """A PNG grid of samples per class (rows) for several cache policies side by side (same seeds)."""
-    from jobs.evaluate import GridOptions, make_grid
+    from linegen.jobs.evaluate import GridOptions, make_grid
 
     opts = GridOptions(model=_choice(model, checkpoint, vq_checkpoint, device, dtype), out=out,
                        policies=_split(policies), ratio=ratio, per_class=per_class, seed=seed,

@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from cli import options
-from cli.errors import fail, handle_errors
-from cli.main import app
+from linegen.cli import options
+from linegen.cli.errors import fail, handle_errors
+from linegen.cli.main import app
 
 
 @app.command("generate")
@@ -38,11 +38,11 @@ def generate_command(
     as_json: bool = options.Json,
 ) -> None:
     """Generate --count images for each --class-id with one model, into --out."""
-    from jobs.cache_choice import CacheChoice
-    from jobs.generate import GenerateOptions, check_options, generate_to_folder, load_engine
-    from jobs.models import ModelChoice
-    from jobs.plan import Sampling
-    from workers.models.registry import DEFAULT_MODEL
+    from linegen.jobs.cache_choice import CacheChoice
+    from linegen.jobs.generate import GenerateOptions, check_options, generate_to_folder, load_engine
+    from linegen.jobs.models import ModelChoice
+    from linegen.jobs.plan import Sampling
+    from linegen.workers.models.registry import DEFAULT_MODEL
 
     choice = ModelChoice(name=model or DEFAULT_MODEL, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint,
                          random_weights=random_weights, device=device, dtype=dtype,

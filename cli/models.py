@@ -5,14 +5,14 @@ import json
 
 import typer
 
-from cli import options
-from cli.main import app
+from linegen.cli import options
+from linegen.cli.main import app
 
 
 @app.command("models")
 def models_command(as_json: bool = options.Json) -> None:
     """List the registered models."""
-    from workers.models.registry import DEFAULT_MODEL, MODELS
+    from linegen.workers.models.registry import DEFAULT_MODEL, MODELS
 
     rows = [{"name": s.name, "default": s.name == DEFAULT_MODEL, "conditioning": s.gpt.cond,
              "layers": s.gpt.n_layer, "heads": s.gpt.n_head, "dim": s.gpt.dim, "image_size": s.image_size,

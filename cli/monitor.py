@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from cli import options
-from cli.errors import handle_errors
-from cli.main import app
+from linegen.cli import options
+from linegen.cli.errors import handle_errors
+from linegen.cli.main import app
 
 NA = "n/a"
 
@@ -35,8 +35,8 @@ def render(snap: dict):
     from rich.table import Table
     from rich.text import Text
 
-    from cli.jobview import jobs_table
-    from jobs.remote import shown_url
+    from linegen.cli.jobview import jobs_table
+    from linegen.jobs.remote import shown_url
 
     cpus, gpus = snap.get("cpus") or {}, snap.get("gpus") or {}
     head = Text.assemble(
@@ -89,8 +89,8 @@ def monitor_command(
     as_json: bool = options.Json,
 ) -> None:
     """Live view of a cluster: nodes, CPUs/GPUs, GPU use ("n/a" if unreported), jobs with progress, ETA, cost."""
-    from jobs.progress import StatsCache
-    from jobs.remote import make_context, monitor_snapshot
+    from linegen.jobs.progress import StatsCache
+    from linegen.jobs.remote import make_context, monitor_snapshot
 
     ctx = make_context(cluster=cluster, token=token, headers=header, config_path=config, prices=price,
                        s3_endpoint_url=s3_endpoint_url, token_file=token_file)
@@ -113,7 +113,7 @@ def monitor_command(
     from rich.console import Group
     from rich.text import Text
 
-    from cli.errors import user_errors
+    from linegen.cli.errors import user_errors
 
     console = Console()
     view = render(monitor_snapshot(ctx, cache=cache))  # a first failure is an error, as for --once

@@ -11,13 +11,13 @@ from typing import List, Optional
 
 import typer
 
-from cli import options
-from cli.errors import fail, handle_errors
-from cli.main import app
+from linegen.cli import options
+from linegen.cli.errors import fail, handle_errors
+from linegen.cli.main import app
 
 
 def _context(cluster, token, token_file, header, out, config, price, s3_endpoint_url=None):
-    from jobs.remote import make_context
+    from linegen.jobs.remote import make_context
 
     return make_context(cluster=cluster, token=token, headers=header, out=out, config_path=config,
                         prices=price, s3_endpoint_url=s3_endpoint_url, token_file=token_file)
@@ -73,8 +73,8 @@ def submit_command(
     as_json: bool = options.Json,
 ) -> None:
     """Submit a job to a Ray cluster and return at once (prints the job id)."""
-    from cli.run import build_spec
-    from jobs.remote import submit
+    from linegen.cli.run import build_spec
+    from linegen.jobs.remote import submit
 
     ctx = _context(cluster, token, token_file, header, out, config, price, s3_endpoint_url)
     ctx.require_cluster()
@@ -124,7 +124,7 @@ def list_command(
     as_json: bool = options.Json,
 ) -> None:
     """Scheduled, running and finished jobs with progress (the cluster's, or those under --out)."""
-    from jobs.remote import list_jobs
+    from linegen.jobs.remote import list_jobs
 
     ctx = _context(cluster, token, token_file, header, out, config, price, s3_endpoint_url)
     docs = list_jobs(ctx)
@@ -133,9 +133,9 @@ def list_command(
         return
     from rich.console import Console
 
-    from cli.jobview import jobs_table
+    from linegen.cli.jobview import jobs_table
 
-    from jobs.remote import shown_url
+    from linegen.jobs.remote import shown_url
 
     where = shown_url(ctx.address.url) if ctx.address else ctx.out
     if not docs:
@@ -159,7 +159,7 @@ def status_command(
     as_json: bool = options.Json,
 ) -> None:
     """State, shards and images done/total, images/s, ETA, errors and cost so far of one job."""
-    from jobs.remote import job_status
+    from linegen.jobs.remote import job_status
 
     ctx = _context(cluster, token, token_file, header, out, config, price, s3_endpoint_url)
     doc = job_status(ctx, job)
@@ -168,7 +168,7 @@ def status_command(
         return
     from rich.console import Console
 
-    from cli.jobview import status_table
+    from linegen.cli.jobview import status_table
 
     Console().print(status_table(doc))
 
@@ -185,7 +185,7 @@ def logs_command(
     config: Optional[str] = options.Config,
 ) -> None:
     """The job driver's output (every attempt, oldest first)."""
-    from jobs.remote import logs
+    from linegen.jobs.remote import logs
 
     ctx = _context(cluster, token, token_file, header, None, config, None)
     for chunk in logs(ctx, job, follow=follow):
@@ -207,7 +207,7 @@ def cancel_command(
     as_json: bool = options.Json,
 ) -> None:
     """Stop a job (also a scheduled or waiting one). Committed shards stay valid; `resume` finishes it."""
-    from jobs.remote import cancel
+    from linegen.jobs.remote import cancel
 
     ctx = _context(cluster, token, token_file, header, None, config, None, s3_endpoint_url)
     result = cancel(ctx, job, wait_s=wait)
@@ -243,7 +243,7 @@ def resume_command(
     as_json: bool = options.Json,
 ) -> None:
     """Run the rest of a cancelled, failed or interrupted job (committed shards are skipped)."""
-    from jobs.remote import resume
+    from linegen.jobs.remote import resume
 
     ctx = _context(cluster, token, token_file, header, out, config, None, s3_endpoint_url)
     result = resume(ctx, job, now=now, ship_code=not no_ship_code, driver_cpus=driver_cpus)

@@ -6,9 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from cli import options
-from cli.errors import fail, handle_errors
-from cli.main import app
+from linegen.cli import options
+from linegen.cli.errors import fail, handle_errors
+from linegen.cli.main import app
 
 
 def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[str], checkpoint: Optional[str],
@@ -18,11 +18,11 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
                top_p: float, temperature: Optional[float], device: str, dtype: Optional[str],
                s3_endpoint_url: Optional[str], text_encoder: Optional[str] = None):
     """The JobSpec a `run`/`submit` command line describes (shared so both spell it the same)."""
-    from jobs.cache_choice import CacheChoice
-    from jobs.models import ModelChoice
-    from jobs.plan import Sampling
-    from jobs.spec import JobSpec, check_job_id, new_job_id
-    from workers.models.registry import DEFAULT_MODEL
+    from linegen.jobs.cache_choice import CacheChoice
+    from linegen.jobs.models import ModelChoice
+    from linegen.jobs.plan import Sampling
+    from linegen.jobs.spec import JobSpec, check_job_id, new_job_id
+    from linegen.workers.models.registry import DEFAULT_MODEL
 
     choice = ModelChoice(name=model or DEFAULT_MODEL, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint,
                          random_weights=random_weights, device=device, dtype=dtype, s3_endpoint_url=s3_endpoint_url,
@@ -37,7 +37,7 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
     if batch_size is not None and batch_size < 1:
         fail(f"--batch-size must be >= 1, got {batch_size}")
     if memory_budget is not None:
-        from workers.engine.packing import PackingError, parse_bytes
+        from linegen.workers.engine.packing import PackingError, parse_bytes
 
         try:
             parse_bytes(memory_budget)
@@ -79,8 +79,8 @@ def run_command(
     as_json: bool = options.Json,
 ) -> None:
     """Run a job on the embedded local Ray: every manifest item once, resumable, to --out."""
-    from jobs.driver import prepare_job
-    from jobs.run import run_embedded
+    from linegen.jobs.driver import prepare_job
+    from linegen.jobs.run import run_embedded
 
     spec = build_spec(manifest, out, job_id, model, checkpoint, vq_checkpoint, random_weights, cache, cache_ratio,
                       cache_lines, cache_option, shard_size, workers, batch_size, memory_budget, seed, cfg_scale, top_k, top_p,
@@ -104,7 +104,7 @@ def run_command(
                        rate=f"{p.images_per_s:.2f} img/s" if p.images_per_s else "")
 
         summary = run_embedded(spec, progress=show, prepared=prepared)
-    from cli.render import summary_table
+    from linegen.cli.render import summary_table
 
     Console().print(summary_table(summary))
 
@@ -119,11 +119,11 @@ def validate_command(
     as_json: bool = options.Json,
 ) -> None:
     """Validate a manifest: every bad row with file, line and field; the item count."""
-    from jobs.manifest import Conditioning, ManifestError, read_manifest, total_items
+    from linegen.jobs.manifest import Conditioning, ManifestError, read_manifest, total_items
 
     conditioning, spec = None, None
     if model is not None:
-        from jobs.models import ModelChoice
+        from linegen.jobs.models import ModelChoice
 
         spec = ModelChoice(name=model, random_weights=True).spec()
         conditioning = (Conditioning(kind="text") if spec.gpt.cond == "t2i"
@@ -150,8 +150,8 @@ def validate_command(
 
 
 def _truncated_prompts(rows, text_encoder: str, limit: int, endpoint_url: Optional[str]) -> list[dict]:
-    from jobs.storage import StorageError, fetch_folder_to_local
-    from workers.models.text import TextEncoderError, load_tokenizer, prepare_texts, token_counts
+    from linegen.jobs.storage import StorageError, fetch_folder_to_local
+    from linegen.workers.models.text import TextEncoderError, load_tokenizer, prepare_texts, token_counts
 
     try:
         tokenizer = load_tokenizer(fetch_folder_to_local(text_encoder, endpoint_url=endpoint_url))

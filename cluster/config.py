@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.prices import parse_price
+from linegen.cluster.prices import parse_price
 
 
 class ConfigError(ValueError):

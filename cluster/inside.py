@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from cluster.jobs_api import JobState, _state
+from linegen.cluster.jobs_api import JobState, _state
 
 
 def jobs_from_inside(timeout: float = 10.0) -> list[JobState] | None:
@@ -23,7 +23,7 @@ def jobs_from_inside(timeout: float = 10.0) -> list[JobState] | None:
     if not os.environ.get("RAY_ADDRESS"):
         return None
     try:
-        from cluster import jobs_api
+        from linegen.cluster import jobs_api
 
         if jobs_api._CLIENT_CLASS is None:
             jobs_api._CLIENT_CLASS = jobs_api._client_class()

@@ -8,7 +8,7 @@
   `HeadProcess.stop()` stops exactly that head (never ``ray stop``, which stops every Ray on the
   machine). Useful to try remote-cluster commands on one machine::
 
-      from cluster.local import start_head
+      from linegen.cluster.local import start_head
       head = start_head(port_dashboard=8265, port_gcs=6379, temp_dir="/tmp/ray-head",
                         env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "..."})
       ...  # linegen --address http://127.0.0.1:8265 ...
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.address import ClusterAddress
+from linegen.cluster.address import ClusterAddress
 
 
 def free_port(host: str = "127.0.0.1") -> int:

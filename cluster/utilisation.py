@@ -25,8 +25,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cluster.address import ClusterAddress
-from cluster.jobs_api import ClusterError, http_get_json, ray_version
+from linegen.cluster.address import ClusterAddress
+from linegen.cluster.jobs_api import ClusterError, http_get_json, ray_version
 
 NA = "n/a"
 MIB = 1024 * 1024

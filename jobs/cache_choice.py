@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from jobs.errors import UserError
+from linegen.jobs.errors import UserError
 
 POLICY_NAMES = ("full", "linear", "streaming", "h2o", "snapkv")
 
@@ -36,7 +36,7 @@ class CacheChoice:
 
     def build(self, prefix: int | None = None, grid: int | None = None):
         """The policy object; with a model's prefix and grid, also checked against that layout."""
-        from workers.cache import CacheConfigError, Layout, make_policy
+        from linegen.workers.cache import CacheConfigError, Layout, make_policy
 
         try:
             policy = make_policy(self.policy, ratio=self.ratio, lines=self.lines, **self.options)
@@ -54,7 +54,7 @@ class CacheChoice:
 
     def effective_ratio(self, prefix: int, grid: int) -> float:
         """Kept visual tokens / all visual tokens on a model's grid (1.0 for the full cache)."""
-        from workers.cache import Layout
+        from linegen.workers.cache import Layout
 
         layout = Layout(prefix=prefix, grid=grid)
         return min(1.0, self.build().budget(layout) / layout.num_tokens)

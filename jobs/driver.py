@@ -1,7 +1,7 @@
 """The job driver: plan, skip committed shards, feed a pool of model-holding actors, finish.
 
 Runs in-process for the embedded default (`linegen run`) or as the entrypoint of a Ray job on a
-cluster (`python -m jobs.driver OUT/JOB_ID`, see `linegen submit`). Exactly-once comes from the
+cluster (`python -m linegen.jobs.driver OUT/JOB_ID`, see `linegen submit`). Exactly-once comes from the
 shard protocol (jobs/sink.py): a shard counts once its commit marker exists, so a crashed
 driver or actor is handled by running the uncommitted shards again, with the same seeds.
 Image bytes never pass through here: actors write their shards themselves.
@@ -16,12 +16,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from jobs import layout
-from jobs.errors import UserError
-from jobs.manifest import Conditioning, parse_manifest
-from jobs.plan import Shard, expand_items, plan_fingerprint, plan_shards
-from jobs.spec import JobSpec
-from jobs.storage import Storage, StorageNotFound, open_storage
+from linegen.jobs import layout
+from linegen.jobs.errors import UserError
+from linegen.jobs.manifest import Conditioning, parse_manifest
+from linegen.jobs.plan import Shard, expand_items, plan_fingerprint, plan_shards
+from linegen.jobs.spec import JobSpec
+from linegen.jobs.storage import Storage, StorageNotFound, open_storage
 
 PREFETCH = 2  # shards queued per actor: the next one is there before the current one drains
 MANIFEST_EXTS = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
@@ -125,7 +125,7 @@ def prepare_job(spec: JobSpec) -> PreparedJob:
 
 def _read_manifest_bytes(spec: JobSpec) -> tuple[bytes | None, Exception | None]:
     """The manifest as the user points to it now, or (None, why) if it cannot be read from here."""
-    from jobs.storage import StorageError, read_uri
+    from linegen.jobs.storage import StorageError, read_uri
 
     try:
         return read_uri(spec.manifest, endpoint_url=spec.s3_endpoint_url), None
@@ -159,7 +159,7 @@ class _Pool:
     def __init__(self, job: PreparedJob, sink, count: int, resources: dict, cpu_threads: int | None):
         import ray
 
-        from workers.actor import GenerationActor
+        from linegen.workers.actor import GenerationActor
 
         self.ray = ray
         self.job, self.sink = job, sink
@@ -219,7 +219,7 @@ def run_job(spec: JobSpec, progress: Callable[[Progress], None] | None = None,
     """Generate every uncommitted shard of the job; Ray must already be initialised."""
     from ray.exceptions import RayActorError
 
-    from jobs.sink import ShardSink
+    from linegen.jobs.sink import ShardSink
 
     job = prepared or prepare_job(spec)
     storage, job_id = job.storage, spec.job_id
@@ -357,7 +357,7 @@ def write_success(job: PreparedJob, wall_s: float, generated: int) -> dict:
 def job_cost(device_seconds: dict[str, float], images: int, overrides=None) -> dict:
     """Device-seconds x the price table's $/device-hour (CPU workers are priced per vCPU-hour,
     one vCPU per worker: a lower bound). Unknown devices are listed, not guessed."""
-    from cluster.prices import PriceTable
+    from linegen.cluster.prices import PriceTable
 
     table = PriceTable.builtin().with_overrides(overrides)
     usd, unknown, used = 0.0, [], {}
@@ -373,18 +373,18 @@ def job_cost(device_seconds: dict[str, float], images: int, overrides=None) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entrypoint of a submitted Ray job: python -m jobs.driver OUT JOB_ID."""
+    """Entrypoint of a submitted Ray job: python -m linegen.jobs.driver OUT JOB_ID."""
     import ray
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m jobs.driver OUT JOB_ID", file=sys.stderr)
+        print("usage: python -m linegen.jobs.driver OUT JOB_ID", file=sys.stderr)
         return 2
     out, job_id = argv
     # linegen submit: _FAILED/_CANCELLED markers and SIGTERM (jobs/outcome.py); --at/--after
     # waiting before Ray and actors exist, so no GPU is held (jobs/schedule.py).
-    from jobs.outcome import driver_outcome
-    from jobs.schedule import wait_for_start
+    from linegen.jobs.outcome import driver_outcome
+    from linegen.jobs.schedule import wait_for_start
 
     with driver_outcome(out, job_id, os.environ.get("LINEGEN_S3_ENDPOINT_URL")) as outcome:
         try:

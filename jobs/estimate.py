@@ -19,7 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import UserError
+from linegen.jobs.errors import UserError
 
 TABLE_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.json"
 
@@ -59,7 +59,7 @@ def load_table(path: Path | str | None = None) -> list[dict]:
 
 
 def from_table(model: str, device: str, policy: str, ratio: float | None, rows: list[dict]) -> dict | None:
-    from cluster.prices import canonical_device
+    from linegen.cluster.prices import canonical_device
 
     matches = [r for r in rows if r.get("model") == model and canonical_device(str(r.get("device"))) == device
                and _same_cache(policy, ratio, str(r.get("cache_policy")), r.get("ratio"))]
@@ -74,14 +74,14 @@ def from_table(model: str, device: str, policy: str, ratio: float | None, rows: 
 
 
 def _device_of(device_seconds: dict[str, float]) -> str | None:
-    from cluster.prices import canonical_device
+    from linegen.cluster.prices import canonical_device
 
     names = {canonical_device(d) for d in device_seconds if d}
     return names.pop() if len(names) == 1 else None
 
 
 def from_job(storage, job_id: str, device: str, policy: str, ratio: float | None, model: str) -> dict:
-    from jobs.progress import read_progress
+    from linegen.jobs.progress import read_progress
 
     p = read_progress(storage, job_id, with_stats=True)
     if p.spec is None and p.summary is None:
@@ -106,8 +106,8 @@ def from_job(storage, job_id: str, device: str, policy: str, ratio: float | None
 
 
 def from_finished_jobs(storage, model: str, device: str, policy: str, ratio: float | None) -> dict | None:
-    from jobs import layout
-    from jobs.progress import read_spec
+    from linegen.jobs import layout
+    from linegen.jobs.progress import read_spec
 
     found = []
     for key in storage.list(""):
@@ -140,9 +140,9 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
              s3_endpoint_url: str | None = None, table: list[dict] | None = None) -> dict:
     """The estimate document. ``throughput`` is None (and ``reason`` says why) when nothing was
     measured for this model, device and cache."""
-    from cluster.prices import PriceTable, canonical_device
-    from jobs.manifest import Conditioning, read_manifest, total_items
-    from jobs.models import ModelChoice
+    from linegen.cluster.prices import PriceTable, canonical_device
+    from linegen.jobs.manifest import Conditioning, read_manifest, total_items
+    from linegen.jobs.models import ModelChoice
 
     if gpus < 1:
         raise UserError(f"--gpus must be >= 1, got {gpus}")
@@ -178,7 +178,7 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
         doc["reason"] = (f"no measured throughput exists for {model} on {device} with cache {cache_text}: "
                          f"nothing in {TABLE_PATH.name}"
                          + (" and no matching finished job under the output root" if storage is not None else "")
-                         + f"; measure it on a {device} (`python -m benchmarks.throughput --model {model} "
+                         + f"; measure it on a {device} (`python -m linegen.benchmarks.throughput --model {model} "
                          "--device cuda --write`, or a small `linegen submit` there and then "
                          "`--from-job JOB`) rather than trust a guess")
         return doc

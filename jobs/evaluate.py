@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from jobs.errors import UserError
-from jobs.models import ModelChoice
+from linegen.jobs.errors import UserError
+from linegen.jobs.models import ModelChoice
 
 DEFAULT_POLICIES = ("full", "linear", "streaming", "h2o", "snapkv")
 DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
@@ -45,7 +45,7 @@ class EvalOptions:
 
 
 def _check(opts: EvalOptions, spec) -> None:
-    from workers.cache import POLICIES
+    from linegen.workers.cache import POLICIES
 
     for p in opts.policies:
         if p not in POLICIES:
@@ -59,7 +59,7 @@ def _check(opts: EvalOptions, spec) -> None:
 
 
 def requests_for(opts: EvalOptions, spec, count: int):
-    from workers.engine import GenRequest, SamplingParams
+    from linegen.workers.engine import GenRequest, SamplingParams
 
     sp = SamplingParams(**spec.sampling(opts.cfg_scale, opts.top_k))
     n_cls = spec.gpt.num_classes
@@ -81,7 +81,7 @@ def _logprobs(engine, requests, tokens, max_batch: int):
     """Guided next-token log-probabilities [n, N, V] under teacher forcing on `tokens`."""
     import torch
 
-    from workers.engine.fidelity import _guided_logprobs
+    from linegen.workers.engine.fidelity import _guided_logprobs
 
     return torch.cat([_guided_logprobs(engine, requests[i:i + max_batch], tokens[i:i + max_batch])
                       for i in range(0, len(requests), max_batch)])
@@ -92,10 +92,10 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
     import numpy as np
     import torch
 
-    from workers.builtin import shapes
-    from workers.builtin.classifier import classify, frechet_distance, load_classifier
-    from workers.cache import CacheConfigError, make_policy
-    from workers.engine import Engine
+    from linegen.workers.builtin import shapes
+    from linegen.workers.builtin.classifier import classify, frechet_distance, load_classifier
+    from linegen.workers.cache import CacheConfigError, make_policy
+    from linegen.workers.engine import Engine
 
     spec = opts.model.spec()
     _check(opts, spec)
@@ -202,8 +202,8 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from workers.cache import CacheConfigError, make_policy
-    from workers.engine import Engine
+    from linegen.workers.cache import CacheConfigError, make_policy
+    from linegen.workers.engine import Engine
 
     spec = opts.model.spec()
     if spec.gpt.cond != "c2i":

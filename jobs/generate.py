@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from jobs.cache_choice import CacheChoice
-from jobs.errors import UserError
-from jobs.manifest import ManifestRow
-from jobs.models import ModelChoice
-from jobs.plan import Item, Sampling, expand_items
+from linegen.jobs.cache_choice import CacheChoice
+from linegen.jobs.errors import UserError
+from linegen.jobs.manifest import ManifestRow
+from linegen.jobs.models import ModelChoice
+from linegen.jobs.plan import Item, Sampling, expand_items
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class GenerateOptions:
 
 def to_request(item: Item):
     """A planned item -> the engine's request (class-conditional items)."""
-    from workers.engine import GenRequest, SamplingParams
+    from linegen.workers.engine import GenRequest, SamplingParams
 
     return GenRequest(seed=item.seed, class_id=item.class_id,
                       sampling=SamplingParams(cfg_scale=item.cfg_scale, temperature=item.temperature,
@@ -70,7 +70,7 @@ def check_options(opts: GenerateOptions) -> list[Item]:
 
 def load_engine(opts: GenerateOptions):
     """The model on its device, wrapped in an engine (errors here are one-line UserErrors)."""
-    from workers.engine import Engine
+    from linegen.workers.engine import Engine
 
     spec, gpt, vq, device = opts.model.load()
     return Engine(gpt, vq, spec, opts.cache.build(spec.prefix_len, spec.grid), device=device,

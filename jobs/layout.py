@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for annotations: layout must not pull in boto3 or anything heavy
-    from jobs.storage import Storage
+    from linegen.jobs.storage import Storage
 
 COMMIT_SUFFIX = ".json"
 

@@ -502,7 +502,7 @@ def _read_bytes(uri: str, endpoint_url: str | None) -> bytes:
         return ManifestError([ManifestIssue(uri, None, None, message)])
 
     if uri.startswith("s3://"):
-        from jobs.storage import StorageError, read_uri  # lazy: boto3 is slow to import
+        from linegen.jobs.storage import StorageError, read_uri  # lazy: boto3 is slow to import
         try:
             return read_uri(uri, endpoint_url=endpoint_url)
         except StorageError as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from jobs.errors import UserError
+from linegen.jobs.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -29,7 +29,7 @@ class ModelChoice:
         return asdict(self)
 
     def spec(self):
-        from workers.models.registry import UnknownModel, get_spec
+        from linegen.workers.models.registry import UnknownModel, get_spec
 
         try:
             return get_spec(self.name)
@@ -63,7 +63,7 @@ class ModelChoice:
                             "Hugging Face layout, e.g. flan-t5-xl, local or s3://bucket/prefix)")
         import importlib.util
 
-        from workers.models.text import TRANSFORMERS_MISSING, TextEncoderError, check_folder
+        from linegen.workers.models.text import TRANSFORMERS_MISSING, TextEncoderError, check_folder
 
         if importlib.util.find_spec("transformers") is None:
             raise UserError(TRANSFORMERS_MISSING)
@@ -95,9 +95,9 @@ class ModelChoice:
 
     def load(self):
         """-> (spec, gpt, vq, device) with weights on the device."""
-        from jobs.storage import StorageError, fetch_to_local
-        from workers.models.checkpoint import CheckpointError
-        from workers.models.loading import load_model
+        from linegen.jobs.storage import StorageError, fetch_to_local
+        from linegen.workers.models.checkpoint import CheckpointError
+        from linegen.workers.models.loading import load_model
 
         self.check()
         spec = self.spec()
@@ -125,8 +125,8 @@ class ModelChoice:
             return None
         import torch
 
-        from jobs.storage import StorageError, fetch_folder_to_local
-        from workers.models.text import TextEncoder, TextEncoderError
+        from linegen.jobs.storage import StorageError, fetch_folder_to_local
+        from linegen.workers.models.text import TextEncoder, TextEncoderError
 
         self._check_text_encoder(spec)
         try:
@@ -142,7 +142,7 @@ def _check_readable(flag: str, uri: str, endpoint_url: str | None) -> None:
     """Fail fast on a checkpoint that is not there (the load itself may happen on another node)."""
     from pathlib import Path
 
-    from jobs.storage import StorageError, open_storage
+    from linegen.jobs.storage import StorageError, open_storage
 
     if not uri.startswith("s3://"):
         p = Path(uri.removeprefix("file://")).expanduser()

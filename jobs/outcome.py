@@ -29,8 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
-from jobs import layout
-from jobs.errors import UserError
+from linegen.jobs import layout
+from linegen.jobs.errors import UserError
 
 ATTEMPT_ENV = "LINEGEN_ATTEMPT"  # the Ray submission id of this attempt (set by `linegen submit`)
 MAX_REASON = 2000
@@ -77,7 +77,7 @@ def write_cancelled(storage, job_id: str, reason: str, *, overwrite: bool = Fals
 
 def read_outcome(storage, job_id: str) -> Outcome | None:
     """The job's ``_CANCELLED`` (first) or ``_FAILED`` marker, or None."""
-    from jobs.storage import StorageNotFound
+    from linegen.jobs.storage import StorageNotFound
 
     for key, state in ((layout.cancelled_key(job_id), "cancelled"), (layout.failed_key(job_id), "failed")):
         try:
@@ -112,7 +112,7 @@ class DriverOutcome:
 
     def storage(self):
         if self._storage is None:
-            from jobs.storage import open_storage
+            from linegen.jobs.storage import open_storage
 
             self._storage = open_storage(self.out, endpoint_url=self.endpoint_url)
         return self._storage
@@ -129,7 +129,7 @@ class DriverOutcome:
 
     def failed(self, error: BaseException) -> int:
         """Record a UserError: a cancelled dependency -> _CANCELLED, else _FAILED. Returns 1."""
-        from jobs.schedule import JobCancelled
+        from linegen.jobs.schedule import JobCancelled
 
         if isinstance(error, JobCancelled):
             self._record("cancelled", str(error).removeprefix("cancelled: "))
@@ -173,8 +173,8 @@ def driver_outcome(out: str, job_id: str, endpoint_url: str | None = None) -> It
 
 def _describe(e: BaseException) -> str:
     """Our own one-line errors (bad manifest, storage) as they are; anything else with its type."""
-    from jobs.manifest import ManifestError
-    from jobs.storage import StorageError
+    from linegen.jobs.manifest import ManifestError
+    from linegen.jobs.storage import StorageError
 
     if isinstance(e, (ManifestError, StorageError)):
         return str(e)

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from jobs.manifest import MAX_SEED, ManifestRow, sampling_problems
+from linegen.jobs.manifest import MAX_SEED, ManifestRow, sampling_problems
 
 # blake2b personalisation (<= 16 bytes). Bump the version only on purpose: changing the seed
 # derivation changes every image of every existing job.

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs import layout
-from jobs.storage import Storage, StorageNotFound
+from linegen.jobs import layout
+from linegen.jobs.storage import Storage, StorageNotFound
 
 READ_THREADS = 8
 
@@ -110,7 +110,7 @@ def _shard_size_of(shard_id: str, shard_size: int, items: int) -> int:
 
 
 def read_spec(storage: Storage, job_id: str):
-    from jobs.spec import JobSpec
+    from linegen.jobs.spec import JobSpec
 
     try:
         return JobSpec.from_json(storage.get(layout.spec_key(job_id)))
@@ -122,8 +122,8 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
                   cache: StatsCache | None = None, spec=None) -> JobProgress:
     """Progress of ``job_id`` under ``storage``. ``since``: start of the running attempt (Unix s),
     for its throughput and ETA. ``with_stats=False`` skips the stats files (counts only)."""
-    from jobs.driver import plan_key
-    from jobs.outcome import read_outcome
+    from linegen.jobs.driver import plan_key
+    from linegen.jobs.outcome import read_outcome
 
     spec = spec if spec is not None else read_spec(storage, job_id)
     p = JobProgress(job_id=job_id, spec=spec)
@@ -201,7 +201,7 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
 def cost_of(progress: JobProgress, prices: dict[str, float] | None = None) -> dict:
     """Cost so far (device-seconds from the stats x $/device-hour) and, if the job is not
     complete, projected for all its images at the same $/image."""
-    from jobs.driver import job_cost
+    from linegen.jobs.driver import job_cost
 
     devices = progress.device_seconds
     if not devices and progress.summary is not None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
-from jobs.errors import UserError
+from linegen.jobs.errors import UserError
 
 PACKAGES = ("cli", "jobs", "workers", "cluster")
 CODE_EXCLUDES = ["__pycache__", "*.pyc", ".pytest_cache", "*.egg-info"]
@@ -105,9 +105,9 @@ def make_context(cluster: str | None = None, token: str | None = None, headers: 
                  out: str | None = None, config_path: str | None = None, prices: list[str] | None = None,
                  s3_endpoint_url: str | None = None, token_file: str | None = None) -> Context:
     """Flags + config file + environment -> Context. Every problem is a one-line UserError."""
-    from cluster.address import resolve_cluster
-    from cluster.config import ConfigError, load_config
-    from cluster.prices import parse_price
+    from linegen.cluster.address import resolve_cluster
+    from linegen.cluster.config import ConfigError, load_config
+    from linegen.cluster.prices import parse_price
 
     try:
         cfg = load_config(config_path)
@@ -160,7 +160,7 @@ def group_attempts(states: list) -> dict[str, list]:
 
 
 def _states_from_snapshot(jobs: list[dict]) -> list:
-    from cluster.jobs_api import JobState
+    from linegen.cluster.jobs_api import JobState
 
     return [JobState(submission_id=j.get("submission_id"), status=str(j.get("status")),
                      message=j.get("message") or "", start_time=j.get("start_time"),
@@ -197,7 +197,7 @@ def runtime_env(*, ship_code: bool, attempt: str, s3_endpoint_url: str | None,
     if s3_endpoint_url:
         env_vars["LINEGEN_S3_ENDPOINT_URL"] = s3_endpoint_url
     if ignore_schedule:
-        from jobs.schedule import IGNORE_SCHEDULE_ENV
+        from linegen.jobs.schedule import IGNORE_SCHEDULE_ENV
 
         env_vars[IGNORE_SCHEDULE_ENV] = "1"
     env: dict[str, Any] = {"env_vars": env_vars}
@@ -221,7 +221,7 @@ def _quiet_upload_logs() -> None:
 
 
 def entrypoint(out: str, job_id: str) -> str:
-    return f"python -m jobs.driver {shlex.quote(out)} {shlex.quote(job_id)}"
+    return f"python -m linegen.jobs.driver {shlex.quote(out)} {shlex.quote(job_id)}"
 
 
 def _linegen_version() -> str:
@@ -267,7 +267,7 @@ def _absolute_out(out: str) -> str:
 
 
 def _metadata(job_id: str, out: str, endpoint: str | None, attempt: int, spec, now: bool = False) -> dict:
-    from jobs.schedule import utc_iso
+    from linegen.jobs.schedule import utc_iso
 
     meta = {META_JOB: job_id, META_OUT: out, META_ATTEMPT: str(attempt), META_MODEL: spec.model.name,
             META_VERSION: _linegen_version()}
@@ -289,11 +289,11 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
            driver_cpus: float = DEFAULT_DRIVER_CPUS) -> dict:
     """Validate and prepare the job (manifest copied to OUT/<job>/, job.json, plan.json), then
     submit its driver as Ray job ``<job_id>``. Returns at once; never runs a job twice."""
-    from cluster import jobs_api
-    from jobs import layout
-    from jobs.schedule import dependency_state, describe_time, parse_at, utc_iso
-    from jobs.spec import check_job_id
-    from jobs.storage import open_storage
+    from linegen.cluster import jobs_api
+    from linegen.jobs import layout
+    from linegen.jobs.schedule import dependency_state, describe_time, parse_at, utc_iso
+    from linegen.jobs.spec import check_job_id
+    from linegen.jobs.storage import open_storage
 
     address = ctx.require_cluster()
     if driver_cpus < 0:
@@ -340,13 +340,13 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
         if dep.state == "waiting" and not dep_active:
             warnings.append(f"job {after} is not running on {shown_url(address.url)}; this job waits until it "
                             f"succeeds (linegen resume {after})")
-    from jobs.driver import prepare_job
-    from jobs.progress import read_spec
+    from linegen.jobs.driver import prepare_job
+    from linegen.jobs.progress import read_spec
 
     recorded = read_spec(storage, spec.job_id)
     prepare_job(spec)  # every check before anything runs; writes job.json, the manifest copy, plan.json
     if recorded is not None:
-        from jobs.outcome import clear_outcome
+        from linegen.jobs.outcome import clear_outcome
 
         clear_outcome(storage, spec.job_id)  # an earlier run's _FAILED/_CANCELLED no longer holds
         warnings.append(f"job {spec.job_id} already exists under {out}: its committed shards are kept"
@@ -367,9 +367,9 @@ def resume(ctx: Context, job_id: str, *, now: bool = False, ship_code: bool = Tr
            driver_cpus: float = DEFAULT_DRIVER_CPUS) -> dict:
     """Submit the next attempt ``<job_id>-resume-<n>`` of a job that is not running and not
     complete. ``now``: ignore the job's --at/--after for this attempt."""
-    from cluster import jobs_api
-    from jobs import layout
-    from jobs.outcome import clear_outcome
+    from linegen.cluster import jobs_api
+    from linegen.jobs import layout
+    from linegen.jobs.outcome import clear_outcome
 
     address = ctx.require_cluster()
     client = jobs_api.connect(address, timeout=HTTP_TIMEOUT_S)
@@ -418,10 +418,10 @@ def locate(ctx: Context, job_id: str, *, client=None, states: list | None = None
            need_storage: bool = True) -> Located:
     """A job's attempts on the cluster (if one is given) and its output root (from the attempts'
     metadata, else --out / the config). A job known to neither is a one-line error."""
-    from cluster import jobs_api
-    from jobs.progress import read_spec
-    from jobs.spec import check_job_id
-    from jobs.storage import StorageError, open_storage
+    from linegen.cluster import jobs_api
+    from linegen.jobs.progress import read_spec
+    from linegen.jobs.spec import check_job_id
+    from linegen.jobs.storage import StorageError, open_storage
 
     check_job_id(job_id)
     address = ctx.address
@@ -450,7 +450,7 @@ def locate(ctx: Context, job_id: str, *, client=None, states: list | None = None
             storage, storage_error = None, f"cannot read the job's outputs at {out}: {e}"
     if not attempts and spec is None:
         if address is not None and not out:
-            from cluster.jobs_api import no_job
+            from linegen.cluster.jobs_api import no_job
 
             raise no_job(address, job_id)
         raise UserError(f"no job '{job_id}' {where}")
@@ -489,7 +489,7 @@ def explain_failure(message: str, shipped: bool = True) -> str:
 def derive_state(attempts: list, progress, spec, *, dep_succeeded=None, now: float | None = None,
                  cluster_known: bool = True) -> tuple[str, str]:
     """(state, reason) from Ray's attempts and the job's own outputs."""
-    from jobs.schedule import describe_time
+    from linegen.jobs.schedule import describe_time
 
     now = time.time() if now is None else now
     if progress is not None and progress.succeeded:
@@ -532,9 +532,9 @@ def _attempt_doc(a) -> dict:
 def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = None, cache=None,
                with_stats: bool = True, now: float | None = None, loc: Located | None = None) -> dict:
     """State, progress (shards and images done/total), images/s, ETA, errors and cost so far."""
-    from jobs import layout
-    from jobs.progress import cost_of, read_progress
-    from jobs.schedule import describe_time, utc_iso
+    from linegen.jobs import layout
+    from linegen.jobs.progress import cost_of, read_progress
+    from linegen.jobs.schedule import describe_time, utc_iso
 
     now = time.time() if now is None else now
     loc = loc or locate(ctx, job_id, client=client, states=states)
@@ -596,7 +596,7 @@ def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = 
 def list_jobs(ctx: Context, *, cache=None) -> list[dict]:
     """Every linegen job on the cluster (attempts grouped under the job id), or under --out when no
     cluster is given; scheduled, running and finished, with progress."""
-    from cluster import jobs_api
+    from linegen.cluster import jobs_api
 
     if ctx.address is not None:
         client = jobs_api.connect(ctx.address, timeout=HTTP_TIMEOUT_S)
@@ -615,7 +615,7 @@ def list_jobs(ctx: Context, *, cache=None) -> list[dict]:
     if ctx.out is None:
         raise UserError("no cluster and no output root given: pass --cluster http://HEAD:8265 or --out "
                         "(or set them in the config file)")
-    from jobs.storage import open_storage
+    from linegen.jobs.storage import open_storage
 
     storage = open_storage(ctx.out, endpoint_url=ctx.s3_endpoint_url)
     ids = sorted({k.split("/", 1)[0] for k in storage.list("") if k.count("/") == 1 and k.endswith("/job.json")})
@@ -627,7 +627,7 @@ def list_jobs(ctx: Context, *, cache=None) -> list[dict]:
 def logs(ctx: Context, job_id: str, *, follow: bool = False) -> Iterator[str]:
     """The driver's output of every attempt (oldest first); ``follow``: stream the latest attempt
     until it ends."""
-    from cluster import jobs_api
+    from linegen.cluster import jobs_api
 
     address = ctx.require_cluster()
     client = jobs_api.connect(address, timeout=HTTP_TIMEOUT_S)
@@ -649,10 +649,10 @@ def logs(ctx: Context, job_id: str, *, follow: bool = False) -> Iterator[str]:
 def cancel(ctx: Context, job_id: str, *, wait_s: float = 30.0,
            reason: str = "cancelled by user (linegen cancel)") -> dict:
     """Stop every pending/running attempt. Committed shards stay valid; `resume` finishes the job."""
-    from cluster import jobs_api
-    from jobs import layout
-    from jobs.outcome import write_cancelled
-    from jobs.storage import StorageError
+    from linegen.cluster import jobs_api
+    from linegen.jobs import layout
+    from linegen.jobs.outcome import write_cancelled
+    from linegen.jobs.storage import StorageError
 
     address = ctx.require_cluster()
     client = jobs_api.connect(address, timeout=HTTP_TIMEOUT_S)
@@ -683,7 +683,7 @@ def cancel(ctx: Context, job_id: str, *, wait_s: float = 30.0,
         except jobs_api.ClusterError as e:
             base["warnings"].append(str(e))
     if loc.storage is not None and loc.storage.exists(layout.success_key(job_id)):
-        from jobs.outcome import clear_outcome
+        from linegen.jobs.outcome import clear_outcome
 
         clear_outcome(loc.storage, job_id)  # it finished just before the stop arrived
         return {**base, "status": "already complete", "stopped": stopped}
@@ -698,8 +698,8 @@ def cancel(ctx: Context, job_id: str, *, wait_s: float = 30.0,
 
 def job_cost_report(ctx: Context, job_id: str) -> dict:
     """Cost from the job's stats: device-seconds per device x $/device-hour; $/1k images."""
-    from cluster.prices import PriceTable
-    from jobs.progress import cost_of, read_progress
+    from linegen.cluster.prices import PriceTable
+    from linegen.jobs.progress import cost_of, read_progress
 
     loc = locate(ctx, job_id)
     if loc.storage is None:
@@ -721,8 +721,8 @@ def job_cost_report(ctx: Context, job_id: str) -> dict:
 def monitor_snapshot(ctx: Context, *, cache=None) -> dict:
     """`cluster.utilisation.snapshot` (nodes, CPUs/GPUs total and in use, GPU utilisation and memory
     where Ray reports them, else "n/a") plus every linegen job with progress, images/s, ETA, cost."""
-    from cluster import jobs_api
-    from cluster.utilisation import snapshot
+    from linegen.cluster import jobs_api
+    from linegen.cluster.utilisation import snapshot
 
     address = ctx.require_cluster()
     snap = snapshot(address, timeout=HTTP_TIMEOUT_S)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Callable
 
-from jobs.driver import PreparedJob, Progress, prepare_job, run_job
-from jobs.spec import JobSpec
+from linegen.jobs.driver import PreparedJob, Progress, prepare_job, run_job
+from linegen.jobs.spec import JobSpec
 
 
 def run_embedded(spec: JobSpec, progress: Callable[[Progress], None] | None = None,
                  num_cpus: int | None = None, prepared: PreparedJob | None = None) -> dict:
     prepared = prepared or prepare_job(spec)  # every check and the whole manifest before Ray starts
-    from cluster.local import LocalCluster
+    from linegen.cluster.local import LocalCluster
 
     import logging
 

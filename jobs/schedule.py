@@ -1,7 +1,7 @@
 """When a submitted job may start: `--at TIME` and `--after JOB_ID`.
 
 Parsing (`parse_at`) runs on the laptop at submit time; waiting (`wait_for_start`) runs first in
-the job's driver on the cluster (`python -m jobs.driver`), before Ray is initialised and before
+the job's driver on the cluster (`python -m linegen.jobs.driver`), before Ray is initialised and before
 any actor exists, so a waiting job holds no GPU (it is submitted with ``entrypoint_num_gpus=0``).
 
 ``--after A``: the driver polls A's markers in the same output root (jobs.layout / jobs.outcome):
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from jobs.errors import UserError
+from linegen.jobs.errors import UserError
 
 POLL_S = 3.0  # how often a waiting driver looks at the other job's markers
 RAY_CHECK_S = 30.0  # how often it also asks the Jobs API (only the fallback)
@@ -129,8 +129,8 @@ def dependency_state(storage, other: str, ray_check: Callable[[str], str | None]
     ``ray_check(other)`` returns a failure reason when the cluster knows attempts of ``other`` and
     none is pending or running, else None (unknown, or still going).
     """
-    from jobs import layout
-    from jobs.outcome import read_outcome
+    from linegen.jobs import layout
+    from linegen.jobs.outcome import read_outcome
 
     if storage.exists(layout.success_key(other)):
         return DependencyState("succeeded")
@@ -148,7 +148,7 @@ def dependency_state(storage, other: str, ray_check: Callable[[str], str | None]
 def _ray_check(other: str) -> str | None:
     """The Jobs API seen from inside the cluster: a reason if every attempt of ``other`` ended
     without success, else None (no attempts known, one still active, or the API unreachable)."""
-    from cluster.inside import jobs_from_inside
+    from linegen.cluster.inside import jobs_from_inside
 
     states = jobs_from_inside()
     if not states:
@@ -188,7 +188,7 @@ def wait_for_start(spec, storage=None, *, sleep: Callable[[float], None] = time.
                 sleep(min(delay, 60.0))
     if spec.after:
         if storage is None:
-            from jobs.storage import open_storage
+            from linegen.jobs.storage import open_storage
 
             storage = open_storage(spec.out, endpoint_url=spec.s3_endpoint_url)
         announced = False

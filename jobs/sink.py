@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from jobs import layout, writer
-from jobs.plan import Shard
-from jobs.storage import Storage, StorageNotFound
+from linegen.jobs import layout, writer
+from linegen.jobs.plan import Shard
+from linegen.jobs.storage import Storage, StorageNotFound
 
 # Stats fields the sink knows better than the worker; a worker may omit them.
 _IDENTITY_FIELDS = ("job_id", "shard_id", "attempt", "model", "cache_policy", "cache_ratio")

@@ -10,10 +10,10 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
-from jobs.cache_choice import CacheChoice
-from jobs.errors import UserError
-from jobs.models import ModelChoice
-from jobs.plan import Sampling
+from linegen.jobs.cache_choice import CacheChoice
+from linegen.jobs.errors import UserError
+from linegen.jobs.models import ModelChoice
+from linegen.jobs.plan import Sampling
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

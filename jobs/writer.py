@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.plan import Item
+from linegen.jobs.plan import Item
 
 # datasets writes image data with 100 rows per row group; the Hub viewer fails on row groups
 # over ~300 MB, which ~100 PNGs stay far below.

@@ -11,8 +11,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from cluster.address import ClusterAddress
-from cluster.local import HeadProcess, free_port, start_head
+from linegen.cluster.address import ClusterAddress
+from linegen.cluster.local import HeadProcess, free_port, start_head
 
 # Keep Ray's shared-memory store small: test jobs move almost no data.
 _OBJECT_STORE_BYTES = 200 * 1024 * 1024

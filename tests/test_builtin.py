@@ -8,12 +8,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from workers.builtin import shapes
-from workers.builtin.classifier import classify, frechet_distance, load_classifier
-from workers.models.registry import DEFAULT_MODEL, get_spec
+from linegen.workers.builtin import shapes
+from linegen.workers.builtin.classifier import classify, frechet_distance, load_classifier
+from linegen.workers.models.registry import DEFAULT_MODEL, get_spec
 
 SPEC = get_spec("linegen-shapes-c2i")
-CLASSIFIER = str(__import__("jobs.evaluate", fromlist=["x"]).default_classifier())
+CLASSIFIER = str(__import__("linegen.jobs.evaluate", fromlist=["x"]).default_classifier())
 
 
 @pytest.fixture(autouse=True)
@@ -55,9 +55,9 @@ def test_builtin_model_is_the_default_with_shipped_weights():
 
 
 def test_shipped_weights_load_and_generate():
-    from jobs.models import ModelChoice
-    from workers.cache import make_policy
-    from workers.engine import Engine, GenRequest, SamplingParams
+    from linegen.jobs.models import ModelChoice
+    from linegen.workers.cache import make_policy
+    from linegen.workers.engine import Engine, GenRequest, SamplingParams
 
     spec, gpt, vq, device = ModelChoice(name=DEFAULT_MODEL, device="cpu").load()
     engine = Engine(gpt, vq, spec, make_policy("linear", ratio="1/6"), device=device, max_batch=2)
@@ -72,9 +72,9 @@ def test_shipped_weights_load_and_generate():
 def test_shipped_model_draws_recognisable_classes():
     """The shipped GPT, sampled with its defaults, draws shapes the classifier recognises (full
     cache measured 90.6 % on 500 samples; 20 fixed seeds here, so the bar leaves room for noise)."""
-    from jobs.models import ModelChoice
-    from workers.cache import make_policy
-    from workers.engine import Engine, GenRequest, SamplingParams
+    from linegen.jobs.models import ModelChoice
+    from linegen.workers.cache import make_policy
+    from linegen.workers.engine import Engine, GenRequest, SamplingParams
 
     spec, gpt, vq, device = ModelChoice(name=DEFAULT_MODEL, device="cpu").load()
     sp = SamplingParams(**spec.sampling())
@@ -104,7 +104,7 @@ def test_frechet_distance():
 
 
 def test_eval_command_metrics_on_a_small_sample():
-    from cli.main import app
+    from linegen.cli.main import app
 
     r = CliRunner().invoke(app, ["eval", "--policies", "full,streaming", "--ratios", "1/8", "--samples", "2",
                                  "--fidelity-samples", "1", "--real-samples", "20", "--max-batch", "2",
@@ -125,7 +125,7 @@ def test_eval_command_metrics_on_a_small_sample():
 def test_grid_command_writes_a_png(tmp_path):
     from PIL import Image
 
-    from cli.main import app
+    from linegen.cli.main import app
 
     out = tmp_path / "g.png"
     r = CliRunner().invoke(app, ["grid", "--policies", "full", "--per-class", "1", "--out", str(out), "--json"])
@@ -135,7 +135,7 @@ def test_grid_command_writes_a_png(tmp_path):
 
 
 def test_eval_rejects_unknown_policy():
-    from cli.main import app
+    from linegen.cli.main import app
 
     r = CliRunner().invoke(app, ["eval", "--policies", "full,nope", "--samples", "4"])
     assert r.exit_code != 0 and "unknown cache policy 'nope'" in r.output

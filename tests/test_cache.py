@@ -6,15 +6,15 @@ from dataclasses import replace
 import pytest
 import torch
 
-from workers.cache import CacheConfigError, Layout, make_policy, parse_ratio
-from workers.cache.kv import KVCache
-from workers.engine import Engine, GenRequest, SamplingParams
-from workers.engine.fidelity import fidelity
-from workers.engine.packing import PackingError
-from workers.models.config import GPTConfig, ModelSpec
-from workers.models.gpt import GPT
-from workers.models.loading import init_random
-from workers.models.registry import TINY_VQ
+from linegen.workers.cache import CacheConfigError, Layout, make_policy, parse_ratio
+from linegen.workers.cache.kv import KVCache
+from linegen.workers.engine import Engine, GenRequest, SamplingParams
+from linegen.workers.engine.fidelity import fidelity
+from linegen.workers.engine.packing import PackingError
+from linegen.workers.models.config import GPTConfig, ModelSpec
+from linegen.workers.models.gpt import GPT
+from linegen.workers.models.loading import init_random
+from linegen.workers.models.registry import TINY_VQ
 
 POLICIES = ["linear", "streaming", "h2o", "snapkv"]
 # 24x24 tokens like LlamaGen-384 (N = 576, w = 24), with a tiny GPT so decoding is quick on a CPU

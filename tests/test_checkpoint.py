@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from workers.models.checkpoint import (
+from linegen.workers.models.checkpoint import (
     VQ_ENCODER_PREFIXES,
     CheckpointError,
     load_into,
     load_vq,
     read_checkpoint,
 )
-from workers.models.config import VQConfig
-from workers.models.vq import VQModel
+from linegen.workers.models.config import VQConfig
+from linegen.workers.models.vq import VQModel
 
 SMALL = VQConfig(codebook_size=64, codebook_embed_dim=8, z_channels=32, ch=32, ch_mult=(1, 2), num_res_blocks=1)
 

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 import reference_gpt as ref
-from workers.models.loading import init_random
-from workers.models.gpt import GPT
-from workers.models.registry import get_spec
-from workers.models.vq import VQModel, to_uint8
+from linegen.workers.models.loading import init_random
+from linegen.workers.models.gpt import GPT
+from linegen.workers.models.registry import get_spec
+from linegen.workers.models.vq import VQModel, to_uint8
 
 LINEGEN = str(Path(sys.executable).parent / "linegen")
 SPEC = get_spec("test-tiny")
@@ -151,6 +151,6 @@ def test_help_is_fast_and_lists_commands():
     assert time.perf_counter() - t0 < 5
     for cmd in ("generate", "models", "run", "validate", "bench"):
         assert cmd in r.stdout
-    r = subprocess.run([sys.executable, "-c", "import cli.main, sys; print('torch' in sys.modules, 'ray' in sys.modules)"],
+    r = subprocess.run([sys.executable, "-c", "import linegen.cli.main, sys; print('torch' in sys.modules, 'ray' in sys.modules)"],
                        capture_output=True, text=True)
     assert r.stdout.strip() == "False False"

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from cluster import jobs_api
-from cluster.address import ClusterAddress, resolve_cluster
-from cluster.config import ConfigError, load_config, parse_config
-from cluster.jobs_api import ClusterError
-from cluster.local import LocalCluster, free_port
-from cluster.prices import PriceTable, UnknownDevice, canonical_device, cost, parse_price
-from cluster.utilisation import snapshot
+from linegen.cluster import jobs_api
+from linegen.cluster.address import ClusterAddress, resolve_cluster
+from linegen.cluster.config import ConfigError, load_config, parse_config
+from linegen.cluster.jobs_api import ClusterError
+from linegen.cluster.local import LocalCluster, free_port
+from linegen.cluster.prices import PriceTable, UnknownDevice, canonical_device, cost, parse_price
+from linegen.cluster.utilisation import snapshot
 
 try:  # the fixtures are also registered in conftest.py; these module-level ones win here
     from ray_fixtures import ray_head, ray_head_token  # noqa: F401

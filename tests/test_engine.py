@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.cache import make_policy
-from workers.engine import Engine, GenRequest, SamplingParams
-from workers.engine.sampling import BatchSampling, filter_logits, guide, sample
-from workers.models.loading import load_model
-from workers.models.registry import get_spec
+from linegen.workers.cache import make_policy
+from linegen.workers.engine import Engine, GenRequest, SamplingParams
+from linegen.workers.engine.sampling import BatchSampling, filter_logits, guide, sample
+from linegen.workers.models.loading import load_model
+from linegen.workers.models.registry import get_spec
 
 SPEC = get_spec("test-tiny")
 

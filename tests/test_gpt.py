@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import reference_gpt as ref
-from workers.cache import Layout, make_policy
-from workers.cache.kv import KVCache
-from workers.models.config import GPTConfig, ModelSpec, VQConfig
-from workers.models.gpt import GPT, precompute_rope_2d
-from workers.models.loading import init_random
+from linegen.workers.cache import Layout, make_policy
+from linegen.workers.cache.kv import KVCache
+from linegen.workers.models.config import GPTConfig, ModelSpec, VQConfig
+from linegen.workers.models.gpt import GPT, precompute_rope_2d
+from linegen.workers.models.loading import init_random
 
 GRID = 4
 CFG_C2I = GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=96)
@@ -105,7 +105,7 @@ def test_cached_decoding_matches_uncached_forward(cond):
 
 
 def test_ffn_sizes_match_llamagen_configs():
-    from workers.models.config import gpt_config
+    from linegen.workers.models.config import gpt_config
 
     assert gpt_config("B").ffn_dim == 2048
     assert gpt_config("L").ffn_dim == 2816
@@ -115,7 +115,7 @@ def test_ffn_sizes_match_llamagen_configs():
 
 
 def test_gpt_b_parameter_count_and_keys():
-    from workers.models.config import gpt_config
+    from linegen.workers.models.config import gpt_config
 
     with torch.device("meta"):
         gpt = GPT(gpt_config("B"))

@@ -421,10 +421,10 @@ def ray_local():
 
 
 def _spec(manifest: Path, out: Path, job_id: str, **kw):
-    from jobs.cache_choice import CacheChoice
-    from jobs.models import ModelChoice
-    from jobs.plan import Sampling
-    from jobs.spec import JobSpec
+    from linegen.jobs.cache_choice import CacheChoice
+    from linegen.jobs.models import ModelChoice
+    from linegen.jobs.plan import Sampling
+    from linegen.jobs.spec import JobSpec
 
     return JobSpec(job_id=job_id, manifest=str(manifest), out=str(out),
                    model=ModelChoice("test-tiny", random_weights=True),
@@ -432,7 +432,7 @@ def _spec(manifest: Path, out: Path, job_id: str, **kw):
 
 
 def test_actor_killed_mid_job_is_replaced_and_items_stay_exactly_once(ray_local, tmp_path: Path) -> None:
-    from jobs.driver import run_job
+    from linegen.jobs.driver import run_job
 
     ray = ray_local
     manifest = H.write_manifest(tmp_path / "manifest.jsonl", E2E_ROWS)
@@ -527,13 +527,13 @@ def test_actor_reports_a_storage_outage_instead_of_hanging(monkeypatch: pytest.M
     that dies on the error leaves the driver waiting for that shard forever."""
     import socket
 
-    from jobs.manifest import Conditioning, parse_manifest
-    from jobs.cache_choice import CacheChoice
-    from jobs.models import ModelChoice
-    from jobs.plan import Sampling, expand_items, plan_shards
-    from jobs.sink import ShardSink
-    from jobs.storage import open_storage
-    from workers.actor import GenerationActor
+    from linegen.jobs.manifest import Conditioning, parse_manifest
+    from linegen.jobs.cache_choice import CacheChoice
+    from linegen.jobs.models import ModelChoice
+    from linegen.jobs.plan import Sampling, expand_items, plan_shards
+    from linegen.jobs.sink import ShardSink
+    from linegen.jobs.storage import open_storage
+    from linegen.workers.actor import GenerationActor
 
     with socket.socket() as s:  # a port with nothing listening: the S3 server is down
         s.bind(("127.0.0.1", 0))

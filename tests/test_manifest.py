@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.manifest import (
+from linegen.jobs.manifest import (
     Conditioning,
     ManifestError,
     ManifestIssue,
@@ -390,7 +390,7 @@ def test_conditioning_validates_itself():
 
 
 def test_importing_does_not_pull_heavy_packages():
-    code = ("import sys, jobs.manifest, jobs.plan; "
+    code = ("import sys, linegen.jobs.manifest, linegen.jobs.plan; "
             "heavy = [m for m in ('torch', 'ray', 'pyarrow', 'boto3') if m in sys.modules]; "
             "assert not heavy, heavy")
     repo_root = Path(__file__).resolve().parents[1]

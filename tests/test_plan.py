@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.manifest import ManifestRow
-from jobs.plan import (
+from linegen.jobs.manifest import ManifestRow
+from linegen.jobs.plan import (
     Item,
     Sampling,
     derive_seed,
@@ -44,7 +44,7 @@ def test_derive_seed_pinned_values():
 def test_derive_seed_is_stable_across_processes():
     # Python's hash() is salted per process; the derivation must not depend on it.
     repo_root = Path(__file__).resolve().parents[1]
-    code = "from jobs.plan import derive_seed; print(derive_seed(1234, 5, 6))"
+    code = "from linegen.jobs.plan import derive_seed; print(derive_seed(1234, 5, 6))"
     env = {"PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True, cwd=repo_root, env=env).stdout

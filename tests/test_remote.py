@@ -18,8 +18,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cluster import jobs_api
-from cluster.local import free_port
+from linegen.cluster import jobs_api
+from linegen.cluster.local import free_port
 
 try:  # also registered in conftest.py; these module-level ones win here
     from ray_fixtures import ray_head, ray_head_token  # noqa: F401
@@ -79,7 +79,7 @@ def status(home: Path, job: str, *args: str) -> dict:
 
 def quick_status(home: Path, url: str, job: str) -> dict:
     """`linegen status --json` in-process (same function), for checks that race a clock."""
-    from jobs.remote import job_status, make_context
+    from linegen.jobs.remote import job_status, make_context
 
     cfg = home / "empty.toml"
     cfg.touch()
@@ -365,7 +365,7 @@ def test_token_auth(ray_head_token, home, tmp_path: Path) -> None:
 
     # Inside the cluster a driver reaches the Jobs API with Ray's own address and token (what a
     # job waiting --after another one uses when that one left no marker).
-    probe = "python -c \"from cluster.inside import jobs_from_inside as j; print('SEEN=%d' % len(j() or []))\""
+    probe = "python -c \"from linegen.cluster.inside import jobs_from_inside as j; print('SEEN=%d' % len(j() or []))\""
     assert jobs_api.submit(head.address(), probe, f"{job}-probe")
     assert wait_ray(head.address(), f"{job}-probe").status == "SUCCEEDED"
     seen = re.findall(r"^SEEN=(\d+)$", jobs_api.logs(head.address(), f"{job}-probe"), re.M)

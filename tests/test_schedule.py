@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs import layout
-from jobs.errors import UserError
-from jobs.outcome import clear_outcome, read_outcome, write_cancelled, write_failed
-from jobs.schedule import (IGNORE_SCHEDULE_ENV, JobCancelled, dependency_state, describe_time, parse_at,
+from linegen.jobs import layout
+from linegen.jobs.errors import UserError
+from linegen.jobs.outcome import clear_outcome, read_outcome, write_cancelled, write_failed
+from linegen.jobs.schedule import (IGNORE_SCHEDULE_ENV, JobCancelled, dependency_state, describe_time, parse_at,
                            wait_for_start)
-from jobs.storage import LocalStorage
+from linegen.jobs.storage import LocalStorage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,8 +88,8 @@ def test_submit_at_is_stated_in_utc_too(tz_berlin) -> None:
 
 
 def _spec(job_id: str, out: str, **kw):
-    from jobs.models import ModelChoice
-    from jobs.spec import JobSpec
+    from linegen.jobs.models import ModelChoice
+    from linegen.jobs.spec import JobSpec
 
     return JobSpec(job_id=job_id, manifest="m.jsonl", out=out, model=ModelChoice("test-tiny"), **kw)
 
@@ -153,11 +153,11 @@ def test_wait_after_uses_ray_when_no_marker(tmp_path: Path) -> None:
 
 
 def test_ray_fallback_sees_attempts_that_all_ended(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cluster.inside
-    from jobs.schedule import _ray_check
+    from linegen.cluster import inside
+    from linegen.jobs.schedule import _ray_check
 
     states: list = []
-    monkeypatch.setattr(cluster.inside, "jobs_from_inside", lambda: states)
+    monkeypatch.setattr(inside, "jobs_from_inside", lambda: states)
     assert _ray_check("a") is None  # nothing known
     states[:] = [_js("a", "FAILED", {"linegen_job_id": "a"}, "Job entrypoint command failed with exit code -9"),
                  _js("a-resume-1", "RUNNING", {"linegen_job_id": "a"})]
@@ -170,7 +170,7 @@ def test_ray_fallback_sees_attempts_that_all_ended(monkeypatch: pytest.MonkeyPat
 
 
 def test_shown_url_hides_credentials() -> None:
-    from jobs.remote import shown_url
+    from linegen.jobs.remote import shown_url
 
     assert shown_url("http://u:secret@proxy:8265/ray") == "http://proxy:8265/ray"
     assert shown_url("http://head:8265") == "http://head:8265"
@@ -202,7 +202,7 @@ def test_outcome_markers(tmp_path: Path) -> None:
 
 
 def test_old_job_json_still_loads() -> None:
-    from jobs.spec import JobSpec
+    from linegen.jobs.spec import JobSpec
 
     spec = _spec("j", "/o", start_at=5.0, after="a", prices={"H100": 2.0})
     d = json.loads(spec.to_json())
@@ -218,7 +218,7 @@ def test_old_job_json_still_loads() -> None:
 
 
 def _prepared(out: Path, job_id: str, **kw):
-    from jobs.driver import prepare_job
+    from linegen.jobs.driver import prepare_job
 
     manifest = out.parent / f"{job_id}.jsonl"
     manifest.write_text('{"class_id": 1, "count": 2}\n')
@@ -230,7 +230,7 @@ def _prepared(out: Path, job_id: str, **kw):
 def _driver(out: Path, job_id: str, **kw) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "LINEGEN_"))}
     env["PYTHONPATH"] = str(ROOT)
-    return subprocess.Popen([sys.executable, "-m", "jobs.driver", str(out), job_id], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "linegen.jobs.driver", str(out), job_id], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -270,13 +270,13 @@ def test_driver_after_failed_job_is_cancelled(tmp_path: Path) -> None:
 
 
 def _js(sid, status, meta=None, message=""):
-    from cluster.jobs_api import JobState
+    from linegen.cluster.jobs_api import JobState
 
     return JobState(submission_id=sid, status=status, metadata=meta or {}, message=message)
 
 
 def test_attempt_ids_and_grouping() -> None:
-    from jobs.remote import attempt_number, attempts_of, group_attempts
+    from linegen.jobs.remote import attempt_number, attempts_of, group_attempts
 
     assert attempt_number("j", "j") == 0 and attempt_number("j-resume-12", "j") == 12
     states = [_js("j-resume-2", "RUNNING", {"linegen_job_id": "j"}), _js("j", "STOPPED", {"linegen_job_id": "j"}),
@@ -287,9 +287,9 @@ def test_attempt_ids_and_grouping() -> None:
 
 
 def test_derive_state() -> None:
-    from jobs.outcome import Outcome
-    from jobs.progress import JobProgress
-    from jobs.remote import derive_state
+    from linegen.jobs.outcome import Outcome
+    from linegen.jobs.progress import JobProgress
+    from linegen.jobs.remote import derive_state
 
     now = 1000.0
     spec = _spec("j", "/o", start_at=2000.0)
@@ -315,7 +315,7 @@ def test_derive_state() -> None:
 
 
 def test_parse_headers() -> None:
-    from jobs.remote import parse_headers
+    from linegen.jobs.remote import parse_headers
 
     assert parse_headers(["X-Proxy=abc", "Cookie: a=b"]) == {"X-Proxy": "abc", "Cookie": "a=b"}
     with pytest.raises(UserError):
@@ -325,7 +325,7 @@ def test_parse_headers() -> None:
 
 
 def test_runtime_env_ships_code_and_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    from jobs.remote import PACKAGES, runtime_env
+    from linegen.jobs.remote import PACKAGES, runtime_env
 
     monkeypatch.setenv("LINEGEN_RAY_TOKEN", "tok-secret-123")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-456")
@@ -339,7 +339,7 @@ def test_runtime_env_ships_code_and_no_secrets(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_estimate_from_table_and_no_measurement(tmp_path: Path) -> None:
-    from jobs.estimate import estimate
+    from linegen.jobs.estimate import estimate
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"class_id": 1, "count": 1000}\n{"class_id": 2, "count": 500}\n')
@@ -357,7 +357,7 @@ def test_estimate_from_table_and_no_measurement(tmp_path: Path) -> None:
 
 
 def test_estimate_from_the_shipped_table(tmp_path: Path) -> None:
-    from jobs.estimate import estimate
+    from linegen.jobs.estimate import estimate
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"class_id": 1, "count": 100}\n')
@@ -367,7 +367,7 @@ def test_estimate_from_the_shipped_table(tmp_path: Path) -> None:
 
 
 def test_throughput_table_rows_are_complete() -> None:
-    from jobs.estimate import TABLE_PATH
+    from linegen.jobs.estimate import TABLE_PATH
 
     data = json.loads(TABLE_PATH.read_text())
     for row in data["rows"]:

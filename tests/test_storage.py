@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.storage import (
+from linegen.jobs.storage import (
     LocalStorage,
     S3Storage,
     StorageError,

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from text_fixtures import make_t2i_checkpoints, make_t5_folder
-from workers.cache import Layout, make_policy
-from workers.engine import Engine, GenRequest, SamplingParams
-from workers.models.loading import load_model
-from workers.models.registry import get_spec
-from workers.models.text import TextEncoder, TextEncoderError, check_folder, clean_prompt
+from linegen.workers.cache import Layout, make_policy
+from linegen.workers.engine import Engine, GenRequest, SamplingParams
+from linegen.workers.models.loading import load_model
+from linegen.workers.models.registry import get_spec
+from linegen.workers.models.text import TextEncoder, TextEncoderError, check_folder, clean_prompt
 
 LINEGEN = str(Path(sys.executable).parent / "linegen")
 SPEC = get_spec("test-tiny-t2i")
@@ -109,7 +109,7 @@ def test_bad_text_encoder_folders(tmp_path, t5_dir):
 
 
 def test_text_encoder_from_an_s3_prefix(s3_env, tmp_bucket, t5_dir, tmp_path):
-    from jobs.storage import fetch_folder_to_local, open_storage
+    from linegen.jobs.storage import fetch_folder_to_local, open_storage
 
     store = open_storage(f"s3://{tmp_bucket}/models/flan-t5-tiny", endpoint_url=s3_env.endpoint_url)
     for f in sorted(t5_dir.iterdir()):
@@ -192,7 +192,7 @@ def test_policies_keep_the_whole_caption_outside_the_budget(t2i_model, name, mon
     requests = [GenRequest(seed=i, caption=cp, caption_mask=m, sampling=SamplingParams(cfg_scale=2.0))
                 for i, (cp, m) in enumerate(zip(caps, masks))]
     kept = {True: [], False: []}  # compressing cache / full cache: caption entries after each line
-    from workers.cache import kv as kv_module
+    from linegen.workers.cache import kv as kv_module
 
     real_end_line = kv_module.KVCache.end_line
 
@@ -240,18 +240,18 @@ def test_packing_counts_the_caption_prefix(t2i_model):
 
 
 def _actor_sink(tmp_path):
-    from jobs.sink import ShardSink
-    from jobs.storage import open_storage
+    from linegen.jobs.sink import ShardSink
+    from linegen.jobs.storage import open_storage
 
     return ShardSink(open_storage(str(tmp_path / "out")), "job-t", SPEC.name, "full", 1.0)
 
 
 def test_actor_encodes_each_prompt_once(t5_dir, t2i_ckpts, tmp_path):
-    from jobs.cache_choice import CacheChoice
-    from jobs.manifest import Conditioning, parse_manifest
-    from jobs.models import ModelChoice
-    from jobs.plan import Sampling, expand_items, plan_shards
-    from workers.actor import GenerationActor
+    from linegen.jobs.cache_choice import CacheChoice
+    from linegen.jobs.manifest import Conditioning, parse_manifest
+    from linegen.jobs.models import ModelChoice
+    from linegen.jobs.plan import Sampling, expand_items, plan_shards
+    from linegen.workers.actor import GenerationActor
 
     rows = parse_manifest(b'{"prompt": "a red circle", "count": 5}\n{"prompt": "two dogs", "count": 2}\n',
                           "p.jsonl", Conditioning(kind="text"))
@@ -336,7 +336,7 @@ def test_bad_text_input_is_a_clear_error_and_writes_nothing(tmp_path, t5_dir, mo
 
 
 def test_bench_runs_a_t2i_model():
-    from benchmarks.engine_bench import BenchOptions, run_bench
+    from linegen.benchmarks.engine_bench import BenchOptions, run_bench
 
     report = run_bench(BenchOptions(model=SPEC.name, policies=("full", "linear"), ratios=("1/4",), batch=2,
                                     memory_budget="64MiB", cfg_scale=2.0, warmup=False))

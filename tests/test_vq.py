@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workers.models.config import VQ8, VQ16, VQConfig
-from workers.models.vq import VQModel, to_uint8
+from linegen.workers.models.config import VQ8, VQ16, VQConfig
+from linegen.workers.models.vq import VQModel, to_uint8
 
 SMALL = VQConfig(codebook_size=64, codebook_embed_dim=8, z_channels=32, ch=32, ch_mult=(1, 2), num_res_blocks=1)
 # Three levels, two res blocks, 8 groups: exercises a middle level, nin_shortcut and real grouping.

@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from jobs import layout, writer
-from jobs.plan import Item, Shard
-from jobs.sink import ShardSink
-from jobs.storage import open_storage
+from linegen.jobs import layout, writer
+from linegen.jobs.plan import Item, Shard
+from linegen.jobs.sink import ShardSink
+from linegen.jobs.storage import open_storage
 
 H, W, N_TOKENS = 8, 8, 4
 

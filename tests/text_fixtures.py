@@ -27,10 +27,10 @@ def make_t5_folder(path: Path, d_model: int, seed: int = 0) -> Path:
 def make_t2i_checkpoints(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """test-tiny-t2i weights as train_t2i.py saves them ({"model": sd} with the null caption buffer)
     and the test-tiny VQ; weights scaled up so that prompts visibly change the logits."""
-    from workers.models.gpt import GPT
-    from workers.models.loading import init_random
-    from workers.models.registry import get_spec
-    from workers.models.vq import VQModel
+    from linegen.workers.models.gpt import GPT
+    from linegen.workers.models.loading import init_random
+    from linegen.workers.models.registry import get_spec
+    from linegen.workers.models.vq import VQModel
 
     spec = get_spec("test-tiny-t2i")
     folder.mkdir(parents=True, exist_ok=True)

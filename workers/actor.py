@@ -50,8 +50,8 @@ class GenerationActor:
 
         if cpu_threads:
             torch.set_num_threads(cpu_threads)
-        from workers.engine import Engine
-        from workers.engine.packing import parse_bytes
+        from linegen.workers.engine import Engine
+        from linegen.workers.engine.packing import parse_bytes
 
         self.sink = sink
         self.spec, gpt, vq, device = model.load()
@@ -122,7 +122,7 @@ class GenerationActor:
 
     def _requests(self, items: list) -> tuple[list, list]:
         """GenRequests for a wave's items, and per item (caption tokens, truncated) or None."""
-        from workers.engine import GenRequest, SamplingParams
+        from linegen.workers.engine import GenRequest, SamplingParams
 
         def sampling(it):
             return SamplingParams(cfg_scale=it.cfg_scale, temperature=it.temperature, top_k=it.top_k, top_p=it.top_p)

@@ -42,7 +42,7 @@ def load_classifier(path: str, num_classes: int = 10) -> ShapesClassifier:
 @torch.inference_mode()
 def classify(model: ShapesClassifier, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images [n, 96, 96, 3] -> (predicted labels [n], features [n, 128] float64)."""
-    from workers.builtin.shapes import to_tensor
+    from linegen.workers.builtin.shapes import to_tensor
 
     preds, feats = [], []
     for i in range(0, len(images), batch):

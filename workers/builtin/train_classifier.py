@@ -1,6 +1,6 @@
 """Train the evaluator's classifier on procedural shapes; report accuracy on held-out images.
 
-    python -m workers.builtin.train_classifier --out workers/builtin/weights/shapes_classifier.pt
+    python -m linegen.workers.builtin.train_classifier --out workers/builtin/weights/shapes_classifier.pt
 
 Trained on freshly rendered images (never the same twice), lightly augmented with blur and noise so
 that it also reads the slightly soft images a VQ decoder produces. Held-out images come from a
@@ -14,8 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from workers.builtin import shapes
-from workers.builtin.classifier import ShapesClassifier
+from linegen.workers.builtin import shapes
+from linegen.workers.builtin.classifier import ShapesClassifier
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

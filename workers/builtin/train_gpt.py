@@ -1,6 +1,6 @@
 """Train the built-in class-conditional GPT (LlamaGen architecture) on VQ codes of shapes images.
 
-    python -m workers.builtin.train_gpt --vq workers/builtin/weights/shapes_vq.pt \
+    python -m linegen.workers.builtin.train_gpt --vq workers/builtin/weights/shapes_vq.pt \
         --out workers/builtin/weights/shapes_gpt.pt
 
 Steps: render `--images` training images (shapes.TRAIN_SEED), encode them once with the trained VQ
@@ -11,7 +11,7 @@ The file holds `{"model": state_dict}` (the official layout). `--init` continues
 
 The shipped weights come from one run of this command on the 2-core CPU VM (bf16 autocast on its
 AVX512-BF16 cores, torch.compile; ~1 min to render and encode, then 52 minutes of training):
-    python -m workers.builtin.train_gpt --threads 2 --bf16 --compile --images 6000 --codes-cache /tmp/codes.npz \
+    python -m linegen.workers.builtin.train_gpt --threads 2 --bf16 --compile --images 6000 --codes-cache /tmp/codes.npz \
         --steps 6000 --batch 16 --lr 2e-3 --warmup 100 --minutes 52 --save-every 200
 The cosine schedule follows wall time (`--minutes`), so a slower machine trains fewer steps in the
 same time; benchmarks/RESULTS.md records how many steps the shipped weights got.
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workers.builtin import shapes
+from linegen.workers.builtin import shapes
 
 
 @torch.inference_mode()
@@ -55,12 +55,12 @@ def train_loss(gpt, codes: torch.Tensor, labels: torch.Tensor, grid: int) -> tor
 @torch.inference_mode()
 def sample_check(gpt, vq, spec, classifier_path: str | None, per_class: int = 2, log=print) -> float | None:
     """Generate a few images per class with the full cache and report the classifier's accuracy."""
-    from workers.cache import make_policy
-    from workers.engine import Engine, GenRequest, SamplingParams
+    from linegen.workers.cache import make_policy
+    from linegen.workers.engine import Engine, GenRequest, SamplingParams
 
     if classifier_path is None or not Path(classifier_path).is_file():
         return None
-    from workers.builtin.classifier import classify, load_classifier
+    from linegen.workers.builtin.classifier import classify, load_classifier
 
     n_cls = spec.gpt.num_classes
     engine = Engine(gpt.eval(), vq, spec, make_policy("full"), max_batch=n_cls * per_class)
@@ -77,9 +77,9 @@ def sample_check(gpt, vq, spec, classifier_path: str | None, per_class: int = 2,
 
 
 def main(argv: list[str] | None = None) -> None:
-    from workers.models.checkpoint import load_vq, read_checkpoint
-    from workers.models.gpt import GPT
-    from workers.models.registry import get_spec
+    from linegen.workers.models.checkpoint import load_vq, read_checkpoint
+    from linegen.workers.models.gpt import GPT
+    from linegen.workers.models.registry import get_spec
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vq", default="workers/builtin/weights/shapes_vq.pt")

@@ -1,6 +1,6 @@
 """Train the built-in VQ tokenizer (the VQ-16 family's code, smaller widths, downsample 4) on shapes.
 
-    python -m workers.builtin.train_vq --out workers/builtin/weights/shapes_vq.pt
+    python -m linegen.workers.builtin.train_vq --out workers/builtin/weights/shapes_vq.pt
 
 Losses: pixel L1 + L2, codebook loss + 0.25 x commitment (straight-through), with LlamaGen's
 L2-normalised codebook; dead codes are restarted from current encoder outputs. No GAN or
@@ -15,8 +15,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from workers.builtin import shapes
-from workers.models.vq import VQModel
+from linegen.workers.builtin import shapes
+from linegen.workers.models.vq import VQModel
 
 
 def quantize(vq: VQModel, x: torch.Tensor):
@@ -33,7 +33,7 @@ def quantize(vq: VQModel, x: torch.Tensor):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from workers.models.registry import get_spec
+    from linegen.workers.models.registry import get_spec
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="workers/builtin/weights/shapes_vq.pt")

@@ -1,12 +1,12 @@
 """KV cache policies, selectable by name: full, linear (LineAR), streaming, h2o, snapkv."""
 from __future__ import annotations
 
-from workers.cache.base import CacheConfigError, CachePolicy, Layout, parse_ratio
-from workers.cache.full import FullCache
-from workers.cache.h2o import H2OCache
-from workers.cache.linear import LineARCache
-from workers.cache.snapkv import SnapKVCache
-from workers.cache.streaming import StreamingCache
+from linegen.workers.cache.base import CacheConfigError, CachePolicy, Layout, parse_ratio
+from linegen.workers.cache.full import FullCache
+from linegen.workers.cache.h2o import H2OCache
+from linegen.workers.cache.linear import LineARCache
+from linegen.workers.cache.snapkv import SnapKVCache
+from linegen.workers.cache.streaming import StreamingCache
 
 POLICIES: dict[str, type[CachePolicy]] = {
     "full": FullCache,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.cache.base import CacheConfigError, CachePolicy, LineContext, Layout
+from linegen.workers.cache.base import CacheConfigError, CachePolicy, LineContext, Layout
 
 
 class BudgetedPolicy(CachePolicy):

@@ -1,7 +1,7 @@
 """The full cache: every visual token is kept (the baseline every policy is measured against)."""
 from __future__ import annotations
 
-from workers.cache.base import CachePolicy, Layout
+from linegen.workers.cache.base import CachePolicy, Layout
 
 
 class FullCache(CachePolicy):

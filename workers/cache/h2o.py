@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.cache.base import LineContext, Layout
-from workers.cache.budget import BudgetedPolicy, protect, visual_attention
+from linegen.workers.cache.base import LineContext, Layout
+from linegen.workers.cache.budget import BudgetedPolicy, protect, visual_attention
 
 
 class H2OCache(BudgetedPolicy):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workers.cache.base import CachePolicy, LineContext, Layout, line_attention
+from linegen.workers.cache.base import CachePolicy, LineContext, Layout, line_attention
 
 
 def cache_bytes_per_row(policy: CachePolicy, layout: Layout, n_layer: int, n_head: int,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from workers.cache.base import CacheConfigError, LineContext, Layout
-from workers.cache.budget import BudgetedPolicy, pool_1d, pool_2d, protect, visual_attention
+from linegen.workers.cache.base import CacheConfigError, LineContext, Layout
+from linegen.workers.cache.budget import BudgetedPolicy, pool_1d, pool_2d, protect, visual_attention
 
 AGGREGATIONS = ("sum", "mean", "max")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from workers.cache.base import LineContext, Layout
-from workers.cache.budget import BudgetedPolicy, pool_1d, protect, visual_attention
+from linegen.workers.cache.base import LineContext, Layout
+from linegen.workers.cache.budget import BudgetedPolicy, pool_1d, protect, visual_attention
 
 
 class SnapKVCache(BudgetedPolicy):

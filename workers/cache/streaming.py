@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from workers.cache.base import LineContext, Layout
-from workers.cache.budget import BudgetedPolicy, protect
+from linegen.workers.cache.base import LineContext, Layout
+from linegen.workers.cache.budget import BudgetedPolicy, protect
 
 
 class StreamingCache(BudgetedPolicy):

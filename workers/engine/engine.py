@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from workers.cache import CachePolicy, Layout
-from workers.cache.kv import KVCache, cache_bytes_per_row
-from workers.engine.sampling import BatchSampling, SamplingParams, guide, sample
-from workers.models.config import ModelSpec
-from workers.models.gpt import GPT
+from linegen.workers.cache import CachePolicy, Layout
+from linegen.workers.cache.kv import KVCache, cache_bytes_per_row
+from linegen.workers.engine.sampling import BatchSampling, SamplingParams, guide, sample
+from linegen.workers.models.config import ModelSpec
+from linegen.workers.models.gpt import GPT
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Engine:
 
     def plan_packing(self, budget_bytes: int | None = None, guided: bool = True):
         """How many items fit `budget_bytes` (default: a fraction of free device memory)."""
-        from workers.engine.packing import default_budget, plan_packing, weights_bytes
+        from linegen.workers.engine.packing import default_budget, plan_packing, weights_bytes
 
         source = "given"
         if budget_bytes is None:
@@ -163,7 +163,7 @@ class Engine:
     @torch.inference_mode()
     def decode_images(self, tokens: Tensor) -> np.ndarray:
         """Token grids [n, N] -> uint8 images [n, H, W, 3] through the VQ decoder (fp32)."""
-        from workers.models.vq import to_uint8
+        from linegen.workers.models.vq import to_uint8
 
         if self.vq is None:
             raise RuntimeError("this engine has no VQ decoder")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.engine.engine import Engine, GenRequest
+from linegen.workers.engine.engine import Engine, GenRequest
 
 
 @dataclass(frozen=True)

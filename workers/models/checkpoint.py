@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from workers.models.config import VQConfig
-from workers.models.vq import VQModel
+from linegen.workers.models.config import VQConfig
+from linegen.workers.models.vq import VQModel
 
 Source = Union[str, os.PathLike, IO[bytes], Mapping]
 

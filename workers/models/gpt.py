@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.models.config import GPTConfig
+from linegen.workers.models.config import GPTConfig
 
 
 class LayerCache(Protocol):

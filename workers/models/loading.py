@@ -7,10 +7,10 @@ from typing import BinaryIO
 import torch
 from torch import nn
 
-from workers.models.checkpoint import load_into, load_vq, read_checkpoint, source_name
-from workers.models.config import ModelSpec
-from workers.models.gpt import GPT
-from workers.models.vq import VQModel
+from linegen.workers.models.checkpoint import load_into, load_vq, read_checkpoint, source_name
+from linegen.workers.models.config import ModelSpec
+from linegen.workers.models.gpt import GPT
+from linegen.workers.models.vq import VQModel
 
 Source = str | Path | BinaryIO | dict
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.models.config import ModelSpec, VQ16, VQConfig, gpt_config, GPTConfig
+from linegen.workers.models.config import ModelSpec, VQ16, VQConfig, gpt_config, GPTConfig
 
 
 class UnknownModel(KeyError):

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from workers.models.config import VQConfig
+from linegen.workers.models.config import VQConfig
 
 # LlamaGen's quantizer keeps a ring buffer of recently used codes (training statistics only).
 # Its size is hard-coded, not tied to the codebook size, and it is in every official file.

@@ -1,0 +1,1 @@
+"""linegen: large synthetic image datasets from autoregressive image models, on Ray."""
