@@ -15,7 +15,8 @@ import torch
 
 from linegen.workers.cache import Layout, make_policy
 from linegen.workers.engine import Engine, GenRequest, SamplingParams
-from linegen.workers.engine.packing import parse_bytes, weights_bytes
+from linegen.workers.engine.packing import weights_bytes
+from linegen.workers.sizes import parse_bytes
 from linegen.workers.models.config import ModelSpec
 from linegen.workers.models.loading import load_model
 from linegen.workers.models.registry import get_spec

@@ -21,7 +21,7 @@ def bare_loop(model: str, images: int, batch: int) -> dict:
     from linegen.jobs.generate import to_request
     from linegen.jobs.manifest import ManifestRow
     from linegen.jobs.models import ModelChoice
-    from linegen.jobs.plan import Sampling, expand_items
+    from linegen.jobs.plan import expand_items
     from linegen.workers.cache import make_policy
     from linegen.workers.engine import Engine
 
@@ -29,7 +29,7 @@ def bare_loop(model: str, images: int, batch: int) -> dict:
     engine = Engine(gpt, vq, spec, make_policy("full"), device=device, max_batch=batch)
     rows = [ManifestRow(index=0, line=1, prompt=None, class_id=1, count=images, seed=None, id=None,
                         cfg_scale=None, temperature=None, top_k=None, top_p=None)]
-    items = expand_items(rows, job_seed=0, sampling=Sampling(cfg_scale=spec.default_cfg_scale, top_k=spec.default_top_k))
+    items = expand_items(rows, job_seed=0, sampling=spec.default_sampling)
     engine.run_wave([to_request(items[0])])  # warm-up
     t0 = time.perf_counter()
     for i in range(0, images, batch):
@@ -42,7 +42,6 @@ def bare_loop(model: str, images: int, batch: int) -> dict:
 def job_run(model: str, images: int, batch: int, shard_size: int, out: str) -> dict:
     from linegen.jobs.cache_choice import CacheChoice
     from linegen.jobs.models import ModelChoice
-    from linegen.jobs.plan import Sampling
     from linegen.jobs.run import run_embedded
     from linegen.jobs.spec import JobSpec
     from linegen.workers.models.registry import get_spec
@@ -51,7 +50,7 @@ def job_run(model: str, images: int, batch: int, shard_size: int, out: str) -> d
     manifest = Path(out) / "manifest.jsonl"
     manifest.write_text(json.dumps({"class_id": 1, "count": images}) + "\n")
     spec = JobSpec(job_id="bench", manifest=str(manifest), out=out, model=ModelChoice(model, random_weights=True, device="cpu"),
-                   cache=CacheChoice("full"), sampling=Sampling(cfg_scale=spec_m.default_cfg_scale, top_k=spec_m.default_top_k),
+                   cache=CacheChoice("full"), sampling=spec_m.default_sampling,
                    shard_size=shard_size, batch_size=batch)
     marks: dict[str, float] = {}
 

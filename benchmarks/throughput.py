@@ -25,7 +25,6 @@ def measure(model: str, policy: str, ratio: str | None, images: int, batch: int,
             random_weights: bool) -> dict:
     from linegen.jobs.cache_choice import CacheChoice
     from linegen.jobs.models import ModelChoice
-    from linegen.jobs.plan import Sampling
     from linegen.jobs.run import run_embedded
     from linegen.jobs.spec import JobSpec
     from linegen.workers.models.registry import get_spec
@@ -38,7 +37,7 @@ def measure(model: str, policy: str, ratio: str | None, images: int, batch: int,
         spec = JobSpec(job_id="throughput", manifest=str(manifest), out=out,
                        model=ModelChoice(model, random_weights=random_weights, device=device),
                        cache=CacheChoice(policy, ratio if policy != "full" else None),
-                       sampling=Sampling(cfg_scale=spec_m.default_cfg_scale, top_k=spec_m.default_top_k),
+                       sampling=spec_m.default_sampling,
                        shard_size=shard_size, batch_size=batch, workers=1)
         summary = run_embedded(spec)
     devices = summary["device_seconds_by_device"]

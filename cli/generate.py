@@ -41,7 +41,6 @@ def generate_command(
     from linegen.jobs.cache_choice import CacheChoice
     from linegen.jobs.generate import GenerateOptions, check_options, generate_to_folder, load_engine
     from linegen.jobs.models import ModelChoice
-    from linegen.jobs.plan import Sampling
     from linegen.workers.models.registry import DEFAULT_MODEL
 
     choice = ModelChoice(name=model or DEFAULT_MODEL, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint,
@@ -49,7 +48,7 @@ def generate_command(
                          s3_endpoint_url=s3_endpoint_url)
     spec = choice.spec()
     try:
-        sampling = Sampling(**spec.sampling(cfg_scale, top_k, temperature), top_p=top_p)
+        sampling = spec.sampling(cfg_scale=cfg_scale, top_k=top_k, temperature=temperature, top_p=top_p)
     except ValueError as e:
         fail(str(e))
     opts = GenerateOptions(model=choice, class_ids=tuple(class_id), count=count, out=out, seed=seed,

@@ -20,7 +20,6 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
     """The JobSpec a `run`/`submit` command line describes (shared so both spell it the same)."""
     from linegen.jobs.cache_choice import CacheChoice
     from linegen.jobs.models import ModelChoice
-    from linegen.jobs.plan import Sampling
     from linegen.jobs.spec import JobSpec, check_job_id, new_job_id
     from linegen.workers.models.registry import DEFAULT_MODEL
 
@@ -29,7 +28,7 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
                          text_encoder=text_encoder)
     spec_model = choice.spec()
     try:
-        sampling = Sampling(**spec_model.sampling(cfg_scale, top_k, temperature), top_p=top_p)
+        sampling = spec_model.sampling(cfg_scale=cfg_scale, top_k=top_k, temperature=temperature, top_p=top_p)
     except ValueError as e:
         fail(str(e))
     if workers is not None and workers < 1:
@@ -37,11 +36,11 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
     if batch_size is not None and batch_size < 1:
         fail(f"--batch-size must be >= 1, got {batch_size}")
     if memory_budget is not None:
-        from linegen.workers.engine.packing import PackingError, parse_bytes
+        from linegen.workers.sizes import parse_bytes
 
         try:
             parse_bytes(memory_budget)
-        except PackingError as e:
+        except ValueError as e:
             fail(str(e))
     return JobSpec(job_id=check_job_id(job_id) if job_id else new_job_id(), manifest=manifest, out=out,
                    model=choice, cache=CacheChoice.from_flags(cache, cache_ratio, cache_lines, cache_option), sampling=sampling, seed=seed,

@@ -1,11 +1,14 @@
-"""Which KV cache policy a job uses (plain data; built into a policy next to the model)."""
+"""Which KV cache policy a job uses (plain data; built into a policy next to the model).
+
+Building the policy needs no torch (workers/cache keeps its policies torch-free), so every cache
+setting is checked against the model's grid on the laptop, before a job is submitted.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
 from linegen.jobs.errors import UserError
-
-POLICY_NAMES = ("full", "linear", "streaming", "h2o", "snapkv")
+from linegen.workers.cache import DEFAULT_RATIO, CacheConfigError, Layout, make_policy, parse_ratio
 
 
 @dataclass(frozen=True)
@@ -29,15 +32,8 @@ class CacheChoice:
     def to_json(self) -> dict:
         return asdict(self)
 
-    def check(self) -> None:
-        if self.policy not in POLICY_NAMES:
-            raise UserError(f"unknown cache policy {self.policy!r}; choose from {', '.join(POLICY_NAMES)}")
-        self.build()
-
     def build(self, prefix: int | None = None, grid: int | None = None):
         """The policy object; with a model's prefix and grid, also checked against that layout."""
-        from linegen.workers.cache import CacheConfigError, Layout, make_policy
-
         try:
             policy = make_policy(self.policy, ratio=self.ratio, lines=self.lines, **self.options)
             if grid is not None:
@@ -54,10 +50,25 @@ class CacheChoice:
 
     def effective_ratio(self, prefix: int, grid: int) -> float:
         """Kept visual tokens / all visual tokens on a model's grid (1.0 for the full cache)."""
-        from linegen.workers.cache import Layout
-
         layout = Layout(prefix=prefix, grid=grid)
         return min(1.0, self.build().budget(layout) / layout.num_tokens)
+
+    def nominal_ratio(self) -> float | None:
+        """The ratio as set (the default where none is given); None for the full cache or a
+        budget given in lines (which means a ratio only on a model's grid)."""
+        if self.policy == "full" or self.lines is not None:
+            return None
+        try:
+            return parse_ratio(self.ratio or DEFAULT_RATIO)
+        except CacheConfigError as e:
+            raise UserError(str(e)) from None
+
+    def same_budget(self, other: "CacheChoice") -> bool:
+        """Same policy and the same nominal ratio (throughput of one stands for the other)."""
+        if self.policy != other.policy:
+            return False
+        mine, theirs = self.nominal_ratio(), other.nominal_ratio()
+        return mine == theirs or (mine is not None and theirs is not None and abs(mine - theirs) < 1e-6)
 
 
 def _typed(value: str):

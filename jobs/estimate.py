@@ -15,35 +15,19 @@ measurement exists for that model/device/cache instead of guessing one.
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from linegen.jobs.cache_choice import CacheChoice
+from linegen.workers.cache import DEFAULT_RATIO
 from linegen.jobs.errors import UserError
 
 TABLE_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.json"
 
 
-def ratio_value(ratio: Any) -> float | None:
-    """'1/6' / 0.1667 / None -> a float (None: full cache or unspecified)."""
-    if ratio is None or ratio == "":
-        return None
-    if isinstance(ratio, (int, float)):
-        return float(ratio)
-    try:
-        return float(Fraction(str(ratio).strip()))
-    except (ValueError, ZeroDivisionError):
-        raise UserError(f"cache ratio {ratio!r} is not a number or fraction like 1/6") from None
-
-
-def _same_cache(policy: str, ratio: float | None, row_policy: str, row_ratio: Any) -> bool:
-    if policy != row_policy:
-        return False
-    if policy == "full":
-        return True
-    rr = ratio_value(row_ratio)
-    want = ratio if ratio is not None else 1 / 6  # the policies' default ratio
-    return rr is not None and abs(rr - want) < 1e-6
+def _row_cache(policy: Any, ratio: Any) -> CacheChoice:
+    """A measured row's cache setting (benchmark rows record a ratio as text or a number)."""
+    return CacheChoice(str(policy), None if ratio in (None, "") else str(ratio))
 
 
 def load_table(path: Path | str | None = None) -> list[dict]:
@@ -58,11 +42,11 @@ def load_table(path: Path | str | None = None) -> list[dict]:
     return [r for r in rows if isinstance(r, dict) and r.get("images_per_s")]
 
 
-def from_table(model: str, device: str, policy: str, ratio: float | None, rows: list[dict]) -> dict | None:
+def from_table(model: str, device: str, cache: CacheChoice, rows: list[dict]) -> dict | None:
     from linegen.cluster.prices import canonical_device
 
     matches = [r for r in rows if r.get("model") == model and canonical_device(str(r.get("device"))) == device
-               and _same_cache(policy, ratio, str(r.get("cache_policy")), r.get("ratio"))]
+               and cache.same_budget(_row_cache(r.get("cache_policy"), r.get("ratio")))]
     if not matches:
         return None
     best = max(matches, key=lambda r: float(r["images_per_s"]))
@@ -80,7 +64,7 @@ def _device_of(device_seconds: dict[str, float]) -> str | None:
     return names.pop() if len(names) == 1 else None
 
 
-def from_job(storage, job_id: str, device: str, policy: str, ratio: float | None, model: str) -> dict:
+def from_job(storage, job_id: str, device: str, cache: CacheChoice, model: str) -> dict:
     from linegen.jobs.progress import read_progress
 
     p = read_progress(storage, job_id, with_stats=True)
@@ -97,7 +81,7 @@ def from_job(storage, job_id: str, device: str, policy: str, ratio: float | None
     if p.spec is not None:
         if p.spec.model.name != model:
             notes.append(f"it used model {p.spec.model.name}, not {model}")
-        if not _same_cache(policy, ratio, p.spec.cache.policy, p.spec.cache.ratio or (None if p.spec.cache.policy == "full" else "1/6")):
+        if not cache.same_budget(p.spec.cache):
             notes.append(f"it used cache {p.spec.cache.policy} {p.spec.cache.ratio or ''}".rstrip())
     images = p.images_done
     return {"images_per_device_s": images / secs, "kind": "job-stats",
@@ -105,7 +89,7 @@ def from_job(storage, job_id: str, device: str, policy: str, ratio: float | None
                       + (f"; note: {'; '.join(notes)}" if notes else ""), "row": None}
 
 
-def from_finished_jobs(storage, model: str, device: str, policy: str, ratio: float | None) -> dict | None:
+def from_finished_jobs(storage, model: str, device: str, cache: CacheChoice) -> dict | None:
     from linegen.jobs import layout
     from linegen.jobs.progress import read_spec
 
@@ -121,7 +105,7 @@ def from_finished_jobs(storage, model: str, device: str, policy: str, ratio: flo
         spec = read_spec(storage, job_id)
         if spec is None or spec.model.name != model:
             continue
-        if not _same_cache(policy, ratio, spec.cache.policy, spec.cache.ratio or (None if spec.cache.policy == "full" else "1/6")):
+        if not cache.same_budget(spec.cache):
             continue
         devices = summary.get("device_seconds_by_device") or {}
         if _device_of(devices) != device or not summary.get("images_per_device_s"):
@@ -152,7 +136,8 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
     rows = read_manifest(manifest, conditioning, endpoint_url=s3_endpoint_url)
     images = total_items(rows)
     device = canonical_device(gpu)
-    ratio = ratio_value(cache_ratio) if cache != "full" else None
+    choice = CacheChoice(cache, cache_ratio)
+    choice.build()  # a bad policy or ratio is an error before anything is looked up
     price_table = PriceTable.builtin().with_overrides(prices or None)
     price = price_table.lookup(device)
     if price is None:
@@ -168,13 +153,13 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
     if from_job_id:
         if storage is None:
             raise UserError("--from-job needs the job's output root: pass --out (or set [output] out)")
-        tp = from_job(storage, from_job_id, device, cache, ratio, model)
+        tp = from_job(storage, from_job_id, device, choice, model)
     if tp is None and storage is not None:
-        tp = from_finished_jobs(storage, model, device, cache, ratio)
+        tp = from_finished_jobs(storage, model, device, choice)
     if tp is None:
-        tp = from_table(model, device, cache, ratio, load_table() if table is None else table)
+        tp = from_table(model, device, choice, load_table() if table is None else table)
     if tp is None:
-        cache_text = cache + (f" {cache_ratio or '1/6'}" if cache != "full" else "")
+        cache_text = cache + (f" {cache_ratio or DEFAULT_RATIO}" if cache != "full" else "")
         doc["reason"] = (f"no measured throughput exists for {model} on {device} with cache {cache_text}: "
                          f"nothing in {TABLE_PATH.name}"
                          + (" and no matching finished job under the output root" if storage is not None else "")

@@ -59,9 +59,9 @@ def _check(opts: EvalOptions, spec) -> None:
 
 
 def requests_for(opts: EvalOptions, spec, count: int):
-    from linegen.workers.engine import GenRequest, SamplingParams
+    from linegen.workers.engine import GenRequest
 
-    sp = SamplingParams(**spec.sampling(opts.cfg_scale, opts.top_k))
+    sp = spec.sampling(cfg_scale=opts.cfg_scale, top_k=opts.top_k)
     n_cls = spec.gpt.num_classes
     return [GenRequest(seed=opts.seed * 1_000_003 + i, class_id=i % n_cls, sampling=sp) for i in range(count)]
 

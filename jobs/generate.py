@@ -15,7 +15,8 @@ from linegen.jobs.cache_choice import CacheChoice
 from linegen.jobs.errors import UserError
 from linegen.jobs.manifest import ManifestRow
 from linegen.jobs.models import ModelChoice
-from linegen.jobs.plan import Item, Sampling, expand_items
+from linegen.jobs.plan import Item, expand_items
+from linegen.workers.models.config import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -25,18 +26,16 @@ class GenerateOptions:
     count: int
     out: Path
     seed: int = 0
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     cache: CacheChoice = field(default_factory=CacheChoice)
     batch_size: int = 16
 
 
 def to_request(item: Item):
     """A planned item -> the engine's request (class-conditional items)."""
-    from linegen.workers.engine import GenRequest, SamplingParams
+    from linegen.workers.engine import GenRequest
 
-    return GenRequest(seed=item.seed, class_id=item.class_id,
-                      sampling=SamplingParams(cfg_scale=item.cfg_scale, temperature=item.temperature,
-                                              top_k=item.top_k, top_p=item.top_p))
+    return GenRequest(seed=item.seed, class_id=item.class_id, sampling=item.sampling)
 
 
 def plan_items(opts: GenerateOptions) -> list[Item]:

@@ -23,17 +23,18 @@ import csv
 import difflib
 import io
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
 
+from linegen.workers.models.config import SAMPLING_RULES
+
 MAX_SEED = 2**63 - 1
 REQUIRED_ONE_OF = ("prompt", "class_id")
 ALLOWED_FIELDS = ("prompt", "class_id", "count", "seed", "id",
                   "cfg_scale", "temperature", "top_k", "top_p")
-SAMPLING_FIELDS = ("cfg_scale", "temperature", "top_k", "top_p")
+SAMPLING_FIELDS = tuple(SAMPLING_RULES)
 MAX_SHOWN_ISSUES = 50
 
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
@@ -109,21 +110,15 @@ class _Rule:
     expect: str
 
 
-def _finite(v: float) -> bool:
-    return math.isfinite(v)
-
-
 _RULES: dict[str, _Rule] = {
     "prompt": _Rule("str", lambda v: v.strip() != "", "a non-empty string"),
     "class_id": _Rule("int", lambda v: v >= 0, "an integer >= 0"),
     "count": _Rule("int", lambda v: v >= 1, "an integer >= 1"),
     "seed": _Rule("int", lambda v: 0 <= v <= MAX_SEED, "an integer in 0..2**63-1"),
     "id": _Rule("str", lambda v: v != "", "a non-empty string"),
-    "cfg_scale": _Rule("float", lambda v: _finite(v) and v >= 0,
-                       "a finite number >= 0 (<= 1 means no guidance)"),
-    "temperature": _Rule("float", lambda v: _finite(v) and v > 0, "a finite number > 0"),
-    "top_k": _Rule("int", lambda v: v >= 0, "an integer >= 0 (0 disables top-k)"),
-    "top_p": _Rule("float", lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),
+    # Per-row sampling overrides obey the engine's own limits (one home: workers.models.config).
+    **{name: _Rule("int" if name == "top_k" else "float", test, expect)
+       for name, (test, expect) in SAMPLING_RULES.items()},
 }
 
 
@@ -195,22 +190,6 @@ def _coerce(name: str, raw: Any, from_text: bool) -> Any:
     if not rule.ok(value):
         raise _Bad(got)
     return value
-
-
-def sampling_problems(*, cfg_scale: Any, temperature: Any, top_k: Any,
-                      top_p: Any) -> list[str]:
-    """Problems with job-level sampling values, worded like the per-row checks.
-
-    jobs.plan.Sampling uses this so job defaults and row overrides obey one set of rules.
-    """
-    problems = []
-    for name, raw in (("cfg_scale", cfg_scale), ("temperature", temperature),
-                      ("top_k", top_k), ("top_p", top_p)):
-        try:
-            _coerce(name, raw, from_text=False)
-        except _Bad as e:
-            problems.append(f"{name} {e}")
-    return problems
 
 
 # ---------------------------------------------------------------- row validation

@@ -14,27 +14,13 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from linegen.jobs.manifest import MAX_SEED, ManifestRow, sampling_problems
+from linegen.jobs.manifest import MAX_SEED, ManifestRow
+from linegen.workers.models.config import SamplingParams
 
 # blake2b personalisation (<= 16 bytes). Bump the version only on purpose: changing the seed
 # derivation changes every image of every existing job.
 _SEED_DOMAIN = b"linegen/seed/v1"
 _FINGERPRINT_DOMAIN = b"linegen/plan/v1"
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Job-level sampling defaults; a row's own value wins over these."""
-    cfg_scale: float = 4.0
-    temperature: float = 1.0
-    top_k: int = 2000
-    top_p: float = 1.0
-
-    def __post_init__(self) -> None:
-        problems = sampling_problems(cfg_scale=self.cfg_scale, temperature=self.temperature,
-                                     top_k=self.top_k, top_p=self.top_p)
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +37,11 @@ class Item:
     temperature: float
     top_k: int
     top_p: float
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(cfg_scale=self.cfg_scale, temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p)
 
 
 @dataclass(frozen=True)
@@ -79,7 +70,7 @@ def item_id(row: int, replica: int) -> str:
 
 
 def expand_items(rows: Iterable[ManifestRow], *, job_seed: int,
-                 sampling: Sampling) -> list[Item]:
+                 sampling: SamplingParams) -> list[Item]:
     """One item per (row, replica), in row order then replica order.
 
     Seeds: a row that gives `seed` uses `seed + replica` for replica r, so `seed: 42` with

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from linegen.jobs.cache_choice import CacheChoice
 from linegen.jobs.errors import UserError
 from linegen.jobs.models import ModelChoice
-from linegen.jobs.plan import Sampling
+from linegen.workers.models.config import SamplingParams
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -38,7 +38,7 @@ class JobSpec:
     out: str  # output root: local folder or s3://bucket/prefix; the job writes under <out>/<job_id>/
     model: ModelChoice
     cache: CacheChoice = field(default_factory=CacheChoice)
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int = 0
     shard_size: int = 1000
     workers: int | None = None  # None: one per GPU, or a CPU-sized pool without GPUs
@@ -62,7 +62,7 @@ class JobSpec:
         d = json.loads(text)
         d["model"] = ModelChoice(**d["model"])
         d["cache"] = CacheChoice(**d["cache"])
-        d["sampling"] = Sampling(**d["sampling"])
+        d["sampling"] = SamplingParams(**d["sampling"])
         return cls(**d)
 
     def same_work(self, other: "JobSpec") -> bool:

@@ -61,7 +61,7 @@ def test_shipped_weights_load_and_generate():
 
     spec, gpt, vq, device = ModelChoice(name=DEFAULT_MODEL, device="cpu").load()
     engine = Engine(gpt, vq, spec, make_policy("linear", ratio="1/6"), device=device, max_batch=2)
-    sp = SamplingParams(cfg_scale=spec.default_cfg_scale, top_k=spec.default_top_k)
+    sp = spec.default_sampling
     res = engine.run_wave([GenRequest(seed=1, class_id=5, sampling=sp), GenRequest(seed=2, class_id=6, sampling=sp)])
     assert res.tokens.shape == (2, 576) and int(res.tokens.max()) < spec.gpt.vocab_size
     images = engine.decode_images(res.tokens)
@@ -77,7 +77,7 @@ def test_shipped_model_draws_recognisable_classes():
     from linegen.workers.engine import Engine, GenRequest, SamplingParams
 
     spec, gpt, vq, device = ModelChoice(name=DEFAULT_MODEL, device="cpu").load()
-    sp = SamplingParams(**spec.sampling())
+    sp = spec.sampling()
     requests = [GenRequest(seed=7_000 + i, class_id=i % 10, sampling=sp) for i in range(20)]
     engine = Engine(gpt, vq, spec, make_policy("full"), device=device, max_batch=20)
     images = engine.decode_images(engine.run_wave(requests).tokens)

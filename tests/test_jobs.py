@@ -423,12 +423,12 @@ def ray_local():
 def _spec(manifest: Path, out: Path, job_id: str, **kw):
     from linegen.jobs.cache_choice import CacheChoice
     from linegen.jobs.models import ModelChoice
-    from linegen.jobs.plan import Sampling
+    from linegen.workers.models.config import SamplingParams
     from linegen.jobs.spec import JobSpec
 
     return JobSpec(job_id=job_id, manifest=str(manifest), out=str(out),
                    model=ModelChoice("test-tiny", random_weights=True),
-                   cache=CacheChoice("linear", "1/4"), sampling=Sampling(cfg_scale=2.0, top_k=0), **kw)
+                   cache=CacheChoice("linear", "1/4"), sampling=SamplingParams(cfg_scale=2.0, top_k=0), **kw)
 
 
 def test_actor_killed_mid_job_is_replaced_and_items_stay_exactly_once(ray_local, tmp_path: Path) -> None:
@@ -530,7 +530,8 @@ def test_actor_reports_a_storage_outage_instead_of_hanging(monkeypatch: pytest.M
     from linegen.jobs.manifest import Conditioning, parse_manifest
     from linegen.jobs.cache_choice import CacheChoice
     from linegen.jobs.models import ModelChoice
-    from linegen.jobs.plan import Sampling, expand_items, plan_shards
+    from linegen.jobs.plan import expand_items, plan_shards
+    from linegen.workers.models.config import SamplingParams
     from linegen.jobs.sink import ShardSink
     from linegen.jobs.storage import open_storage
     from linegen.workers.actor import GenerationActor
@@ -545,7 +546,7 @@ def test_actor_reports_a_storage_outage_instead_of_hanging(monkeypatch: pytest.M
                            max_attempts=1, connect_timeout=1)
     sink = ShardSink(storage, "outage", "test-tiny", "full", 1.0)
     rows = parse_manifest(b'{"class_id": 1, "count": 2}\n', "m.jsonl", Conditioning("class", 1000))
-    shard = plan_shards(expand_items(rows, job_seed=0, sampling=Sampling(cfg_scale=2.0, top_k=0)), 4)[0]
+    shard = plan_shards(expand_items(rows, job_seed=0, sampling=SamplingParams(cfg_scale=2.0, top_k=0)), 4)[0]
     actor = GenerationActor(ModelChoice("test-tiny", random_weights=True), CacheChoice(), sink,
                             batch_size=2, worker_name="w0")
     try:

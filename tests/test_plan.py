@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from linegen.jobs.manifest import ManifestRow
+from linegen.workers.models.config import SamplingParams
 from linegen.jobs.plan import (
     Item,
-    Sampling,
     derive_seed,
     expand_items,
     plan_fingerprint,
@@ -29,7 +29,7 @@ def row(index: int, count: int = 1, **kw) -> ManifestRow:
 ROWS = [row(0, 5), row(1, 3), row(2, 9)]
 
 
-def plan(rows=ROWS, job_seed=7, sampling=Sampling(), shard_size=4):
+def plan(rows=ROWS, job_seed=7, sampling=SamplingParams(), shard_size=4):
     return plan_shards(expand_items(rows, job_seed=job_seed, sampling=sampling), shard_size)
 
 
@@ -70,7 +70,7 @@ def test_derive_seed_rejects_non_ints():
 # ---------------------------------------------------------------- items
 
 def test_counts_expand_in_row_then_replica_order():
-    items = expand_items(ROWS, job_seed=7, sampling=Sampling())
+    items = expand_items(ROWS, job_seed=7, sampling=SamplingParams())
     assert len(items) == 17
     pairs = [(it.row, it.replica) for it in items]
     assert pairs == [(0, r) for r in range(5)] + [(1, r) for r in range(3)] + \
@@ -81,50 +81,51 @@ def test_counts_expand_in_row_then_replica_order():
 
 
 def test_seeds_are_deterministic_and_derived():
-    a = expand_items(ROWS, job_seed=7, sampling=Sampling())
-    b = expand_items(ROWS, job_seed=7, sampling=Sampling())
+    a = expand_items(ROWS, job_seed=7, sampling=SamplingParams())
+    b = expand_items(ROWS, job_seed=7, sampling=SamplingParams())
     assert [it.seed for it in a] == [it.seed for it in b]
     assert all(it.seed == derive_seed(7, it.row, it.replica) for it in a)
     assert len({it.seed for it in a}) == 17
-    other = expand_items(ROWS, job_seed=8, sampling=Sampling())
+    other = expand_items(ROWS, job_seed=8, sampling=SamplingParams())
     assert all(x.seed != y.seed for x, y in zip(a, other))
 
 
 def test_seed_uses_row_index_not_position():
     # The row index is the stable identity: a row keeps its seeds wherever it is listed.
-    items = expand_items([row(41, 2)], job_seed=7, sampling=Sampling())
+    items = expand_items([row(41, 2)], job_seed=7, sampling=SamplingParams())
     assert [it.seed for it in items] == [derive_seed(7, 41, 0), derive_seed(7, 41, 1)]
 
 
 def test_explicit_seed_rule():
     items = expand_items([row(0, 1, seed=42), row(1, 3, seed=100)], job_seed=7,
-                         sampling=Sampling())
+                         sampling=SamplingParams())
     assert [it.seed for it in items] == [42, 100, 101, 102]
 
 
 def test_sampling_defaults_and_row_overrides():
     items = expand_items(
         [row(0), row(1, cfg_scale=1.0, temperature=0.5, top_k=0, top_p=0.9)],
-        job_seed=0, sampling=Sampling(cfg_scale=7.5, temperature=1.1, top_k=100, top_p=0.8))
+        job_seed=0, sampling=SamplingParams(cfg_scale=7.5, temperature=1.1, top_k=100, top_p=0.8))
     d, o = items
     assert (d.cfg_scale, d.temperature, d.top_k, d.top_p) == (7.5, 1.1, 100, 0.8)
     assert (o.cfg_scale, o.temperature, o.top_k, o.top_p) == (1.0, 0.5, 0, 0.9)
-    assert Sampling() == Sampling(cfg_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0)
+    assert SamplingParams() == SamplingParams(cfg_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0)
 
 
 def test_conditions_and_user_id_carried():
     items = expand_items([row(0, 2, prompt="a fox", class_id=None, id="fox/1")], job_seed=0,
-                         sampling=Sampling())
+                         sampling=SamplingParams())
     assert all(it.prompt == "a fox" and it.class_id is None and it.user_id == "fox/1"
                for it in items)
     assert items[1].item_id == "r0000000-00001"  # the user id stays out of item ids
 
 
-@pytest.mark.parametrize("kw", [dict(cfg_scale=-1), dict(temperature=0), dict(top_k=-1),
-                                dict(top_k=1.5), dict(top_p=0), dict(top_p=1.5)])
+@pytest.mark.parametrize("kw", [dict(cfg_scale=-1), dict(cfg_scale=float("inf")), dict(temperature=0),
+                                dict(top_k=-1), dict(top_k=1.5), dict(top_k=10**40), dict(top_k=True),
+                                dict(top_p=0), dict(top_p=1.5)])
 def test_sampling_rejects_bad_values(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
-        Sampling(**kw)
+        SamplingParams(**kw)
 
 
 # ---------------------------------------------------------------- shards
@@ -135,11 +136,11 @@ def test_shards_of_four_over_seventeen_items():
     assert [s.index for s in shards] == list(range(5))
     assert [len(s.items) for s in shards] == [4, 4, 4, 4, 1]
     flat = [it for s in shards for it in s.items]
-    assert flat == expand_items(ROWS, job_seed=7, sampling=Sampling())
+    assert flat == expand_items(ROWS, job_seed=7, sampling=SamplingParams())
 
 
 def test_shard_edge_cases():
-    items = expand_items(ROWS, job_seed=7, sampling=Sampling())
+    items = expand_items(ROWS, job_seed=7, sampling=SamplingParams())
     assert [len(s.items) for s in plan_shards(items, 17)] == [17]
     assert [len(s.items) for s in plan_shards(items, 1000)] == [17]
     assert len(plan_shards(items, 1)) == 17
@@ -166,7 +167,7 @@ def test_plan_is_identical_when_computed_twice():
     lambda: plan(rows=[ROWS[0], replace(ROWS[1], id="x"), ROWS[2]]),
     lambda: plan(rows=[ROWS[0], replace(ROWS[1], top_p=0.5), ROWS[2]]),
     lambda: plan(job_seed=8),
-    lambda: plan(sampling=Sampling(cfg_scale=2.0)),
+    lambda: plan(sampling=SamplingParams(cfg_scale=2.0)),
     lambda: plan(shard_size=5),
 ])
 def test_fingerprint_changes_when_the_plan_changes(change):
@@ -180,7 +181,7 @@ def test_fingerprint_tells_prompt_from_class():
 
 
 def test_items_are_immutable():
-    item = expand_items([row(0)], job_seed=0, sampling=Sampling())[0]
+    item = expand_items([row(0)], job_seed=0, sampling=SamplingParams())[0]
     assert isinstance(item, Item)
     with pytest.raises(AttributeError):
         item.seed = 1  # type: ignore[misc]

@@ -51,7 +51,7 @@ class GenerationActor:
         if cpu_threads:
             torch.set_num_threads(cpu_threads)
         from linegen.workers.engine import Engine
-        from linegen.workers.engine.packing import parse_bytes
+        from linegen.workers.sizes import parse_bytes
 
         self.sink = sink
         self.spec, gpt, vq, device = model.load()
@@ -122,16 +122,13 @@ class GenerationActor:
 
     def _requests(self, items: list) -> tuple[list, list]:
         """GenRequests for a wave's items, and per item (caption tokens, truncated) or None."""
-        from linegen.workers.engine import GenRequest, SamplingParams
-
-        def sampling(it):
-            return SamplingParams(cfg_scale=it.cfg_scale, temperature=it.temperature, top_k=it.top_k, top_p=it.top_p)
+        from linegen.workers.engine import GenRequest
 
         if self.text is None:
-            requests = [GenRequest(seed=it.seed, class_id=it.class_id, sampling=sampling(it)) for it in items]
+            requests = [GenRequest(seed=it.seed, class_id=it.class_id, sampling=it.sampling) for it in items]
             return requests, [None] * len(items)
         encoded = self.text.encode([it.prompt for it in items])
-        requests = [GenRequest(seed=it.seed, caption=e.features, caption_mask=e.mask, sampling=sampling(it))
+        requests = [GenRequest(seed=it.seed, caption=e.features, caption_mask=e.mask, sampling=it.sampling)
                     for it, e in zip(items, encoded)]
         return requests, [(e.tokens, e.truncated) for e in encoded]
 

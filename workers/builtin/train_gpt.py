@@ -65,7 +65,7 @@ def sample_check(gpt, vq, spec, classifier_path: str | None, per_class: int = 2,
     n_cls = spec.gpt.num_classes
     engine = Engine(gpt.eval(), vq, spec, make_policy("full"), max_batch=n_cls * per_class)
     reqs = [GenRequest(seed=10_000 + i, class_id=i % n_cls,
-                       sampling=SamplingParams(**spec.sampling()))
+                       sampling=spec.sampling())
             for i in range(n_cls * per_class)]
     tokens = engine.run_wave(reqs).tokens
     images = engine.decode_images(tokens)

@@ -1,7 +1,11 @@
-"""KV cache policies, selectable by name: full, linear (LineAR), streaming, h2o, snapkv."""
+"""KV cache policies, selectable by name: full, linear (LineAR), streaming, h2o, snapkv.
+
+Importing this package (and building a policy) needs no torch; the cache itself
+(workers/cache/kv.py) and the scoring context (workers/cache/context.py) do.
+"""
 from __future__ import annotations
 
-from linegen.workers.cache.base import CacheConfigError, CachePolicy, Layout, parse_ratio
+from linegen.workers.cache.base import DEFAULT_RATIO, CacheConfigError, CachePolicy, Layout, parse_ratio
 from linegen.workers.cache.full import FullCache
 from linegen.workers.cache.h2o import H2OCache
 from linegen.workers.cache.linear import LineARCache
@@ -15,6 +19,7 @@ POLICIES: dict[str, type[CachePolicy]] = {
     "h2o": H2OCache,
     "snapkv": SnapKVCache,
 }
+POLICY_NAMES = tuple(POLICIES)
 
 
 def make_policy(name: str, ratio: float | str | None = None, lines: int | None = None, **options) -> CachePolicy:
@@ -26,10 +31,11 @@ def make_policy(name: str, ratio: float | str | None = None, lines: int | None =
     if ratio is not None and lines is not None:
         raise CacheConfigError("give either --cache-ratio or --cache-lines, not both")
     if ratio is None and lines is None:
-        ratio = 1 / 6  # the LineAR paper's headline setting for LlamaGen
+        ratio = DEFAULT_RATIO
     if ratio is not None:
         ratio = parse_ratio(ratio)
     return POLICIES[name](ratio=ratio, lines=lines, **options)
 
 
-__all__ = ["CacheConfigError", "CachePolicy", "Layout", "POLICIES", "make_policy", "parse_ratio"]
+__all__ = ["DEFAULT_RATIO", "CacheConfigError", "CachePolicy", "Layout", "POLICIES", "POLICY_NAMES",
+           "make_policy", "parse_ratio"]

@@ -1,20 +1,32 @@
-"""The cache-policy interface shared by `full`, LineAR and the baselines.
+"""The cache-policy interface shared by `full`, LineAR and the baselines, and the visual budget.
 
-A policy never touches tensors' storage: it answers three questions and the cache
+A policy never touches the cache's storage: it answers a few questions and the cache
 (workers/cache/kv.py) does the rest.
   * how many visual entries must a row hold at most (`visual_capacity`),
   * whether the cache should stash each line's queries (`needs_queries`),
+  * which per-entry state it accumulates (`state_names`: fp32 [rows, heads, capacity] tensors the
+    cache allocates and keeps aligned with the entries),
   * at a line boundary, a score for every cached visual entry (`score`), where +inf marks an
     entry that must be kept; the cache keeps the `budget` best per (row, head) and gathers them.
+
+This module and the policy modules import no torch: a laptop that only submits a job checks its
+cache settings (name, ratio, options, budget against the model's grid) without the GPU stack.
+Scoring receives a `LineContext` (workers/cache/context.py) whose tensors and helpers do the math.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from linegen.workers.cache.context import LineContext
+
+# The LineAR paper's headline setting for LlamaGen: keep 1/6 of the visual tokens (4 of 24 lines).
+DEFAULT_RATIO = "1/6"
 
 
 class CacheConfigError(ValueError):
@@ -37,19 +49,6 @@ class Layout:
         return self.grid * self.grid
 
 
-@dataclass
-class LineContext:
-    """Everything a policy may look at when line `line` has just been consumed, for one layer."""
-
-    layer: int
-    line: int
-    layout: Layout
-    positions: Tensor  # [R, H, Lv] original visual index of every cached visual entry (int16)
-    attention: Tensor | None  # [R, H, w, L] fp32 attention of the line's queries over all L cached keys
-    state: dict  # the policy's own per-layer state (e.g. H2O's accumulated scores), kept aligned by the cache
-    pairs: int  # rows [0, pairs) are conditional, [pairs, 2*pairs) their unconditional partners; 0 = no CFG
-
-
 def parse_ratio(text: str | float) -> float:
     """'1/6', '0.25', 0.5 -> float in (0, 1]."""
     try:
@@ -65,6 +64,7 @@ class CachePolicy(ABC):
     name: str = ""
     needs_queries: bool = False
     cfg_shared: bool = False  # True: a CFG pair's null row keeps what its conditional row keeps
+    state_names: tuple[str, ...] = ()  # per-entry fp32 state the cache keeps aligned (e.g. H2O's "acc")
 
     @abstractmethod
     def visual_capacity(self, layout: Layout) -> int:
@@ -77,32 +77,47 @@ class CachePolicy(ABC):
     def check(self, layout: Layout) -> None:
         """Raise CacheConfigError if this policy cannot work on `layout`."""
 
-    def score(self, ctx: LineContext) -> Tensor:
+    def score(self, ctx: "LineContext") -> "Tensor":
         """[R, H, Lv] keep-priority of each cached visual entry; +inf = must keep."""
         raise NotImplementedError
-
-    def init_state(self, rows: int, heads: int, capacity: int, device: torch.device) -> dict:
-        """Per-layer state; tensors whose last dim is the visual capacity are gathered on compaction."""
-        return {}
 
     def describe(self) -> dict:
         return {"policy": self.name}
 
 
-def line_attention(q: Tensor, k: Tensor, line_len: int, key_mask: Tensor | None) -> Tensor:
-    """Explicit fp32 softmax(q k^T / sqrt(d)) of a line's queries over all cached keys.
+class BudgetedPolicy(CachePolicy):
+    """Keeps B visual tokens after each line (B = ratio*N, or lines*w); the prefix is never counted."""
 
-    q: [R, H, w, d]; k: [R, H, L, d] where the last `line_len` keys are the line's own tokens
-    (the causal mask applies only among them); key_mask: [R, L] bool (False = padded prefix) or None.
-    """
-    w, length = q.shape[2], k.shape[2]
-    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    # query j of the line may see line keys 0..j; everything before the line is visible.
-    qi = torch.arange(w, device=q.device)[:, None] + (length - line_len)
-    kj = torch.arange(length, device=q.device)[None, :]
-    visible = kj <= qi  # [w, L]
-    allowed = visible[None, None]
-    if key_mask is not None:
-        allowed = allowed & key_mask[:, None, None, :]
-    logits = logits.masked_fill(~allowed, float("-inf"))
-    return torch.softmax(logits, dim=-1)
+    def __init__(self, ratio: float | None = None, lines: int | None = None):
+        if (ratio is None) == (lines is None):
+            raise CacheConfigError("give exactly one of a cache ratio or a budget in lines")
+        if ratio is not None and not 0 < ratio <= 1:
+            raise CacheConfigError(f"cache ratio must be in (0, 1], got {ratio}")
+        if lines is not None and lines < 1:
+            raise CacheConfigError(f"cache budget in lines must be >= 1, got {lines}")
+        self.ratio, self.lines = ratio, lines
+
+    def budget(self, layout: Layout) -> int:
+        if self.lines is not None:
+            return min(layout.num_tokens, self.lines * layout.width)
+        return min(layout.num_tokens, max(1, round(self.ratio * layout.num_tokens)))
+
+    def visual_capacity(self, layout: Layout) -> int:
+        return min(layout.num_tokens, self.budget(layout) + layout.width)
+
+    def protected_tokens(self, layout: Layout) -> int:
+        """How many tokens the policy always keeps; the budget must hold at least these."""
+        return 0
+
+    def check(self, layout: Layout) -> None:
+        b, need = self.budget(layout), self.protected_tokens(layout)
+        if b < layout.num_tokens and b < need:
+            raise CacheConfigError(
+                f"{self.name}: a budget of {b} visual tokens is smaller than the {need} tokens it "
+                f"must always keep; raise --cache-ratio/--cache-lines or lower the protected set")
+
+    def describe(self) -> dict:
+        d = {"policy": self.name, "ratio": self.ratio}
+        if self.lines is not None:
+            d["lines"] = self.lines
+        return d

@@ -6,16 +6,20 @@ Selection happens on the shared line schedule, per layer, head and row.
 """
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from linegen.workers.cache.base import LineContext, Layout
-from linegen.workers.cache.budget import BudgetedPolicy, protect, visual_attention
+from linegen.workers.cache.base import BudgetedPolicy, Layout
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from linegen.workers.cache.context import LineContext
 
 
 class H2OCache(BudgetedPolicy):
     name = "h2o"
     needs_queries = True
+    state_names = ("acc",)  # attention each entry has received so far, summed over every step
 
     def __init__(self, ratio: float | None = None, lines: int | None = None, *, recent_share: float = 0.5):
         super().__init__(ratio, lines)
@@ -27,16 +31,13 @@ class H2OCache(BudgetedPolicy):
     def protected_tokens(self, layout: Layout) -> int:
         return self.recent(layout)
 
-    def init_state(self, rows: int, heads: int, capacity: int, device: torch.device) -> dict:
-        return {"acc": torch.zeros(rows, heads, capacity, dtype=torch.float32, device=device)}
-
     def score(self, ctx: LineContext) -> Tensor:
         acc = ctx.state["acc"]
         vl = ctx.positions.shape[-1]
-        acc[:, :, :vl] += visual_attention(ctx).sum(dim=2)
+        acc[:, :, :vl] += ctx.visual_attention().sum(dim=2)
         newest = (ctx.line + 1) * ctx.layout.width  # visual tokens consumed so far
         keep = ctx.positions >= newest - self.recent(ctx.layout)
-        return protect(acc[:, :, :vl].clone(), keep)
+        return ctx.protect(acc[:, :, :vl].clone(), keep)
 
     def describe(self) -> dict:
         return {**super().describe(), "recent_share": self.recent_share}

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from linegen.workers.cache.base import CachePolicy, LineContext, Layout, line_attention
+from linegen.workers.cache.base import CachePolicy, Layout
+from linegen.workers.cache.context import LineContext, line_attention
 
 
 def cache_bytes_per_row(policy: CachePolicy, layout: Layout, n_layer: int, n_head: int,
@@ -56,7 +57,8 @@ class KVCache:
             # int16 is enough (grids up to 181x181) and keeps this bookkeeping ~1% of the cache
             self.positions = [torch.zeros(rows, n_head, vcap, dtype=torch.int16, device=device)
                               for _ in range(n_layer)]
-            self.state = [policy.init_state(rows, n_head, vcap, device) for _ in range(n_layer)]
+            self.state = [{name: torch.zeros(rows, n_head, vcap, dtype=torch.float32, device=device)
+                           for name in policy.state_names} for _ in range(n_layer)]
         self.compaction_s = 0.0
 
     # -- accounting -------------------------------------------------------------------------

@@ -1,16 +1,20 @@
 """LineAR: keep anchors, the last R lines and the mid-region tokens the last line attended to most.
 
-specs/linear.md §3: at each line boundary, the just-finished line's post-RoPE queries attend
+docs/linear.md: at each line boundary, the just-finished line's post-RoPE queries attend
 (explicit fp32 softmax, causal inside the line) over every cached key including the prefix; the
 probabilities are aggregated over the line's queries per (row, layer, head), and the top scores
 among the mid-region candidates fill the budget. Evicted tokens never come back.
 """
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from linegen.workers.cache.base import CacheConfigError, LineContext, Layout
-from linegen.workers.cache.budget import BudgetedPolicy, pool_1d, pool_2d, protect, visual_attention
+from linegen.workers.cache.base import BudgetedPolicy, CacheConfigError, Layout
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from linegen.workers.cache.context import LineContext
 
 AGGREGATIONS = ("sum", "mean", "max")
 
@@ -39,18 +43,18 @@ class LineARCache(BudgetedPolicy):
         return self.anchors + self.recent_lines * layout.width
 
     def score(self, ctx: LineContext) -> Tensor:
-        attn = visual_attention(ctx)
+        attn = ctx.visual_attention()
         if self.aggregate == "max":
             scores = attn.amax(dim=2)
         else:
             scores = attn.sum(dim=2)  # mean ranks identically; sum keeps the numbers interpretable
             if self.aggregate == "mean":
                 scores = scores / attn.shape[2]
-        scores = pool_1d(scores, self.pool_1d)
-        scores = pool_2d(scores, ctx.positions, ctx.layout, self.pool_2d)
+        scores = ctx.pool_1d(scores, self.pool_1d)
+        scores = ctx.pool_2d(scores, self.pool_2d)
         first_recent = (ctx.line - self.recent_lines + 1) * ctx.layout.width
         keep = (ctx.positions < self.anchors) | (ctx.positions >= first_recent)
-        return protect(scores, keep)
+        return ctx.protect(scores, keep)
 
     def describe(self) -> dict:
         return {**super().describe(), "anchors": self.anchors, "recent_lines": self.recent_lines,

@@ -2,10 +2,14 @@
 ranks the older tokens; the window itself is kept. Compressed once per line."""
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from linegen.workers.cache.base import LineContext, Layout
-from linegen.workers.cache.budget import BudgetedPolicy, pool_1d, protect, visual_attention
+from linegen.workers.cache.base import BudgetedPolicy, Layout
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from linegen.workers.cache.context import LineContext
 
 
 class SnapKVCache(BudgetedPolicy):
@@ -20,9 +24,9 @@ class SnapKVCache(BudgetedPolicy):
         return layout.width
 
     def score(self, ctx: LineContext) -> Tensor:
-        scores = pool_1d(visual_attention(ctx).mean(dim=2), self.kernel)
+        scores = ctx.pool_1d(ctx.visual_attention().mean(dim=2), self.kernel)
         window_start = ctx.line * ctx.layout.width
-        return protect(scores, ctx.positions >= window_start)
+        return ctx.protect(scores, ctx.positions >= window_start)
 
     def describe(self) -> dict:
         return {**super().describe(), "kernel": self.kernel}

@@ -4,10 +4,14 @@ Content-agnostic; R-KV's port keeps RoPE positions untouched, as we do (keys are
 """
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from linegen.workers.cache.base import LineContext, Layout
-from linegen.workers.cache.budget import BudgetedPolicy, protect
+from linegen.workers.cache.base import BudgetedPolicy, Layout
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from linegen.workers.cache.context import LineContext
 
 
 class StreamingCache(BudgetedPolicy):
@@ -22,7 +26,7 @@ class StreamingCache(BudgetedPolicy):
 
     def score(self, ctx: LineContext) -> Tensor:
         # More recent = higher priority; the sinks always stay.
-        return protect(ctx.positions.float(), ctx.positions < self.sinks)
+        return ctx.protect(ctx.positions.float(), ctx.positions < self.sinks)
 
     def describe(self) -> dict:
         return {**super().describe(), "sinks": self.sinks}

@@ -1,4 +1,4 @@
-"""Classifier-free guidance and token sampling, per row, as LlamaGen does it (specs/llamagen.md §2).
+"""Classifier-free guidance and token sampling, per row, as LlamaGen does it (docs/llamagen.md).
 
 Randomness: every item draws its uniforms from its own generator seeded by the item's seed, and a
 token is picked by inverse-CDF sampling of its filtered distribution. An item's tokens therefore do
@@ -11,23 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    cfg_scale: float = 4.0
-    temperature: float = 1.0
-    top_k: int = 2000
-    top_p: float = 1.0
-
-    def validate(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not self.cfg_scale >= 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+from linegen.workers.models.config import SamplingParams
 
 
 @dataclass

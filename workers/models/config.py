@@ -1,8 +1,56 @@
-"""Typed configs for the LlamaGen GPT, the VQ tokenizer and a registered model (GPT + VQ + size)."""
+"""Typed configs for the LlamaGen GPT, the VQ tokenizer, sampling and a registered model.
+
+No torch here: jobs (on a laptop) validate manifests and settings against these.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal
+
+# What the engine accepts for each sampling setting: (test, what the value must be). Manifest
+# rows, job defaults and the engine's own requests are all checked against these, so a value
+# that passes validation always decodes. top_k at or above the vocabulary keeps every token.
+MAX_CFG_SCALE = 1000.0
+MAX_TOP_K = 2**31 - 1
+SAMPLING_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "cfg_scale": (lambda v: math.isfinite(v) and 0 <= v <= MAX_CFG_SCALE,
+                  f"a number in 0..{MAX_CFG_SCALE:g} (<= 1 means no guidance)"),
+    "temperature": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "top_k": (lambda v: 0 <= v <= MAX_TOP_K, f"an integer in 0..{MAX_TOP_K} (0 disables top-k)"),
+    "top_p": (lambda v: math.isfinite(v) and 0 < v <= 1, "a number in (0, 1]"),
+}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one image's tokens are drawn: guidance scale, temperature, top-k, top-p. A value that
+    breaks SAMPLING_RULES is a ValueError naming the setting."""
+
+    cfg_scale: float = 4.0
+    temperature: float = 1.0
+    top_k: int = 2000
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = sampling_problems(**self.__dict__)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def with_overrides(self, **values) -> "SamplingParams":
+        """These settings with every given (non-None) value replaced."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+def sampling_problems(**values) -> list[str]:
+    """'name must be ...' for every value that breaks its rule (bools and non-numbers included)."""
+    problems = []
+    for name, value in values.items():
+        test, expect = SAMPLING_RULES[name]
+        numeric = isinstance(value, int) if name == "top_k" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not numeric or not test(value):
+            problems.append(f"{name} must be {expect}, got {value!r}")
+    return problems
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -91,16 +139,13 @@ class ModelSpec:
     builtin_weights: tuple[str, str] | None = None
     # A model that is random by design (test models): runs without checkpoints or --random-weights.
     random_by_design: bool = False
-    default_cfg_scale: float = 4.0
-    default_top_k: int = 2000
-    default_temperature: float = 1.0
+    default_sampling: SamplingParams = field(default_factory=SamplingParams)
 
-    def sampling(self, cfg_scale: float | None = None, top_k: int | None = None,
-                 temperature: float | None = None) -> dict:
-        """cfg_scale, top_k and temperature as given, the model's defaults where None."""
-        return {"cfg_scale": self.default_cfg_scale if cfg_scale is None else cfg_scale,
-                "top_k": self.default_top_k if top_k is None else top_k,
-                "temperature": self.default_temperature if temperature is None else temperature}
+    def sampling(self, *, cfg_scale: float | None = None, top_k: int | None = None,
+                 temperature: float | None = None, top_p: float | None = None) -> SamplingParams:
+        """The model's sampling defaults, with every value given here replacing its default."""
+        return self.default_sampling.with_overrides(cfg_scale=cfg_scale, top_k=top_k,
+                                                    temperature=temperature, top_p=top_p)
 
     @property
     def grid(self) -> int:

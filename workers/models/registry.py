@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from linegen.workers.models.config import ModelSpec, VQ16, VQConfig, gpt_config, GPTConfig
+from linegen.workers.models.config import GPTConfig, ModelSpec, SamplingParams, VQ16, VQConfig, gpt_config
 
 
 class UnknownModel(KeyError):
@@ -31,7 +31,11 @@ SHAPES_GPT = GPTConfig(dim=192, n_layer=4, n_head=4, vocab_size=512, num_classes
 SHAPES = ModelSpec(name="linegen-shapes-c2i", gpt=SHAPES_GPT, image_size=96, vq=SHAPES_VQ,
                    description="built-in c2i model trained on procedural shapes (10 classes, 24x24 tokens, 96px)",
                    builtin_weights=(str(BUILTIN_WEIGHTS / "shapes_gpt.pt"), str(BUILTIN_WEIGHTS / "shapes_vq.pt")),
-                   default_cfg_scale=2.0, default_top_k=0, default_temperature=0.9)
+                   default_sampling=SamplingParams(cfg_scale=2.0, top_k=0, temperature=0.9))
+
+# LlamaGen's own sampling defaults for its text-to-image models; tests sample the tiny models gently.
+T2I_SAMPLING = SamplingParams(cfg_scale=7.5, top_k=1000)
+TINY_SAMPLING = SamplingParams(cfg_scale=2.0, top_k=0)
 
 MODELS: dict[str, ModelSpec] = {
     s.name: s
@@ -40,14 +44,14 @@ MODELS: dict[str, ModelSpec] = {
         _llamagen("B", 256), _llamagen("B", 384),
         _llamagen("L", 256), _llamagen("L", 384),
         _llamagen("XL", 384), _llamagen("XXL", 384), _llamagen("3B", 384),
-        _llamagen("XL", 256, "t2i", default_cfg_scale=7.5, default_top_k=1000),
-        _llamagen("XL", 512, "t2i", default_cfg_scale=7.5, default_top_k=1000),
+        _llamagen("XL", 256, "t2i", default_sampling=T2I_SAMPLING),
+        _llamagen("XL", 512, "t2i", default_sampling=T2I_SAMPLING),
         ModelSpec(name="test-tiny", gpt=TINY_GPT, image_size=32, vq=TINY_VQ,
                   description="tiny random-weight c2i model for tests (8x8 tokens, 32px)", random_by_design=True,
-                  default_cfg_scale=2.0, default_top_k=0),
+                  default_sampling=TINY_SAMPLING),
         ModelSpec(name="test-tiny-t2i", gpt=GPTConfig(**{**TINY_GPT.__dict__, "cond": "t2i", "caption_tokens": 120}), image_size=32,
                   vq=TINY_VQ, description="tiny random-weight t2i model for tests (120 caption tokens, like LlamaGen)", random_by_design=True,
-                  default_cfg_scale=2.0, default_top_k=0),
+                  default_sampling=TINY_SAMPLING),
     ]
 }
 
