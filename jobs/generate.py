@@ -73,13 +73,14 @@ def load_engine(opts: GenerateOptions):
 
     spec, gpt, vq, device = opts.model.load()
     return Engine(gpt, vq, spec, opts.cache.build(spec.prefix_len, spec.grid), device=device,
-                  max_batch=opts.batch_size)
+                  max_batch=opts.batch_size, compile=opts.model.compile)
 
 
 def generate_to_folder(opts: GenerateOptions, progress: Callable[[int, int], None] | None = None,
                        engine=None) -> dict:
     items = check_options(opts)
     engine = engine or load_engine(opts)
+    engine.add_work(len(items))  # compile=auto weighs the whole job
     try:
         opts.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
