@@ -32,11 +32,13 @@ def bench_command(
     repeats: int = typer.Option(1, "--repeats", help="Waves per measurement (the fastest counts)."),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="One untimed wave first (GPU: keep it on)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    dtype: Optional[str] = options.DType,
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU; auto: bfloat16 wherever the hardware has native bf16)."),
+    compile: str = typer.Option("off", "--compile", help="Decode path: off (eager reference), on (static step, compiled / CUDA graphs), auto, static (static step, no compiler)."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Several decode paths side by side, COMPILE[:DTYPE] comma-separated, e.g. off:float32,on:float32,on:auto (overrides --compile/--dtype)."),
     as_json: bool = options.Json,
 ) -> None:
     """Measure the cache policies side by side: memory, packing and throughput as ratios to `full`."""
-    from linegen.benchmarks.engine_bench import BenchOptions, run_bench
+    from linegen.benchmarks.engine_bench import BenchOptions, parse_variants, run_bench
     from linegen.benchmarks.report import render_bench
     from linegen.jobs.models import ModelChoice
 
@@ -44,11 +46,15 @@ def bench_command(
     if not random_weights and checkpoint is None:
         fail("--weights needs --checkpoint")
     overrides = {k: v for k, v in (("dim", dim), ("n_layer", layers), ("n_head", heads)) if v is not None}
+    try:
+        chosen = parse_variants(variants) if variants else parse_variants(f"{compile}:{dtype or ''}")
+    except ValueError as e:
+        fail(f"--variants/--compile/--dtype: {e}")
     opts = BenchOptions(model=model, checkpoint=None if random_weights else checkpoint,
                         policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
                         ratios=tuple(r.strip() for r in ratio.split(",") if r.strip()),
                         max_batch_ratios=tuple(r.strip() for r in max_batch_ratios.split(",")) if max_batch_ratios else None,
-                        batch=batch, memory_budget=memory_budget, device=device, dtype=dtype, cfg_scale=cfg_scale,
+                        batch=batch, memory_budget=memory_budget, device=device, variants=chosen, cfg_scale=cfg_scale,
                         max_batch_cap=max_batch_cap, skip_max_batch=skip_max_batch, gpt_overrides=overrides,
                         image_size=image_size, repeats=repeats, warmup=warmup)
     try:
