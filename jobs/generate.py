@@ -89,27 +89,43 @@ def generate_to_folder(opts: GenerateOptions, progress: Callable[[int, int], Non
     import numpy as np
     from PIL import Image
 
+    from linegen.workers.engine.overlap import ImageDecoder
+
     spec, gpt, device = engine.spec, engine.gpt, str(engine.device)
     t0 = time.perf_counter()
-    all_tokens, done, decode_s = [], 0, 0.0
-    for start in range(0, len(items), opts.batch_size):
-        wave = items[start:start + opts.batch_size]
-        result = engine.run_wave([to_request(it) for it in wave])
-        decode_s += result.stats.decode_s
-        images = engine.decode_images(result.tokens)
-        for i, img in enumerate(images):
+    all_tokens, done, decode_s, compile_s = [], 0, 0.0, 0.0
+    decoder = ImageDecoder(engine)  # on a GPU, a wave's images decode while the next wave decodes
+    previous = None
+
+    def save(start: int, future) -> None:
+        for i, img in enumerate(future.result()):
             Image.fromarray(img).save(opts.out / f"{start + i:06d}.png")
-        all_tokens.append(result.tokens.numpy().astype(np.int32))
-        done += len(wave)
-        if progress:
-            progress(done, len(items))
+
+    try:
+        for start in range(0, len(items), opts.batch_size):
+            wave = items[start:start + opts.batch_size]
+            result = engine.run_wave([to_request(it) for it in wave])
+            decode_s += result.stats.decode_s
+            compile_s += result.stats.compile_s
+            current = (start, decoder.submit(result.tokens))
+            if previous is not None:
+                save(*previous)
+            previous = current
+            all_tokens.append(result.tokens.numpy().astype(np.int32))
+            done += len(wave)
+            if progress:
+                progress(done, len(items))
+        if previous is not None:
+            save(*previous)
+    finally:
+        decoder.close()
     tokens = np.concatenate(all_tokens)
     np.save(opts.out / "tokens.npy", tokens)
     wall = time.perf_counter() - t0
     summary = {
         "out": str(opts.out), "model": spec.name, "images": len(items), "image_size": spec.image_size,
         "tokens_per_image": spec.num_tokens, "device": device, "dtype": str(next(gpt.parameters()).dtype).removeprefix("torch."),
-        "cache_policy": opts.cache.policy, "wall_s": round(wall, 3),
+        "cache_policy": opts.cache.policy, "wall_s": round(wall, 3), "compile_s": round(compile_s, 3),
         "images_per_s": round(len(items) / wall, 4) if wall > 0 else None,
         "tokens_per_s": round(len(items) * spec.num_tokens / decode_s, 2) if decode_s > 0 else None,
         "seeds": [it.seed for it in items],

@@ -221,3 +221,21 @@ def test_model_choice_takes_compile_and_dtype_auto():
     assert choice.resolve_dtype("cpu") == getattr(torch, auto_dtype("cpu"))
     with pytest.raises(UserError, match="--compile must be one of auto, on, off"):
         ModelChoice(name="test-tiny", compile="always").check()
+
+
+def test_auto_falls_back_to_eager_when_the_step_cannot_be_built(tiny, monkeypatch):
+    from linegen.workers.engine import graphs
+
+    def no_compiler(self, cache, state, shape):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(graphs.StepGraphs, "_build", no_compiler)
+    expected = Engine(tiny, None, TINY, policy("full"), max_batch=2).run_wave(reqs(2)).tokens
+    auto = Engine(tiny, None, TINY, policy("full"), max_batch=2, compile="auto")
+    auto.add_work(10**8)
+    res = auto.run_wave(reqs(2))
+    assert res.stats.path == "eager" and "no C++ compiler" in res.stats.compile_decision
+    assert torch.equal(res.tokens, expected)
+    assert auto.decision(reqs(2)).backend is None  # and it does not retry every wave
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        Engine(tiny, None, TINY, policy("full"), max_batch=2, compile="on").run_wave(reqs(2))

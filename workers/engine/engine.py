@@ -89,6 +89,7 @@ class Engine:
         self._static: dict[str, StaticDecoder] = {}  # by backend
         self.work_items = 0  # items the caller said it will decode (compile=auto weighs them)
         self.items_done = 0
+        self._auto_failed: str | None = None  # why compile=auto gave up on the static path
 
     def add_work(self, items: int) -> None:
         """Declare `items` more items to decode with this engine (a job's size, a new shard)."""
@@ -96,6 +97,8 @@ class Engine:
 
     def decision(self, requests: list[GenRequest]) -> Decision:
         """Which path a wave of `requests` takes now (workers/engine/compile_choice.py)."""
+        if self.compile == "auto" and self._auto_failed is not None:
+            return Decision(None, self._auto_failed)
         native = "cuda_graph" if self.device.type == "cuda" else "inductor"
         backend = "static" if self.compile == "static" else native
         missing = self._decoder(backend).missing(requests) if self.compile != "off" else 0
@@ -173,11 +176,17 @@ class Engine:
             raise ValueError(f"a wave holds 1..{self.max_batch} items, got {n}")
         if forced is None and on_logits is None:
             decision = self.decision(requests)
-            if decision.backend is not None:
-                result = self._decoder(decision.backend).run(requests, decision.reason)
-                self.items_done += n
-                return result
             reason = decision.reason
+            if decision.backend is not None:
+                try:
+                    result = self._decoder(decision.backend).run(requests, decision.reason)
+                    self.items_done += n
+                    return result
+                except Exception as e:  # e.g. no C++ compiler for inductor: auto keeps the job going
+                    if self.compile != "auto":
+                        raise
+                    self._static.pop(decision.backend, None)
+                    self._auto_failed = reason = f"auto: the static path failed ({type(e).__name__}: {e}); eager from now on"
         else:
             reason = "eager: teacher forcing and logit hooks need the reference path"
         result = self._run_reference(requests, forced, on_logits)

@@ -74,6 +74,9 @@ class StepGraphs:
     def __len__(self) -> int:
         return len(self._runners)
 
+    def has(self, shape: StepShape) -> bool:
+        return shape in self._runners
+
     def runner(self, cache: StaticKVCache, state: StepState, shape: StepShape) -> tuple[Callable[[], None], float]:
         """The step for `shape` on these buffers, and the seconds spent building it now (0 if reused).
 

@@ -44,7 +44,7 @@ class StaticDecoder:
     def missing(self, requests: list["GenRequest"]) -> int:
         """How many step shapes this wave would have to build first."""
         storage_ok = self._storage is not None and self._storage[0] == self.engine.max_batch
-        return sum(1 for s in self.shapes(requests) if not storage_ok or s not in self.graphs._runners)
+        return sum(1 for s in self.shapes(requests) if not storage_ok or not self.graphs.has(s))
 
     def _buffers(self) -> tuple[StaticKVCache, StepState]:
         e = self.engine
