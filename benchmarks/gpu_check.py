@@ -21,6 +21,7 @@ import argparse
 import gc
 import sys
 import time
+import traceback
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
@@ -109,10 +110,9 @@ def check_tokens(setup: Setup) -> list[dict]:
 # --------------------------------------------------------------------------- throughput
 
 
-def throughput(setup: Setup, rates: dict, bandwidth: float, started: float, log) -> list[dict]:
+def throughput(setup: Setup, gpt, rates: dict, bandwidth: float, started: float, log) -> list[dict]:
     spec, device = setup.spec, setup.device
-    dtype = getattr(torch, auto_dtype(device.type))
-    gpt, _ = load_model(spec, None, None, device=device, dtype=dtype)
+    dtype = next(gpt.parameters()).dtype
     wbytes, dtype_bytes = weights_bytes(gpt), torch.finfo(dtype).bits // 8
     sampling = spec.default_sampling
     rows = []
@@ -123,16 +123,26 @@ def throughput(setup: Setup, rates: dict, bandwidth: float, started: float, log)
         batches = [b for b in dict.fromkeys((setup.batch, packed)) if b <= plan.max_sequences]
         for batch in batches:
             eager_rate = None
-            for mode in ("off", setup.compiled):
+            modes = ["off", setup.compiled]
+            while modes:
+                mode = modes.pop(0)
                 row = {"policy": name, "ratio": ratio, "batch": batch, "packed": batch == packed, "mode": mode,
                        "max_sequences": plan.max_sequences}
                 if time.perf_counter() - started > setup.time_limit_s:
-                    rows.append({**row, "skipped": "time limit"})
+                    rows.append({**row, "skipped": "skipped: time limit"})
                     continue
                 free_memory(device)
-                engine = Engine(gpt, None, spec, policy, device=device, max_batch=batch, compile=mode)
-                s = engine.run_wave(requests(spec, batch, sampling)).stats
-                del engine
+                try:
+                    engine = Engine(gpt, None, spec, policy, device=device, max_batch=batch, compile=mode)
+                    s = engine.run_wave(requests(spec, batch, sampling)).stats
+                except Exception as e:  # one failing row must not cost the rest of a one-shot run
+                    traceback.print_exc()
+                    rows.append({**row, "skipped": f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"})
+                    if mode not in ("off", "static"):
+                        modes.append("static")  # the same step uncaptured: tells capture from step problems
+                    continue
+                finally:
+                    engine = None
                 roof = roofline(spec, policy, batch, s.rows, wbytes, dtype_bytes, rates[str(dtype).removeprefix("torch.")],
                                 bandwidth)
                 ips = batch / s.decode_s
@@ -146,17 +156,15 @@ def throughput(setup: Setup, rates: dict, bandwidth: float, started: float, log)
                 log(f"{name} {ratio or ''} batch {batch} {mode}: {ips:.2f} images/s, {row['peak_gb']:.2f} GB, "
                     f"compile {s.compile_s:.1f} s, decode {s.decode_s:.1f} s")
                 rows.append(row)
-    del gpt
     free_memory(device)
     return rows
 
 
-def overlap(setup: Setup, started: float) -> dict | None:
+def overlap(setup: Setup, gpt, vq, started: float) -> dict | None:
     """Two waves with VQ decoding: one after the other vs the images of wave 1 during wave 2."""
     if time.perf_counter() - started > setup.time_limit_s:
         return None
     spec, device = setup.spec, setup.device
-    gpt, vq = load_model(spec, None, None, device=device, dtype=getattr(torch, auto_dtype(device.type)))
     batch = min(setup.batch, 64)
     engine = Engine(gpt, vq, spec, make_policy("linear", ratio="1/6"), device=device, max_batch=batch, compile=setup.compiled)
     reqs = requests(spec, batch, spec.default_sampling)
@@ -204,7 +212,7 @@ def markdown(setup: Setup, env: str, rates: dict, bandwidth: float, tokens: list
         paper = PAPER.get((r["policy"], r["ratio"])) if r["batch"] == 256 and spec.name == "llamagen-c2i-xl-384" else None
         head = f"| {r['policy']} | {r['ratio'] or '1'} | {r['batch']}{' (packed)' if r['packed'] else ''} |"
         if "skipped" in r:
-            lines.append(f"{head} {r['mode']} | skipped ({r['skipped']}) | | | | | | | | |")
+            lines.append(f"{head} {r['mode']} | {r['skipped']} | | | | | | | | |")
             continue
         vs = "-" if r["vs_eager"] is None or r["mode"] == "off" else f"{r['vs_eager']:.2f}x"
         lines.append(f"{head} {r['path']} | {r['images_per_s']:.2f} | {vs} | {r['peak_gb']:.2f} | {r['compile_s']:.1f} | "
@@ -238,10 +246,20 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         rates = {name: matmul_rate(setup.device, getattr(torch, name)) for name in ("bfloat16", "float32")}
     bandwidth = read_bandwidth(setup.device)
-    tokens = check_tokens(setup)
+    try:
+        tokens = check_tokens(setup)
+    except Exception as e:
+        traceback.print_exc()
+        tokens = [{"policy": f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}", "ratio": None,
+                   "equal": False, "mismatch": 1.0, "alone_equal": False, "path": setup.compiled}]
     log(f"token check: {tokens}")
-    rows = throughput(setup, rates, bandwidth, started, log)
-    ov = overlap(setup, started)
+    gpt, vq = load_model(setup.spec, None, None, device=setup.device, dtype=getattr(torch, auto_dtype(setup.device.type)))
+    rows = throughput(setup, gpt, rates, bandwidth, started, log)
+    try:
+        ov = overlap(setup, gpt, vq, started)
+    except Exception:
+        traceback.print_exc()
+        ov = None
     text = markdown(setup, env, rates, bandwidth, tokens, rows, ov, time.perf_counter() - started)
     with open(args.out, "w") as f:
         f.write(text)
@@ -253,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     if not all(t["equal"] and t["alone_equal"] for t in tokens):
         print("FAILED: compiled tokens differ from eager", file=sys.stderr)
         return 1
+    if any(str(r.get("skipped", "")).startswith("failed") for r in rows):
+        print("FAILED: some rows did not run (see the table and the tracebacks above)", file=sys.stderr)
+        return 4
     return 0
 
 
