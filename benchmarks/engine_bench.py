@@ -76,6 +76,7 @@ class BenchOptions:
     cfg_scale: float = 4.0
     max_batch_cap: int | None = None  # bound the at-max-batch run (reported when it binds)
     skip_max_batch: bool = False
+    full_max_batch: bool = True  # full also gets the at-max-batch run (whatever max_batch_ratios says)
     gpt_overrides: dict = field(default_factory=dict)  # e.g. dim=256, n_layer=8, n_head=4
     image_size: int | None = None
     repeats: int = 1
@@ -155,7 +156,10 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     results, plan = [], None
     for name, ratio_text in runs:
         policy = policies[(name, ratio_text)]
-        wants_max = opts.max_batch_ratios is None or name == "full" or ratio_text in opts.max_batch_ratios
+        if name == "full":
+            wants_max = opts.full_max_batch
+        else:
+            wants_max = opts.max_batch_ratios is None or ratio_text in opts.max_batch_ratios
         per_variant = {}
         for v in variants:
             gpt = gpts[dtypes[v]]

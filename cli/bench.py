@@ -24,6 +24,7 @@ def bench_command(
     memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Memory budget for max_sequences, e.g. 20GiB (default: a fraction of free memory)."),
     max_batch_cap: Optional[int] = typer.Option(None, "--max-batch-cap", help="Run the at-max-batch wave with at most this many images (CPU time bound)."),
     skip_max_batch: bool = typer.Option(False, "--skip-max-batch", help="Do not run the at-max-batch wave."),
+    full_max_batch: bool = typer.Option(True, "--full-max-batch/--no-full-max-batch", help="Run full at its own max batch too (default; it is the slowest run)."),
     cfg_scale: float = typer.Option(4.0, "--cfg-scale", help="Guidance scale (> 1: CFG pairs)."),
     dim: Optional[int] = typer.Option(None, "--dim", help="Override the GPT width (custom size)."),
     layers: Optional[int] = typer.Option(None, "--layers", help="Override the GPT depth."),
@@ -55,7 +56,8 @@ def bench_command(
                         ratios=tuple(r.strip() for r in ratio.split(",") if r.strip()),
                         max_batch_ratios=tuple(r.strip() for r in max_batch_ratios.split(",")) if max_batch_ratios else None,
                         batch=batch, memory_budget=memory_budget, device=device, variants=chosen, cfg_scale=cfg_scale,
-                        max_batch_cap=max_batch_cap, skip_max_batch=skip_max_batch, gpt_overrides=overrides,
+                        max_batch_cap=max_batch_cap, skip_max_batch=skip_max_batch, full_max_batch=full_max_batch,
+                        gpt_overrides=overrides,
                         image_size=image_size, repeats=repeats, warmup=warmup)
     try:
         report = run_bench(opts, log=(lambda m: None) if as_json else (lambda m: typer.echo(m, err=True)))

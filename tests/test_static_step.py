@@ -167,7 +167,8 @@ def test_compiled_items_do_not_depend_on_batch_or_row(tiny):
 def test_buckets_and_spans():
     assert bucket_sizes(247, 3) == (62, 124, 247) and bucket_sizes(1, 6) == (1,)
     assert bucket_for(100, (62, 124, 247)) == 124 and bucket_for(5, (62, 124, 247)) == 62
-    assert spans(121, True, "cuda_graph") == (121,) and spans(577, False, "inductor") == (577,)
+    assert spans(121, True, "cuda_graph") == (121,) and spans(121, True, "inductor") == (121,)
+    assert spans(577, False, "inductor") == (152, 304, 456, 577) and spans(65, False, "inductor") == (65,)
     gpu_full = spans(577, False, "cuda_graph")
     assert gpu_full[0] == 64 and gpu_full[-1] == 577 and len(gpu_full) == 10
     assert span_for(63, gpu_full) == 64 and span_for(64, gpu_full) == 128 and span_for(576, gpu_full) == 577

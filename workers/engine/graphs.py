@@ -27,9 +27,12 @@ from linegen.workers.engine.step import StepShape, StepState, decode_step
 from linegen.workers.models.gpt import GPT
 
 BACKENDS = ("inductor", "cuda_graph", "static")
-# Full-cache waves on a GPU attend over the filled part rounded up to this many entries rather
-# than the whole capacity: a shorter span is a separate graph, but reads less of the cache.
-GPU_SPAN_STEP = 64
+# A full cache fills up over the wave, so its steps attend over the filled part rounded up to a
+# span rather than the whole capacity: decode attention is memory-bound, and the full capacity
+# reads twice the entries on average. Each span is a separate graph: on a GPU a capture is cheap,
+# so spans every 64 entries; inductor takes seconds per layer to build one, so a CPU gets at most 4.
+SPAN_STEP = {"cuda_graph": 64, "static": 64}
+CPU_SPANS = 4
 # Buckets: the wave size, then halvings of it. Inductor builds are slow (seconds per layer), so
 # CPUs get fewer.
 BUCKETS = {"inductor": 3, "cuda_graph": 6, "static": 6}
@@ -50,9 +53,13 @@ def bucket_for(n: int, sizes: tuple[int, ...]) -> int:
 
 def spans(capacity: int, compresses: bool, backend: str) -> tuple[int, ...]:
     """The attention spans a wave's steps use, ascending; the last is the whole capacity."""
-    if compresses or backend != "cuda_graph":  # a compressed cache is nearly full at every step
+    if compresses:  # a compressed cache holds B to B + w of B + w entries at every step
         return (capacity,)
-    return tuple(range(GPU_SPAN_STEP, capacity, GPU_SPAN_STEP)) + (capacity,)
+    step = SPAN_STEP.get(backend)
+    if step is None:  # up to CPU_SPANS spans of >= 64 entries (a multiple of 8): shorter ones do not repay a build
+        count = max(1, min(CPU_SPANS, capacity // 64))
+        step = -(-(-(-capacity // count)) // 8) * 8
+    return tuple(range(step, capacity, step)) + (capacity,)
 
 
 def span_for(length: int, choices: tuple[int, ...]) -> int:
