@@ -112,6 +112,11 @@ class Engine:
             self._static[backend] = StaticDecoder(self, backend)
         return self._static[backend]
 
+    def release(self) -> None:
+        """Free the static path's buffers and graphs (a later wave rebuilds them: inductor reuses
+        its compiled code, CUDA graphs are captured again). Lets a benchmark keep many engines."""
+        self._static.clear()
+
     @property
     def compile_s(self) -> float:
         """Seconds spent so far building compiled/captured steps, over all waves."""
