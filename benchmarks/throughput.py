@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"shard {args.shard_size}); {machine}")
         row["date"] = time.strftime("%Y-%m-%d")
         rows.append(row)
-    print(f"| model | device | cache | images per device-s | batch |")
+    print("| model | device | cache | images per device-s | batch |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['device']} | {r['cache_policy']} {r['ratio'] or ''} | {r['images_per_s']:.2f} | {r['batch']} |")

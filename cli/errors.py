@@ -1,26 +1,24 @@
-"""Turn the errors a user can fix into one line on stderr and a non-zero exit, never a traceback."""
+"""Turn the errors a user can fix into one line on stderr (and one JSON object on stdout with --json)
+and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from typing import Callable, TypeVar
 
 import typer
 
+from linegen.errors import UserError
+
 F = TypeVar("F", bound=Callable)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    from linegen.cluster.jobs_api import ClusterError
-    from linegen.jobs.errors import UserError
-    from linegen.jobs.manifest import ManifestError
-    from linegen.jobs.storage import StorageError
-
-    return (UserError, ManifestError, StorageError, ClusterError)
-
-
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1, as_json: bool = False) -> None:
+    """The message on stderr; with --json also ``{"error": message}`` on stdout, for scripts."""
     typer.echo(f"error: {message}", err=True)
+    if as_json:
+        typer.echo(json.dumps({"error": message}))
     raise typer.Exit(code)
 
 
@@ -29,8 +27,8 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except user_errors() as e:
-            fail(str(e))
+        except UserError as e:
+            fail(str(e), as_json=bool(kwargs.get("as_json")))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             sys.exit(130)

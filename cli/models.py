@@ -5,20 +5,14 @@ import json
 
 import typer
 
-from linegen.cli import options
-from linegen.cli.main import app
+from linegen.cli.flags import Json
 
 
-@app.command("models")
-def models_command(as_json: bool = options.Json) -> None:
+def models_command(as_json: bool = Json) -> None:
     """List the registered models."""
-    from linegen.workers.models.registry import DEFAULT_MODEL, MODELS
+    from linegen.jobs.models import model_table
 
-    rows = [{"name": s.name, "default": s.name == DEFAULT_MODEL, "conditioning": s.gpt.cond,
-             "layers": s.gpt.n_layer, "heads": s.gpt.n_head, "dim": s.gpt.dim, "image_size": s.image_size,
-             "grid": s.grid, "tokens": s.num_tokens, "prefix": s.prefix_len,
-             "weights": "built-in" if s.builtin_weights else ("random" if s.random_by_design else "checkpoint"), "description": s.description}
-            for s in MODELS.values()]
+    rows = model_table()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -3,13 +3,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import List, Optional
-
 import typer
 
-from linegen.cli import options
-from linegen.cli.errors import handle_errors
-from linegen.cli.main import app
+from linegen.cli.flags import ConnectionFlags, Json, PriceFlags, StoreFlags
 
 NA = "n/a"
 
@@ -36,11 +32,10 @@ def render(snap: dict):
     from rich.text import Text
 
     from linegen.cli.jobview import jobs_table
-    from linegen.jobs.remote import shown_url
 
     cpus, gpus = snap.get("cpus") or {}, snap.get("gpus") or {}
     head = Text.assemble(
-        ("linegen monitor ", "bold"), (shown_url(str(snap.get("cluster", ""))), "cyan"),
+        ("linegen monitor ", "bold"), (str(snap.get("cluster") or ""), "cyan"),
         f"  Ray {snap.get('ray_version', NA)}  ",
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.get("time") or time.time())),
     )
@@ -74,26 +69,20 @@ def render(snap: dict):
     return Group(*parts)
 
 
-@app.command("monitor")
-@handle_errors
 def monitor_command(
-    cluster: Optional[str] = options.Cluster,
     interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes."),
     once: bool = typer.Option(False, "--once", help="Print one snapshot and exit."),
-    token: Optional[str] = options.Token,
-    token_file: Optional[str] = options.TokenFile,
-    header: Optional[List[str]] = options.Header,
-    config: Optional[str] = options.Config,
-    price: Optional[List[str]] = options.Price,
-    s3_endpoint_url: Optional[str] = options.S3Endpoint,
-    as_json: bool = options.Json,
+    conn: ConnectionFlags = None,
+    price: PriceFlags = None,
+    store: StoreFlags = None,
+    as_json: bool = Json,
 ) -> None:
     """Live view of a cluster: nodes, CPUs/GPUs, GPU use ("n/a" if unreported), jobs with progress, ETA, cost."""
-    from linegen.jobs.progress import StatsCache
-    from linegen.jobs.remote import make_context, monitor_snapshot
+    from linegen.jobs.api import connect
+    from linegen.jobs.remote import monitor_snapshot
+    from linegen.jobs.stats import StatsCache
 
-    ctx = make_context(cluster=cluster, token=token, headers=header, config_path=config, prices=price,
-                       s3_endpoint_url=s3_endpoint_url, token_file=token_file)
+    ctx = connect(**vars(conn), prices=price.prices, s3_endpoint_url=store.s3_endpoint_url)
     ctx.require_cluster()
     cache = StatsCache()
     if once or as_json:
@@ -113,7 +102,7 @@ def monitor_command(
     from rich.console import Group
     from rich.text import Text
 
-    from linegen.cli.errors import user_errors
+    from linegen.errors import UserError
 
     console = Console()
     view = render(monitor_snapshot(ctx, cache=cache))  # a first failure is an error, as for --once
@@ -124,7 +113,7 @@ def monitor_command(
                 try:
                     view = render(monitor_snapshot(ctx, cache=cache))
                     live.update(view)
-                except user_errors() as e:  # keep watching through a blip; say so
+                except UserError as e:  # keep watching through a blip; say so
                     stamp = time.strftime("%H:%M:%S")
                     live.update(Group(view, Text(f"{stamp} refresh failed: {e}", style="red")))
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 AUTH_HEADER = "Authorization"
 BEARER_PREFIX = "Bearer "
@@ -55,6 +55,23 @@ def read_token_file(path: str | os.PathLike[str]) -> str:
     if not token:
         raise ValueError(f"token file {p} is empty")
     return token
+
+
+def redact_url(url: str) -> str:
+    """A URL as it may be printed or stored: without any ``user:password@`` part."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "<invalid URL>"
+    if not (parts.username or parts.password):
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if port:
+        host += f":{port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def mask(secret: str | None) -> str:

@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from linegen.cluster.prices import parse_price
+from linegen.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file that cannot be used; the message names the file and, when known, the line."""
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linegen.cluster.address import ClusterAddress
+from linegen.errors import UserError
 
 TERMINAL_STATUSES = frozenset({"STOPPED", "SUCCEEDED", "FAILED"})
 ALL_STATUSES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
@@ -38,7 +39,7 @@ DEFAULT_READ_TIMEOUT_S = 120.0
 _env_lock = threading.Lock()
 
 
-class ClusterError(Exception):
+class ClusterError(UserError):
     """A one-line, user-facing error about the cluster (unreachable, auth, unknown job ...)."""
 
 

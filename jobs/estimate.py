@@ -91,7 +91,7 @@ def from_job(storage, job_id: str, device: str, cache: CacheChoice, model: str) 
 
 def from_finished_jobs(storage, model: str, device: str, cache: CacheChoice) -> dict | None:
     from linegen.jobs import layout
-    from linegen.jobs.progress import read_spec
+    from linegen.jobs.spec import read_spec
 
     found = []
     for key in storage.list(""):
@@ -131,9 +131,7 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
     if gpus < 1:
         raise UserError(f"--gpus must be >= 1, got {gpus}")
     spec = ModelChoice(name=model, random_weights=True).spec()
-    conditioning = (Conditioning(kind="text") if spec.gpt.cond == "t2i"
-                    else Conditioning(kind="class", num_classes=spec.gpt.num_classes))
-    rows = read_manifest(manifest, conditioning, endpoint_url=s3_endpoint_url)
+    rows = read_manifest(manifest, Conditioning.of(spec), endpoint_url=s3_endpoint_url)
     images = total_items(rows)
     device = canonical_device(gpu)
     choice = CacheChoice(cache, cache_ratio)
@@ -144,7 +142,7 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
         price_table.usd_per_hour(device)  # raises the "no price for device" message
     doc: dict[str, Any] = {
         "manifest": manifest, "images": images, "model": model, "device": device, "gpus": gpus,
-        "cache_policy": cache, "cache_ratio": cache_ratio if cache != "full" else None,
+        "cache_policy": cache, "cache_ratio": (cache_ratio or DEFAULT_RATIO) if cache != "full" else None,
         "price": {"usd_per_hour": price.usd_per_hour, "unit": price.unit, "source": price.source, "note": price.note},
         "throughput": None, "reason": None, "device_hours": None, "usd": None, "usd_per_1k_images": None,
         "wall_hours": None,
@@ -159,7 +157,7 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
     if tp is None:
         tp = from_table(model, device, choice, load_table() if table is None else table)
     if tp is None:
-        cache_text = cache + (f" {cache_ratio or DEFAULT_RATIO}" if cache != "full" else "")
+        cache_text = cache + (f" {doc['cache_ratio']}" if cache != "full" else "")
         doc["reason"] = (f"no measured throughput exists for {model} on {device} with cache {cache_text}: "
                          f"nothing in {TABLE_PATH.name}"
                          + (" and no matching finished job under the output root" if storage is not None else "")

@@ -1,9 +1,10 @@
-"""Key names of a job's outputs, relative to the output root (see DESIGN.md "Output under OUT").
+"""Key names of a job's outputs, relative to the output root (docs/design.md, "Output layout").
 
 Every reader and writer builds keys through these functions, so the layout lives in one place:
 
     <job_id>/job.json                      spec as submitted
     <job_id>/manifest.<ext>                copy of the submitted manifest
+    <job_id>/plan.json                     the plan's fingerprint, items and shards (resume checks it)
     <job_id>/images/<shard_id>.parquet     one row per image
     <job_id>/stats/<shard_id>.parquet      one row per engine batch
     <job_id>/_commits/<shard_id>.json      written last; presence means the shard is complete
@@ -37,6 +38,10 @@ def manifest_key(job_id: str, ext: str) -> str:
     """Where the copy of the submitted manifest goes; `ext` with or without the dot."""
     ext = _component(ext.lstrip("."), "manifest extension")
     return f"{_component(job_id, 'job id')}/manifest.{ext}"
+
+
+def plan_key(job_id: str) -> str:
+    return f"{_component(job_id, 'job id')}/plan.json"
 
 
 def image_key(job_id: str, shard_id: str) -> str:

@@ -138,6 +138,18 @@ class ModelChoice:
             raise UserError(f"--text-encoder {self.text_encoder}: {e}") from None
 
 
+def model_table() -> list[dict]:
+    """The registered models, one plain dict each (`linegen models`)."""
+    from linegen.workers.models.registry import DEFAULT_MODEL, MODELS
+
+    return [{"name": s.name, "default": s.name == DEFAULT_MODEL, "conditioning": s.gpt.cond,
+             "layers": s.gpt.n_layer, "heads": s.gpt.n_head, "dim": s.gpt.dim, "image_size": s.image_size,
+             "grid": s.grid, "tokens": s.num_tokens, "prefix": s.prefix_len,
+             "weights": "built-in" if s.builtin_weights else ("random" if s.random_by_design else "checkpoint"),
+             "description": s.description}
+            for s in MODELS.values()]
+
+
 def _check_readable(flag: str, uri: str, endpoint_url: str | None) -> None:
     """Fail fast on a checkpoint that is not there (the load itself may happen on another node)."""
     from pathlib import Path

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from linegen.jobs import layout
-from linegen.jobs.errors import UserError
+from linegen.jobs.errors import JobCancelled, UserError
 
 ATTEMPT_ENV = "LINEGEN_ATTEMPT"  # the Ray submission id of this attempt (set by `linegen submit`)
 MAX_REASON = 2000
@@ -129,8 +129,6 @@ class DriverOutcome:
 
     def failed(self, error: BaseException) -> int:
         """Record a UserError: a cancelled dependency -> _CANCELLED, else _FAILED. Returns 1."""
-        from linegen.jobs.schedule import JobCancelled
-
         if isinstance(error, JobCancelled):
             self._record("cancelled", str(error).removeprefix("cancelled: "))
         else:
@@ -167,15 +165,5 @@ def driver_outcome(out: str, job_id: str, endpoint_url: str | None = None) -> It
         guard.failed(e)
         raise
     except Exception as e:
-        guard._record("failed", _describe(e))
+        guard._record("failed", f"{type(e).__name__}: {e}")
         raise
-
-
-def _describe(e: BaseException) -> str:
-    """Our own one-line errors (bad manifest, storage) as they are; anything else with its type."""
-    from linegen.jobs.manifest import ManifestError
-    from linegen.jobs.storage import StorageError
-
-    if isinstance(e, (ManifestError, StorageError)):
-        return str(e)
-    return f"{type(e).__name__}: {e}"

@@ -10,6 +10,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
+from linegen.jobs import layout
 from linegen.jobs.cache_choice import CacheChoice
 from linegen.jobs.errors import UserError
 from linegen.jobs.models import ModelChoice
@@ -53,6 +54,22 @@ class JobSpec:
     after: str | None = None  # another job id (same output root) that must succeed first
     prices: dict[str, float] | None = None  # $/device-hour overrides for the cost in _SUCCESS
 
+    @classmethod
+    def from_flags(cls, *, manifest: str, out: str = "out", job_id: str | None = None, shard_size: int = 1000,
+                   workers: int | None = None, **settings) -> "JobSpec":
+        """A job from flag values; ``settings`` are the keywords of `Settings.from_flags`."""
+        from linegen.jobs.settings import Settings
+
+        s = Settings.from_flags(**settings)
+        if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+            raise UserError(f"--shard-size must be an integer >= 1, got {shard_size!r}")
+        if workers is not None and workers < 1:
+            raise UserError(f"--workers must be >= 1, got {workers}")
+        return cls(job_id=check_job_id(job_id) if job_id else new_job_id(), manifest=manifest, out=out,
+                   model=s.model, cache=s.cache, sampling=s.sampling, seed=s.seed, shard_size=shard_size,
+                   workers=workers, batch_size=s.batch_size, memory_budget=s.memory_budget,
+                   s3_endpoint_url=s.s3_endpoint_url)
+
     def to_json(self) -> str:
         d = asdict(self)
         return json.dumps(d, indent=2, sort_keys=True)
@@ -69,3 +86,13 @@ class JobSpec:
         """Whether `other` would produce the same images (resume must not mix two jobs)."""
         keys = ("manifest", "model", "cache", "sampling", "seed", "shard_size")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+
+def read_spec(storage, job_id: str) -> JobSpec | None:
+    """The job.json under ``storage`` for ``job_id``, or None when the job does not exist there."""
+    from linegen.jobs.storage import StorageNotFound
+
+    try:
+        return JobSpec.from_json(storage.get(layout.spec_key(job_id)))
+    except StorageNotFound:
+        return None

@@ -83,7 +83,7 @@ def quick_status(home: Path, url: str, job: str) -> dict:
 
     cfg = home / "empty.toml"
     cfg.touch()
-    return job_status(make_context(cluster=url, config_path=str(cfg)), job)
+    return job_status(make_context(cluster=url, config=str(cfg)), job).to_dict()
 
 
 def wait_ray(address, sid: str, timeout: float = 150, until=jobs_api.TERMINAL_STATUSES):

@@ -1,0 +1,169 @@
+"""The three manifest formats, each read into records for the Validator: JSON Lines (one object
+per line; `.json` too), CSV (a header row, every cell text) and Parquet (columns)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Iterator
+
+from linegen.jobs.manifest.rows import REQUIRED_ONE_OF, RULES, Validator, allowed_hint, json_kind
+
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
+            ".csv": "csv", ".parquet": "parquet"}
+_BOM = "\ufeff"
+
+# ---------------------------------------------------------------- formats
+
+def manifest_extension(name: str) -> str | None:
+    """The manifest's file extension ('.jsonl', '.csv', ...) if it is a format we read, else None."""
+    base = name.rstrip("/").rsplit("/", 1)[-1].lower()
+    dot = base.rfind(".")
+    return base[dot:] if dot > 0 and base[dot:] in _FORMATS else None
+
+
+def format_of(name: str) -> str | None:
+    ext = manifest_extension(name)
+    return _FORMATS[ext] if ext else None
+
+
+def _undecodable(raw: bytes) -> str | None:
+    try:
+        raw.decode("utf-8")
+        return None
+    except UnicodeDecodeError as e:
+        return (f"not valid UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                "save the manifest as UTF-8")
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
+def parse_jsonl(data: bytes, v: Validator) -> None:
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.rstrip(b"\r")
+        if number == 1 and raw.startswith(_BOM.encode()):
+            raw = raw[len(_BOM.encode()):]
+        if not raw.strip():
+            continue  # blank lines are allowed; line numbers stay physical
+        problem = _undecodable(raw)
+        if problem:
+            v.skip_record()
+            v.issue(number, None, problem)
+            continue
+        text = raw.decode("utf-8")
+        try:
+            obj = json.loads(text, object_pairs_hook=_unique_object)
+        except _DuplicateKey as e:
+            v.skip_record()
+            v.issue(number, str(e), "field appears more than once in the object")
+            continue
+        except json.JSONDecodeError as e:
+            v.skip_record()
+            hint = " (a .json manifest must be JSON Lines: one object per line, not an array)" \
+                if number == 1 and text.lstrip().startswith("[") else ""
+            v.issue(number, None, f"not valid JSON: {e.msg} at column {e.colno}{hint}")
+            continue
+        if not isinstance(obj, dict):
+            v.skip_record()
+            hint = "; a .json manifest must be JSON Lines, one object per line" \
+                if isinstance(obj, list) else ""
+            v.issue(number, None, f"expected a JSON object, got {json_kind(obj)}{hint}")
+            continue
+        v.record(number, obj, from_text=False)
+
+
+def parse_csv(data: bytes, v: Validator) -> None:
+    bad_lines = [(n, p) for n, raw in enumerate(data.split(b"\n"), start=1)
+                 if (p := _undecodable(raw))]
+    if bad_lines:
+        # Quoted fields may span lines, so a partly undecodable CSV cannot be split safely.
+        for number, problem in bad_lines:
+            v.issue(number, None, problem)
+        return
+    text = data.decode("utf-8").removeprefix(_BOM)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        while header == []:  # leading blank lines
+            header = next(reader, None)
+        if header is None:
+            v.issue(None, None, "manifest has no rows (the CSV file is empty)")
+            return
+        header_line = reader.line_num
+        columns = [c.strip() for c in header]
+        if not _check_csv_header(columns, header_line, v):
+            return
+        start = reader.line_num + 1
+        for cells in reader:
+            line, start = start, reader.line_num + 1
+            if not any(c.strip() for c in cells):
+                continue  # a blank line, or an all-empty row as spreadsheets export them
+            if len(cells) != len(columns):
+                v.skip_record()
+                v.issue(line, None, f"expected {len(columns)} fields ({', '.join(columns)}), "
+                        f"got {len(cells)}")
+                continue
+            v.record(line, dict(zip(columns, cells)), from_text=True)
+    except csv.Error as e:
+        v.issue(reader.line_num, None, f"cannot parse CSV: {e}")
+
+
+def _check_csv_header(columns: list[str], line: int, v: Validator) -> bool:
+    ok = True
+    seen: set[str] = set()
+    for position, column in enumerate(columns, start=1):
+        if column == "":
+            v.issue(line, None, f"CSV header column {position} has no name")
+            ok = False
+        elif column in seen:
+            v.issue(line, column, "column appears more than once in the CSV header")
+            ok = False
+        elif column not in RULES:
+            v.issue(line, column, f"unknown CSV column; {allowed_hint(column)}")
+            ok = False
+        seen.add(column)
+    if not seen & set(REQUIRED_ONE_OF):
+        v.issue(line, None, "CSV header must have a 'prompt' or a 'class_id' column, "
+                f"got {', '.join(map(repr, columns)) or 'no columns'}")
+        ok = False
+    return ok
+
+
+def parse_parquet(data: bytes, v: Validator) -> None:
+    from linegen.jobs.writer import from_parquet_bytes  # lazy: only Parquet manifests pay for pyarrow
+
+    try:
+        table = from_parquet_bytes(data)
+    except Exception as e:  # pyarrow raises several types for corrupt or non-Parquet data
+        v.issue(None, None, f"cannot read Parquet: {e}")
+        return
+    columns = table.column_names
+    unknown = [c for c in columns if c not in RULES]
+    for column in unknown:
+        v.issue(None, column, f"unknown Parquet column; {allowed_hint(column)}")
+    if not set(columns) & set(REQUIRED_ONE_OF):
+        v.issue(None, None, "Parquet file must have a 'prompt' or a 'class_id' column, "
+                f"got {', '.join(map(repr, columns)) or 'no columns'}")
+    if v.issues:
+        return
+    for number, record in enumerate(_parquet_records(table), start=1):
+        v.record(number, record, from_text=False)
+
+
+def _parquet_records(table: Any) -> Iterator[dict[str, Any]]:
+    # Convert in batches so a large manifest does not hold every row as dicts twice.
+    for batch in table.to_batches(max_chunksize=65536):
+        yield from batch.to_pylist()
+
+
