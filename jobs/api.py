@@ -54,10 +54,10 @@ class Validation:
 
 def _manifest_source(manifest) -> tuple[str, bytes | None]:
     """(name, bytes) for a path/URI (bytes read later) or a list of row dicts (validated here)."""
-    if isinstance(manifest, (str, bytes)) or hasattr(manifest, "__fspath__"):
+    if isinstance(manifest, str) or hasattr(manifest, "__fspath__"):
         import os
 
-        return os.fspath(manifest) if not isinstance(manifest, bytes) else manifest.decode(), None
+        return os.fspath(manifest), None
     if not isinstance(manifest, Sequence):
         raise UserError(f"manifest must be a path, an s3:// URI or a list of row dicts, got {type(manifest).__name__}")
     from linegen.jobs.manifest import parse_rows
