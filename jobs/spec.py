@@ -16,11 +16,12 @@ from linegen.jobs.errors import UserError
 from linegen.jobs.models import ModelChoice
 from linegen.workers.models.config import SamplingParams
 
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_job_id(job_id: str) -> str:
-    if not JOB_ID.match(job_id) or ".." in job_id:
+    # fullmatch: `$` in match() also accepts a trailing newline
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id) or ".." in job_id:
         raise UserError(f"job id {job_id!r} must be 1-128 characters of letters, digits, '.', '_' or '-' "
                         "and start with a letter or digit")
     return job_id

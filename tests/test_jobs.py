@@ -677,6 +677,19 @@ BAD_MANIFESTS: dict[str, tuple[str, bytes, list[str], list[str]]] = {
                               b'{"class_id": "7"}\n',
                               ["many.jsonl:2", "'count'", "many.jsonl:4", "'class_id'", "2 problems"],
                               ["many.jsonl:1", "many.jsonl:3"]),
+    # hostile input (issue 15, A): each once a traceback or a "valid" manifest that could never run
+    "huge_int": ("hugeint.jsonl", b'{"class_id": 1, "count": ' + b"7" * 4400 + b"}\n",
+                 ["hugeint.jsonl:1", "'count'", "4400 digits"], ["Traceback"]),
+    "huge_int_csv": ("hugeint.csv", b"class_id\n" + b"7" * 4400 + b"\n",
+                     ["hugeint.csv:2", "'class_id'", "4400 digits"], ["Traceback"]),
+    "deep_json": ("deep.jsonl", b'{"class_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+                  ["deep.jsonl:1", "nested too deeply"], ["Traceback"]),
+    "lone_surrogate": ("surrogate.jsonl", b'{"class_id": 1, "id": "\\ud800"}\n',
+                       ["surrogate.jsonl:1", "'id'", "surrogate"], ["Traceback"]),
+    "count_1e18": ("count1e18.jsonl", b'{"class_id": 1, "count": 1000000000000000000}\n',
+                   ["count1e18.jsonl:1", "'count'", "1..1,000,000,000"], ["MemoryError"]),
+    "long_line": ("long.jsonl", b'{"class_id": 1, "id": "' + b"x" * (2 << 20) + b'"}\n',
+                  ["long.jsonl:1", "at most 1 MiB"], ["Traceback"]),
 }
 
 
