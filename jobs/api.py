@@ -26,7 +26,9 @@ class JobResult:
 
     @property
     def images(self) -> int:
-        return int(self.summary["images"])
+        from linegen.jobs.summary import count_of
+
+        return count_of(self.summary["images"])
 
     @property
     def generated_this_run(self) -> int:
@@ -156,12 +158,13 @@ def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_e
 
 def connect(*, cluster: str | None = None, out: str | None = None, token: str | None = None,
             token_file: str | None = None, headers: list[str] | None = None, config: str | None = None,
-            prices: list[str] | None = None, s3_endpoint_url: str | None = None):
-    """Where remote operations point (flags > config file > environment), as `jobs.remote.Context`."""
+            prices: list[str] | None = None, s3_endpoint_url: str | None = None, default_out: str | None = None):
+    """Where remote operations point (flags > config file > environment), as `jobs.remote.Context`;
+    ``default_out``: the output root when neither ``out`` nor the config names one."""
     from linegen.jobs.remote import make_context
 
     return make_context(cluster=cluster, token=token, headers=headers, out=out, config=config, prices=prices,
-                        s3_endpoint_url=s3_endpoint_url, token_file=token_file)
+                        s3_endpoint_url=s3_endpoint_url, token_file=token_file, default_out=default_out)
 
 
 def submit(manifest: str, *, cluster: str | None = None, out: str | None = None, job_id: str | None = None,
@@ -184,9 +187,12 @@ def submit(manifest: str, *, cluster: str | None = None, out: str | None = None,
 
 
 def status(job_id: str, **connection):
-    """Where a job stands (`jobs.remote.JobStatus`); ``connection``: the keywords of `connect`."""
+    """Where a job stands (`jobs.remote.JobStatus`); ``connection``: the keywords of `connect`
+    (without a cluster or an output root, the job is looked for under `jobs.spec.DEFAULT_OUT`)."""
     from linegen.jobs.remote import job_status
+    from linegen.jobs.spec import DEFAULT_OUT
 
+    connection.setdefault("default_out", DEFAULT_OUT)
     return job_status(connect(**connection), job_id)
 
 

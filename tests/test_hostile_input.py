@@ -149,3 +149,79 @@ def test_a9_job_ids(bad: str) -> None:
     with pytest.raises(UserError, match="job id"):
         check_job_id(bad)
     assert check_job_id("job-1.a_b") == "job-1.a_b"
+
+
+# --------------------------------------------------------------------------- hostile job folders
+# `linegen` as a real subprocess (tests/jobs_helpers.py); none of these start Ray.
+
+try:
+    import jobs_helpers as H
+except ModuleNotFoundError:  # tests/ imported as a package
+    from tests import jobs_helpers as H
+
+
+def _one_line_error(r: H.Result, *fragments: str) -> str:
+    assert r.returncode not in (0, None), r.describe()
+    assert "Traceback" not in r.stderr, r.describe()
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:"), r.describe()
+    for f in fragments:
+        assert f in last, f"{f!r} not in {last!r}"
+    return last
+
+
+def test_a7_read_only_out_is_a_one_line_error(tmp_path: Path) -> None:
+    """An existing --out on a read-only filesystem (a tmpfs mounted read-only in a user+mount
+    namespace, since root ignores permission bits)."""
+    manifest = H.write_manifest(tmp_path / "m.jsonl", [{"class_id": 1}])
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = f'mount -t tmpfs -o ro tmpfs {ro} && exec {H.LINEGEN} run {manifest} --out {ro} --job-id j ' \
+             + " ".join(H.MODEL_ARGS)
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                       env=H.clean_env())
+    result = H.Result(["unshare", script], r.returncode, r.stdout, r.stderr, 0.0)
+    _one_line_error(result, str(ro), "not writable", "Read-only file system")
+
+
+@pytest.fixture
+def job_folder(tmp_path: Path) -> tuple[Path, str]:
+    """A prepared job (job.json, manifest copy, plan.json; no shards), made without Ray."""
+    from linegen.jobs.prepare import prepare_job
+    from linegen.jobs.spec import JobSpec
+
+    manifest = H.write_manifest(tmp_path / "m.jsonl", [{"class_id": 1, "count": 2}])
+    spec = JobSpec.from_flags(manifest=str(manifest), out=str(tmp_path / "out"), job_id="j", model="test-tiny",
+                              random_weights=True)
+    prepare_job(spec)
+    return tmp_path, "j"
+
+
+DAMAGE = {
+    "job.json": [b"{not json", b'{"job_id": "j", "bogus": 1}', b"[1, 2]", b'{"job_id": "j", "manifest": 3}'],
+    "plan.json": [b"\x00garbage", b'{"fingerprint": 7}'],
+}
+
+
+@pytest.mark.parametrize("name, damage", [(n, d) for n, ds in DAMAGE.items() for d in ds])
+def test_a8_damaged_job_folder_is_named_by_every_command(job_folder, name: str, damage: bytes) -> None:
+    base, job = job_folder
+    out = base / "out"
+    target = out / job / name
+    target.write_bytes(damage)
+    logs = base / "logs"
+    run = H.run_linegen(["run", str(base / "m.jsonl"), "--out", str(out), "--job-id", job, *H.MODEL_ARGS],
+                        timeout=120, cwd=base, log_dir=logs)
+    _one_line_error(run, str(target))
+    assert target.read_bytes() == damage  # nothing rewritten
+    if name == "job.json":  # status/resume read the spec; a damaged plan shows up as a status error
+        for args in (["status", job, "--out", str(out)], ["resume", job, "--out", str(out)]):
+            _one_line_error(H.run_linegen(args, timeout=120, cwd=base, log_dir=logs), str(target))
+        listed = H.run_linegen(["list", "--out", str(out), "--json"], timeout=120, cwd=base, log_dir=logs)
+        assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.describe()
+        (doc,) = json.loads(listed.stdout)
+        assert doc["job_id"] == job and str(target) in doc["reason"] and "\n" not in doc["reason"]
+    else:
+        status = H.run_linegen(["status", job, "--out", str(out), "--json"], timeout=120, cwd=base, log_dir=logs)
+        assert status.returncode == 0 and "Traceback" not in status.stderr, status.describe()
+        assert any("plan.json" in e for e in status.json["errors"])

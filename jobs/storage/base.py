@@ -54,5 +54,9 @@ class Storage(ABC):
     def check(self) -> None:
         """Verify the storage is usable before any work starts; raise StorageError if not."""
 
+    def location(self, key: str) -> str:
+        """Where ``key`` is, as a user would type it (a path or an s3:// URL), for messages."""
+        return f"{self.url.rstrip('/')}/{key}"
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

@@ -30,7 +30,7 @@ class LocalStorage(Storage):
                 f.flush()
                 os.fsync(f.fileno())  # a commit marker must not outlive its data after a crash
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
         return tmp
 
@@ -40,7 +40,7 @@ class LocalStorage(Storage):
         try:
             os.replace(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -58,7 +58,7 @@ class LocalStorage(Storage):
                 raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
             return self._put_exclusive(path, data)  # filesystems without hard links
         finally:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
 
     def _put_exclusive(self, path: Path, data: bytes) -> bool:
         try:
@@ -126,5 +126,14 @@ class LocalStorage(Storage):
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as e:
-            probe.unlink(missing_ok=True)
+            _discard(probe)
             raise StorageError(f"output folder {self.root} is not writable: {e.strerror or e}") from None
+
+
+def _discard(path: Path) -> None:
+    """Remove a work file if it is there. Never raises: it runs while another error is being
+    reported, and on a read-only filesystem even unlinking a missing file fails (EROFS)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
