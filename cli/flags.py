@@ -103,6 +103,7 @@ class JobFlags:
     job_id: Optional[str] = flag(None, "--job-id", help="Job id (re-run with the same id and --out to resume; on a cluster also the Ray submission id).")
     shard_size: int = flag(1000, "--shard-size", help="Images per shard (the unit of commit and resume).")
     workers: Optional[int] = flag(None, "--workers", help="Model-holding actors (default: one per GPU, or 1 on CPU).")
+    format: str = flag("parquet", "--format", help="Image shards: parquet (images/SHARD.parquet, Hugging Face datasets) or webdataset (images/SHARD.tar: KEY.png, KEY.json, KEY.tokens.npy).")
 
 
 @group

@@ -20,11 +20,14 @@ from linegen.jobs.stats import read_shard_stats
 def write_success(job, wall_s: float, generated: int) -> dict:
     """Check that every planned shard is committed and the stats add up to the plan, then write
     and return the summary."""
+    from linegen.jobs.sink import publish_pending
+
     storage, job_id = job.storage, job.spec.job_id
     committed = layout.committed_shards(storage, job_id)
     missing = [s.shard_id for s in job.shards if s.shard_id not in committed]
     if missing:
         raise UserError(f"job {job_id}: {len(missing)} shard(s) have no commit marker: {', '.join(missing[:5])}")
+    publish_pending(storage, job_id)  # a commit cut off before its move; losers' staged files
     images = tokens = truncated = peak = kv = 0
     devices: dict[str, float] = {}
     for s in job.shards:
@@ -62,9 +65,12 @@ def finished_summary(job) -> dict | None:
     before writing it. None while any shard is missing."""
     from linegen.jobs.storage import StorageNotFound
 
+    from linegen.jobs.sink import publish_pending
+
     committed = layout.committed_shards(job.storage, job.spec.job_id)
     if any(s.shard_id not in committed for s in job.shards):
         return None
+    publish_pending(job.storage, job.spec.job_id)
     try:
         recorded = json.loads(job.storage.get(layout.success_key(job.spec.job_id)))
     except (StorageNotFound, ValueError):

@@ -114,6 +114,23 @@ class LocalStorage(Storage):
         except OSError as e:
             raise StorageError(f"cannot delete {path}: {e.strerror or e}") from None
 
+    def move(self, src: str, dst: str) -> None:
+        source, target = self._path(src), self._path(dst)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)  # a rename: atomic, and no copy of the bytes
+        except FileNotFoundError:
+            if not source.exists():
+                raise StorageNotFound(f"{source} does not exist") from None
+            raise StorageError(f"cannot move {source} to {target}: no such folder") from None
+        except OSError as e:
+            raise StorageError(f"cannot move {source} to {target}: {e.strerror or e}") from None
+        for folder in (source.parent, source.parent.parent):  # an attempt's folders, once empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"output path {self.root} exists and is not a folder")

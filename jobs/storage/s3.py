@@ -365,6 +365,14 @@ class S3Storage(Storage):
         full = self._full(check_key(key))
         self._call(self._where(full), lambda: self._client().delete_object(Bucket=self.bucket, Key=full))
 
+    def move(self, src: str, dst: str) -> None:
+        """A server-side copy (no bytes through this process; CopyObject replaces ``dst`` at once),
+        then the delete of ``src``."""
+        source, target = self._full(check_key(src)), self._full(check_key(dst))
+        self._call(self._where(source), lambda: self._client().copy_object(
+            Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": source}))
+        self._call(self._where(source), lambda: self._client().delete_object(Bucket=self.bucket, Key=source))
+
     def check(self) -> None:
         c = self._client()
         root = f"{self.prefix}/" if self.prefix else ""

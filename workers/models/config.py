@@ -147,6 +147,9 @@ class ModelSpec:
     # A model that is random by design (test models): runs without checkpoints or --random-weights.
     random_by_design: bool = False
     default_sampling: SamplingParams = field(default_factory=SamplingParams)
+    # What each class id means, where the model's training data names its classes (the built-in
+    # model); outputs carry them as a Hugging Face ClassLabel.
+    class_names: tuple[str, ...] | None = None
 
     def sampling(self, *, cfg_scale: float | None = None, top_k: int | None = None,
                  temperature: float | None = None, top_p: float | None = None) -> SamplingParams:
