@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from linegen.cluster.address import redact_url
 from linegen.cluster.prices import parse_price
 from linegen.errors import UserError
 
@@ -65,7 +66,7 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class S3Config:
-    endpoint_url: str | None = None
+    endpoint_url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,9 @@ def parse_config(text: str, path: str | os.PathLike[str] = "<config>") -> Config
                 raise r.error(
                     f"unknown key [{section}] {key} (known: {', '.join(sorted(known))})", section, key)
             values[section][key] = r.string(section, key, value)
+            if key in ("address", "endpoint_url", "out") and redact_url(values[section][key]) != values[section][key]:
+                raise r.error(f"[{section}] {key}: a URL with credentials (user:password@) is a secret and is not "
+                              "stored in the config file; give it with the flag or the environment", section, key)
 
     cl = values.get("cluster", {})
     token_file = None

@@ -51,6 +51,16 @@ def test_job_json_and_reprs_hold_no_endpoint_credentials(tmp_path: Path) -> None
                               random_weights=True, s3_endpoint_url=endpoint)
     assert spec.s3_endpoint_url == endpoint  # the real value, in memory
     assert SECRET not in repr(spec) and SECRET not in repr(spec.model)
+    from linegen.jobs.remote import make_context
+
+    cfg = tmp_path / "c.toml"
+    cfg.touch()
+    ctx = make_context(config=str(cfg), out=str(tmp_path / "out"), s3_endpoint_url=endpoint)
+    assert ctx.s3_endpoint_url == endpoint and SECRET not in repr(ctx)
+    cfg.write_text(f'[s3]\nendpoint_url = "{endpoint}"\n')  # and the config file refuses to hold it
+    with pytest.raises(UserError, match=r"line 2: \[s3\] endpoint_url: a URL with credentials") as err:
+        make_context(config=str(cfg))
+    assert SECRET not in str(err.value)
     prepare_job(spec)
     stored = (tmp_path / "out" / "j" / "job.json").read_text()
     assert SECRET not in stored and "alice:***@127.0.0.1" in stored

@@ -17,7 +17,7 @@ HTTP_TIMEOUT_S = 10.0
 class Context:
     address: Any | None  # cluster.address.ClusterAddress, or None: no cluster given
     out: str | None = None
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
     config_prices: dict[str, float] = field(default_factory=dict)
     flag_prices: dict[str, float] = field(default_factory=dict)
     config: Any | None = None  # cluster.config.Config

@@ -18,7 +18,7 @@ class Located:
     attempts: list
     all_states: list
     out: str | None
-    endpoint: str | None
+    endpoint: str | None = field(repr=False)  # may hold credentials: never shown
     storage: Any | None
     spec: Any | None
     cluster: str | None
