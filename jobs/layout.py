@@ -64,9 +64,9 @@ def attempt_key(job_id: str, shard_id: str, token: str, published_key: str) -> s
     """Where one attempt writes a file before it commits: outside images/ and stats/, so no reader
     (and no ``images/*.parquet`` glob) ever sees it; named by the attempt's own ``token``, so no
     other attempt ever writes it."""
-    name = published_key.rsplit("/", 2)[-2:]  # "images/shard-00000.parquet" -> images, shard-00000.parquet
-    return (f"{attempts_prefix(job_id)}{_component(shard_id, 'shard id')}/{_component(token, 'attempt token')}/"
-            f"{name[0]}.{name[1].rsplit('.', 1)[-1]}")
+    folder, _, name = published_key.rpartition("/")  # "<job>/images", "shard-00000.parquet"
+    kind, ext = folder.rsplit("/", 1)[-1], name.rsplit(".", 1)[-1]  # "images", "parquet"
+    return f"{attempts_prefix(job_id)}{_component(shard_id, 'shard id')}/{_component(token, 'attempt token')}/{kind}.{ext}"
 
 
 def commits_prefix(job_id: str) -> str:
