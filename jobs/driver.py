@@ -83,9 +83,7 @@ def _generate(job: PreparedJob, todo: deque, tally: _Tally) -> None:
     from linegen.jobs.sink import ShardSink
 
     spec = job.spec
-    model = spec.model.spec()
-    sink = ShardSink(job.storage, spec.job_id, model.name, spec.cache.policy,
-                     spec.cache.effective_ratio(model.prefix_len, model.grid))
+    sink = ShardSink.for_job(job)
     count, resources, threads = pool_shape(spec)
     pool = Pool(job, sink, max(1, min(count, len(todo))), resources, threads)
     restarts_left = pool.started * spec.max_attempts
@@ -177,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
 
             summary = run_job(spec, progress=show)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            from linegen.cluster.address import redact_text
+
+            print(f"error: {redact_text(e)}", file=sys.stderr, flush=True)
             return outcome.failed(e)
     print(json.dumps({"summary": summary}), flush=True)
     return 0
