@@ -18,7 +18,7 @@ import torch
 
 from linegen.benchmarks.roofline import (decode_flops, matmul_rate, read_bandwidth, roofline, wave_bytes,  # noqa: F401
                                          wave_flops)
-from linegen.workers.cache import Layout, make_policy
+from linegen.workers.cache import POLICY_NAMES, Layout, make_policy
 from linegen.workers.engine import Engine, GenRequest, SamplingParams
 from linegen.workers.engine.compile_choice import ENGINE_MODES
 from linegen.workers.engine.packing import weights_bytes
@@ -64,7 +64,7 @@ class BenchOptions:
     model: str = "llamagen-c2i-b-384"
     checkpoint: str | None = None
     vq_checkpoint: str | None = None
-    policies: tuple[str, ...] = ("full", "linear", "streaming", "h2o", "snapkv")
+    policies: tuple[str, ...] = POLICY_NAMES
     ratios: tuple[str, ...] = ("1/6",)
     max_batch_ratios: tuple[str, ...] | None = None  # ratios that also get the at-max-batch run (None: all)
     batch: int = 1

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from linegen.jobs.errors import UserError
-from linegen.workers.cache import DEFAULT_RATIO, CacheConfigError, Layout, make_policy, parse_ratio
+from linegen.workers.cache import DEFAULT_RATIO, POLICY_NAMES, CacheConfigError, Layout, make_policy, parse_ratio
+
+__all__ = ["DEFAULT_RATIO", "POLICY_NAMES", "CacheChoice"]
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ turns every loading failure into a one-line `UserError`.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from linegen.jobs.errors import UserError
 
@@ -22,8 +22,8 @@ class ModelChoice:
     random_weights: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str | None = None  # None: bfloat16 on GPU, float32 on CPU; auto: bf16 wherever native (workers/models/precision.py)
-    compile: str = "auto"  # auto | on | off: the decode path (workers/engine/compile_choice.py)
-    s3_endpoint_url: str | None = None
+    compile: str = "auto"  # auto | on | off: the decode path (workers/engine/compile_choice.py); never changes an image's identity
+    s3_endpoint_url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
     random_seed: int = 0
     text_encoder: str | None = None  # t2i: T5 folder (Hugging Face layout), local path or s3:// prefix
 
@@ -141,6 +141,18 @@ class ModelChoice:
                                     device=device, dtype=dtype)
         except (StorageError, TextEncoderError) as e:
             raise UserError(f"--text-encoder {self.text_encoder}: {e}") from None
+
+
+def model_table() -> list[dict]:
+    """The registered models, one plain dict each (`linegen models`)."""
+    from linegen.workers.models.registry import DEFAULT_MODEL, MODELS
+
+    return [{"name": s.name, "default": s.name == DEFAULT_MODEL, "conditioning": s.gpt.cond,
+             "layers": s.gpt.n_layer, "heads": s.gpt.n_head, "dim": s.gpt.dim, "image_size": s.image_size,
+             "grid": s.grid, "tokens": s.num_tokens, "prefix": s.prefix_len,
+             "weights": "built-in" if s.builtin_weights else ("random" if s.random_by_design else "checkpoint"),
+             "description": s.description}
+            for s in MODELS.values()]
 
 
 def _check_readable(flag: str, uri: str, endpoint_url: str | None) -> None:
