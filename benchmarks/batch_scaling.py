@@ -11,7 +11,8 @@ import argparse
 
 import torch
 
-from linegen.benchmarks.engine_bench import (matmul_rate, read_bandwidth, wave_bytes, wave_flops, _requests)
+from linegen.benchmarks.engine_bench import _requests
+from linegen.benchmarks.roofline import matmul_rate, read_bandwidth, wave_bytes, wave_flops
 from linegen.workers.cache import make_policy
 from linegen.workers.engine import Engine
 from linegen.workers.engine.packing import weights_bytes

@@ -3,26 +3,60 @@
 For each policy: cache bytes per sequence, how many sequences fit the memory budget, decode
 throughput at an equal batch and at each policy's own max batch, peak memory, and the share of
 decode time spent in per-line scoring. Every figure is also given as a ratio to `full`.
-The run also measures the machine's plain matmul rate and reports what fraction of it the
-decode loop achieves, from the FLOPs a step must do (counted below).
+Each policy can run in several variants (decode path and dtype, e.g. `off:float32,on:float32,on:auto`),
+measured in turn (interleaved per repeat) so a drifting machine load hits them alike; compile time
+is reported apart and never inside throughput.
+The run also measures the machine's plain matmul rates (fp32 and bf16) and memory read rate, and
+reports each row's roofline (benchmarks/roofline.py): FLOPs and bytes per step, the images/s they
+bound, and the fraction of that bound and of the GEMM rates the engine reached.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 
 import torch
 
+from linegen.benchmarks.roofline import (decode_flops, matmul_rate, read_bandwidth, roofline, wave_bytes,  # noqa: F401
+                                         wave_flops)
 from linegen.workers.cache import POLICY_NAMES, Layout, make_policy
 from linegen.workers.engine import Engine, GenRequest, SamplingParams
+from linegen.workers.engine.compile_choice import ENGINE_MODES
 from linegen.workers.engine.packing import weights_bytes
-from linegen.workers.sizes import parse_bytes
 from linegen.workers.models.config import ModelSpec
 from linegen.workers.models.loading import load_model
+from linegen.workers.models.precision import resolve_dtype_name
 from linegen.workers.models.registry import get_spec
+from linegen.workers.sizes import parse_bytes
 
 FIELDS = ("kv_bytes_per_sequence", "max_sequences", "tokens_per_s", "images_per_s",
           "images_per_s_at_max_batch", "peak_memory_bytes", "scoring_share")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the engine: its decode path (compile) and dtype (None: the device default)."""
+
+    compile: str = "off"
+    dtype: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.compile}:{self.dtype or 'default'}"
+
+
+def parse_variants(text: str) -> tuple[Variant, ...]:
+    """'off:float32,on:float32,on:auto' -> variants; a part without ':' is a compile mode (static: the
+    static step without a compiler, to tell the two gains apart)."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        mode, _, dtype = part.partition(":")
+        if mode not in ENGINE_MODES:
+            raise ValueError(f"variant {part!r}: compile must be one of {', '.join(ENGINE_MODES)}")
+        resolve_dtype_name(dtype or None, "cpu")  # a bad name fails here, before any measurement
+        out.append(Variant(mode, dtype or None))
+    if not out:
+        raise ValueError("give at least one variant, e.g. off:float32")
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -37,78 +71,16 @@ class BenchOptions:
     memory_budget: str | None = None
     device: str = "cpu"
     dtype: str | None = None
+    compile: str = "off"
+    variants: tuple[Variant, ...] | None = None  # None: the one variant (compile, dtype)
     cfg_scale: float = 4.0
     max_batch_cap: int | None = None  # bound the at-max-batch run (reported when it binds)
     skip_max_batch: bool = False
+    full_max_batch: bool = True  # full also gets the at-max-batch run (whatever max_batch_ratios says)
     gpt_overrides: dict = field(default_factory=dict)  # e.g. dim=256, n_layer=8, n_head=4
     image_size: int | None = None
     repeats: int = 1
     warmup: bool = True
-
-
-def decode_flops(spec: ModelSpec, ctx: int) -> float:
-    """FLOPs of one decode step for one cache row attending over `ctx` keys."""
-    c = spec.gpt
-    matmuls = c.n_layer * (4 * c.dim * c.dim + 3 * c.dim * c.ffn_dim) + c.dim * c.vocab_size
-    attention = c.n_layer * 2 * 2 * c.dim * ctx  # q.k and p.v
-    return 2.0 * matmuls + attention
-
-
-def wave_flops(spec: ModelSpec, policy, rows: int) -> float:
-    """FLOPs of a whole wave: prefill + N-1 decode steps, with each step's true cache length."""
-    layout = Layout(spec.prefix_len, spec.grid)
-    budget, w, C = policy.budget(layout), layout.width, layout.prefix
-    total, visual = decode_flops(spec, C) * C, 0
-    for _ in range(spec.num_tokens - 1):
-        visual += 1
-        total += decode_flops(spec, C + visual)
-        if visual % w == 0 and visual > budget:
-            visual = budget
-    return total * rows
-
-
-def wave_bytes(spec: ModelSpec, policy, rows: int, weights: int, dtype_bytes: int) -> float:
-    """Bytes a wave must read: all weights once per step, plus every row's cached K and V."""
-    layout = Layout(spec.prefix_len, spec.grid)
-    budget, w, C = policy.budget(layout), layout.width, layout.prefix
-    c = spec.gpt
-    per_entry = 2 * c.n_layer * c.dim * dtype_bytes
-    total, visual = weights + C * per_entry * rows, 0
-    for _ in range(spec.num_tokens - 1):
-        visual += 1
-        total += weights + (C + visual) * per_entry * rows
-        if visual % w == 0 and visual > budget:
-            visual = budget
-    return total
-
-
-def read_bandwidth(device: torch.device, mib: int = 512, repeats: int = 5) -> float:
-    """The machine's plain memory read rate (bytes/s): the roof for small-batch decode."""
-    x = torch.ones(mib * 2**18, device=device, dtype=torch.float32)
-    x.sum()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        x.sum()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return x.numel() * 4 * repeats / (time.perf_counter() - t0)
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """The machine's plain dense matmul rate (FLOP/s) for this dtype: the roof the engine is held to."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    torch.mm(a, b)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        torch.mm(a, b)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
 # Random T5-like features for t2i benchmarks: a typical prompt has ~20 of its 120 tokens real
@@ -148,9 +120,18 @@ def build_spec(opts: BenchOptions) -> ModelSpec:
     return spec
 
 
+@dataclass
+class _Measure:
+    """One policy x variant x batch: its engine and the fastest wave so far."""
+
+    engine: Engine
+    batch: int
+    best: object = None
+    compile_s: float = 0.0
+
+
 def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     device = torch.device(opts.device)
-    dtype = getattr(torch, opts.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     spec = build_spec(opts)
     runs = [(name, None) for name in opts.policies if name == "full"]
     runs += [(name, r) for r in opts.ratios for name in opts.policies if name != "full"]
@@ -158,66 +139,124 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     policies = {run: make_policy(run[0], ratio=run[1]) for run in runs}
     for p in policies.values():  # every setting checked before the first (long) measurement
         p.check(layout)
-    gpt, _vq = load_model(spec, opts.checkpoint, opts.vq_checkpoint, device=device, dtype=dtype)
+    variants = opts.variants or (Variant(opts.compile, opts.dtype),)
+    dtypes = {v: resolve_dtype_name(v.dtype, device.type) for v in variants}
+    gpts = {name: load_model(spec, opts.checkpoint, opts.vq_checkpoint, device=device, dtype=getattr(torch, name))[0]
+            for name in dict.fromkeys(dtypes.values())}
     budget = parse_bytes(opts.memory_budget) if opts.memory_budget else None
     guided = opts.cfg_scale > 1
     rows_per_seq = 2 if guided else 1
-    peak_rate = matmul_rate(device, dtype)
+    rates = {name: matmul_rate(device, getattr(torch, name)) for name in ("float32", "bfloat16")}
     bandwidth = read_bandwidth(device)
-    log(f"plain matmul rate: {peak_rate / 1e9:.1f} GFLOP/s ({dtype}); memory read {bandwidth / 1e9:.1f} GB/s")
-    wbytes = weights_bytes(gpt)
-    dtype_bytes = torch.finfo(dtype).bits // 8
-    results = []
+    log("plain matmul rate: " + ", ".join(f"{n} {r / 1e9:.1f} GFLOP/s" for n, r in rates.items())
+        + f"; memory read {bandwidth / 1e9:.1f} GB/s")
     if opts.warmup:  # first-call costs (allocator, kernels, CUDA context) stay out of the table
-        _timed_wave(Engine(gpt, None, spec, make_policy("full"), device=device, max_batch=1), 1, opts.cfg_scale, 1)
+        for gpt in gpts.values():
+            _timed_wave(Engine(gpt, None, spec, make_policy("full"), device=device, max_batch=1), 1, opts.cfg_scale, 1)
+    # Every (policy, batch, variant) engine is built first; each repeat then runs all of them in
+    # turn, so a drifting machine load hits every row alike (the fastest wave of each counts).
+    # A static engine's buffers are released after each wave: only one wave's cache is alive.
+    setups = []
     for name, ratio_text in runs:
         policy = policies[(name, ratio_text)]
-        engine = Engine(gpt, None, spec, policy, device=device, max_batch=max(opts.batch, 1))
-        plan = engine.plan_packing(budget, guided=guided)
-        res = _timed_wave(engine, opts.batch, opts.cfg_scale, opts.repeats)
-        s = res.stats
-        flops = wave_flops(spec, policy, opts.batch * rows_per_seq)
-        nbytes = wave_bytes(spec, policy, opts.batch * rows_per_seq, wbytes, dtype_bytes)
-        if device.type == "cuda":
-            peak = s.peak_memory_bytes
-        else:  # process RSS never goes down, so count what this run holds: weights + cache
-            peak = weights_bytes(gpt) + s.kv_cache_bytes
-        row = {
-            "policy": name, "ratio": policy.budget(engine.layout) / engine.layout.num_tokens,
-            "kv_bytes_per_sequence": engine.cache_bytes_per_sequence(guided),
-            "max_sequences": plan.max_sequences,
-            "tokens_per_s": s.tokens / s.decode_s,
-            "images_per_s": s.batch_size / s.decode_s,
-            "images_per_s_at_max_batch": None,
-            "max_batch_run": None,
-            "peak_memory_bytes": peak,
-            "scoring_share": s.compaction_s / s.decode_s,
-            "decode_s": s.decode_s,
-            "achieved_flops": flops / s.decode_s,
-            "fraction_of_matmul_peak": flops / s.decode_s / peak_rate,
-            "achieved_bytes_per_s": nbytes / s.decode_s,
-            "fraction_of_read_bandwidth": nbytes / s.decode_s / bandwidth,
-        }
-        wants_max = opts.max_batch_ratios is None or name == "full" or ratio_text in opts.max_batch_ratios
-        if not opts.skip_max_batch and wants_max:
-            n = plan.max_sequences if opts.max_batch_cap is None else min(plan.max_sequences, opts.max_batch_cap)
-            big = Engine(gpt, None, spec, policy, device=device, max_batch=n)
-            r = _timed_wave(big, n, opts.cfg_scale, 1)
-            row["images_per_s_at_max_batch"] = r.stats.batch_size / r.stats.decode_s
-            row["max_batch_run"] = n
-            if device.type == "cuda":
-                row["peak_memory_bytes_at_max_batch"] = r.stats.peak_memory_bytes
-        log(f"{name} {ratio_text or ''}: {row['images_per_s']:.4f} images/s at batch {opts.batch}")
-        results.append(row)
-    full = next((r for r in results if r["policy"] == "full"), None)
+        wants_max = opts.full_max_batch if name == "full" else (
+            opts.max_batch_ratios is None or ratio_text in opts.max_batch_ratios)
+        per_variant = {}
+        for v in variants:
+            gpt = gpts[dtypes[v]]
+            engine = Engine(gpt, None, spec, policy, device=device, max_batch=max(opts.batch, 1), compile=v.compile)
+            plan = engine.plan_packing(budget, guided=guided)
+            measures = {"batch": _Measure(engine, opts.batch)}
+            if not opts.skip_max_batch and wants_max:
+                n = plan.max_sequences if opts.max_batch_cap is None else min(plan.max_sequences, opts.max_batch_cap)
+                measures["max"] = _Measure(Engine(gpt, None, spec, policy, device=device, max_batch=n, compile=v.compile), n)
+            per_variant[v] = (engine, plan, measures)
+        setups.append((name, ratio_text, policy, per_variant))
+    for _ in range(opts.repeats):
+        for name, ratio_text, policy, per_variant in setups:
+            for which in ("batch", "max"):
+                for v in variants:
+                    m = per_variant[v][2].get(which)
+                    if m is None:
+                        continue
+                    res = _timed_wave(m.engine, m.batch, opts.cfg_scale, 1)
+                    m.engine.release()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    m.compile_s += res.stats.compile_s
+                    if m.best is None or res.stats.decode_s < m.best.stats.decode_s:
+                        m.best = res
+                    log(f"  {name} {ratio_text or ''} [{v.label}] batch {m.batch}: {m.batch / res.stats.decode_s:.4f} "
+                        f"images/s (compile {res.stats.compile_s:.1f} s)")
+    results = []
+    for name, ratio_text, policy, per_variant in setups:
+        for v in variants:
+            engine, vplan, measures = per_variant[v]
+            row = _row(spec, policy, name, engine, vplan, measures, v, dtypes[v], rows_per_seq, guided, rates, bandwidth)
+            log(f"{name} {ratio_text or ''} [{v.label}]: {row['images_per_s']:.4f} images/s at batch {opts.batch}"
+                + (f", {row['images_per_s_at_max_batch']:.4f} at {row['max_batch_run']}" if row["max_batch_run"] else "")
+                + f" (compile {row['compile_s']:.1f} s)")
+            results.append(row)
+    plan = setups[0][3][variants[0]][1]
     for r in results:
+        full = next((f for f in results if f["policy"] == "full" and f["variant"] == r["variant"]), None)
         r["vs_full"] = {f: (r[f] / full[f] if full and full[f] and r[f] is not None else None) for f in FIELDS}
-    machine = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-               "matmul_flops": peak_rate, "read_bytes_per_s": bandwidth}
+    first = dtypes[variants[0]]
+    machine = {"device": str(device), "dtype": first, "threads": torch.get_num_threads(),
+               "matmul_flops": rates.get(first, rates["float32"]), "matmul_flops_float32": rates["float32"],
+               "matmul_flops_bfloat16": rates["bfloat16"], "read_bytes_per_s": bandwidth}
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
     c = spec.gpt
     return {"model": spec.name, "layers": c.n_layer, "dim": c.dim, "heads": c.n_head, "grid": spec.grid,
             "tokens": spec.num_tokens, "prefix": spec.prefix_len, "batch": opts.batch, "cfg_scale": opts.cfg_scale,
             "memory_budget_bytes": plan.budget_bytes, "weights_bytes": plan.weights_bytes,
-            "machine": machine, "results": results}
+            "variants": [v.label for v in variants], "machine": machine, "results": results}
+
+
+def _row(spec, policy, name, engine, plan, measures, variant, dtype_name, rows_per_seq, guided, rates, bandwidth) -> dict:
+    s = measures["batch"].best.stats
+    wbytes = weights_bytes(engine.gpt)
+    dtype_bytes = torch.finfo(engine.dtype).bits // 8
+    rate = rates.get(dtype_name, rates["float32"])
+
+    def roof(n: int, decode_s: float) -> dict:
+        r = roofline(spec, policy, n, n * rows_per_seq, wbytes, dtype_bytes, rate, bandwidth)
+        achieved = n / decode_s
+        flops = r.flops_per_step * spec.num_tokens / decode_s
+        return {**r.to_dict(), "images": n, "images_per_s": achieved,
+                "fraction_of_bound": achieved / r.bound_images_per_s,
+                "fraction_of_gemm_float32": flops / rates["float32"], "fraction_of_gemm_bfloat16": flops / rates["bfloat16"]}
+
+    flops = wave_flops(spec, policy, s.batch_size * rows_per_seq)
+    nbytes = wave_bytes(spec, policy, s.batch_size * rows_per_seq, wbytes, dtype_bytes)
+    peak = s.peak_memory_bytes if engine.device.type == "cuda" else wbytes + s.kv_cache_bytes
+    row = {
+        "policy": name, "ratio": policy.budget(engine.layout) / engine.layout.num_tokens,
+        "variant": variant.label, "compile": variant.compile, "dtype": dtype_name, "path": s.path,
+        "kv_bytes_per_sequence": engine.cache_bytes_per_sequence(guided),
+        "max_sequences": plan.max_sequences,
+        "tokens_per_s": s.tokens / s.decode_s,
+        "images_per_s": s.batch_size / s.decode_s,
+        "images_per_s_at_max_batch": None,
+        "max_batch_run": None,
+        "peak_memory_bytes": peak,
+        "scoring_share": s.compaction_s / s.decode_s,
+        "decode_s": s.decode_s,
+        "compile_s": sum(m.compile_s for m in measures.values()),
+        "achieved_flops": flops / s.decode_s,
+        "fraction_of_matmul_peak": flops / s.decode_s / rate,
+        "achieved_bytes_per_s": nbytes / s.decode_s,
+        "fraction_of_read_bandwidth": nbytes / s.decode_s / bandwidth,
+        "roofline": roof(s.batch_size, s.decode_s),
+        "roofline_at_max_batch": None,
+    }
+    big = measures.get("max")
+    if big is not None:
+        r = big.best.stats
+        row["images_per_s_at_max_batch"] = r.batch_size / r.decode_s
+        row["max_batch_run"] = big.batch
+        row["roofline_at_max_batch"] = roof(r.batch_size, r.decode_s)
+        if engine.device.type == "cuda":
+            row["peak_memory_bytes_at_max_batch"] = r.peak_memory_bytes
+    return row

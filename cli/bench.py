@@ -21,6 +21,7 @@ def bench_command(
     memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Memory budget for max_sequences, e.g. 20GiB (default: a fraction of free memory)."),
     max_batch_cap: Optional[int] = typer.Option(None, "--max-batch-cap", help="Run the at-max-batch wave with at most this many images (CPU time bound)."),
     skip_max_batch: bool = typer.Option(False, "--skip-max-batch", help="Do not run the at-max-batch wave."),
+    full_max_batch: bool = typer.Option(True, "--full-max-batch/--no-full-max-batch", help="Run full at its own max batch too (default; it is the slowest run)."),
     cfg_scale: float = typer.Option(4.0, "--cfg-scale", help="Guidance scale (> 1: CFG pairs)."),
     dim: Optional[int] = typer.Option(None, "--dim", help="Override the GPT width (custom size)."),
     layers: Optional[int] = typer.Option(None, "--layers", help="Override the GPT depth."),
@@ -30,10 +31,12 @@ def bench_command(
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="One untimed wave first (GPU: keep it on)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     dtype: Optional[str] = opt(ModelFlags, "dtype"),
+    compile: str = typer.Option("off", "--compile", help="Decode path: off (eager reference, the default here), on (static step, compiled / CUDA graphs), auto, static (static step, no compiler)."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Several decode paths side by side, COMPILE[:DTYPE] comma-separated, e.g. off:float32,on:float32,on:auto (overrides --compile/--dtype)."),
     as_json: bool = Json,
 ) -> None:
     """Measure the cache policies side by side: memory, packing and throughput as ratios to `full`."""
-    from linegen.benchmarks.engine_bench import BenchOptions, run_bench
+    from linegen.benchmarks.engine_bench import BenchOptions, parse_variants, run_bench
     from linegen.benchmarks.report import render_bench
     from linegen.jobs.models import ModelChoice
 
@@ -43,12 +46,17 @@ def bench_command(
     if not random_weights and checkpoint is None:
         raise UserError("--weights needs --checkpoint")
     overrides = {k: v for k, v in (("dim", dim), ("n_layer", layers), ("n_head", heads)) if v is not None}
+    try:
+        chosen = parse_variants(variants) if variants else parse_variants(f"{compile}:{dtype or ''}")
+    except ValueError as e:
+        raise UserError(f"--variants/--compile/--dtype: {e}") from None
     opts = BenchOptions(model=model, checkpoint=None if random_weights else checkpoint,
                         policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
                         ratios=tuple(r.strip() for r in ratio.split(",") if r.strip()),
                         max_batch_ratios=tuple(r.strip() for r in max_batch_ratios.split(",")) if max_batch_ratios else None,
-                        batch=batch, memory_budget=memory_budget, device=device, dtype=dtype, cfg_scale=cfg_scale,
-                        max_batch_cap=max_batch_cap, skip_max_batch=skip_max_batch, gpt_overrides=overrides,
+                        batch=batch, memory_budget=memory_budget, device=device, variants=chosen, cfg_scale=cfg_scale,
+                        max_batch_cap=max_batch_cap, skip_max_batch=skip_max_batch, full_max_batch=full_max_batch,
+                        gpt_overrides=overrides,
                         image_size=image_size, repeats=repeats, warmup=warmup)
     try:
         report = run_bench(opts, log=(lambda m: None) if as_json else (lambda m: typer.echo(m, err=True)))

@@ -10,11 +10,11 @@ import typer
 from linegen.cli.flags import POLICY_NAMES, Json, ModelFlags, SamplingFlags, opt, option
 
 
-def _choice(model, checkpoint, vq_checkpoint, device, dtype):
+def _choice(model, checkpoint, vq_checkpoint, device, dtype, compile="off"):
     from linegen.jobs.settings import Settings
 
     return Settings.from_flags(model=model, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint, device=device,
-                               dtype=dtype).model
+                               dtype=dtype, compile=compile).model
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -37,12 +37,13 @@ def eval_command(
     classifier: Optional[str] = typer.Option(None, "--classifier", help="Evaluator classifier (default: the shipped one)."),
     device: str = opt(ModelFlags, "device"),
     dtype: Optional[str] = opt(ModelFlags, "dtype"),
+    compile: str = opt(ModelFlags, "compile"),
     as_json: bool = Json,
 ) -> None:
     """Quality of each cache policy and ratio vs the full cache: class accuracy, FD, token match, KL, top-1."""
     from linegen.jobs.evaluate import EvalOptions, default_classifier, evaluate, render_table
 
-    opts = EvalOptions(model=_choice(model, checkpoint, vq_checkpoint, device, dtype), policies=_split(policies),
+    opts = EvalOptions(model=_choice(model, checkpoint, vq_checkpoint, device, dtype, compile), policies=_split(policies),
                        ratios=_split(ratios), samples=samples, fidelity_samples=fidelity_samples,
                        real_samples=real_samples, seed=seed, cfg_scale=cfg_scale, top_k=top_k, max_batch=max_batch,
                        classifier=classifier or default_classifier())

@@ -63,7 +63,8 @@ class ModelFlags:
     text_encoder: Optional[str] = flag(None, "--text-encoder", help="Text-to-image models: T5 encoder folder in the Hugging Face layout (config.json, weights, tokenizer), local path or s3:// prefix.")
     random_weights: bool = flag(False, "--random-weights", help="Run without checkpoints (noise images; for trying the pipeline).")
     device: str = flag("auto", "--device", help="auto, cpu, cuda or cuda:N.")
-    dtype: Optional[str] = flag(None, "--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU).")
+    dtype: Optional[str] = flag(None, "--dtype", help="auto, float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU; auto: bfloat16 also on CPUs with native bf16).")
+    compile: str = flag("auto", "--compile", help="Decode path: auto (CUDA graphs on GPU; on CPU the compiled step only when the job repays its compile time), on, or off (the eager reference).")
 
 
 @group

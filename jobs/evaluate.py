@@ -125,7 +125,8 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
     for name, ratio in configs:
         try:
             policy = make_policy(name, ratio=ratio)
-            engine = Engine(gpt, vq, spec, policy, device=device, max_batch=opts.max_batch)
+            engine = Engine(gpt, vq, spec, policy, device=device, max_batch=opts.max_batch,
+                            compile=opts.model.compile)
         except CacheConfigError as e:
             raise UserError(str(e)) from None
         t0 = time.perf_counter()
@@ -219,7 +220,8 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
     for name in opts.policies:
         try:
             policy = make_policy(name, ratio=None if name == "full" else opts.ratio)
-            engine = Engine(gpt, vq, spec, policy, device=device, max_batch=opts.max_batch)
+            engine = Engine(gpt, vq, spec, policy, device=device, max_batch=opts.max_batch,
+                            compile=opts.model.compile)
         except CacheConfigError as e:
             raise UserError(str(e)) from None
         t0 = time.perf_counter()

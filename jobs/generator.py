@@ -47,7 +47,7 @@ class Generator:
         self.spec = spec
         self.text = self.settings.model.load_text_encoder(device)
         policy = self.settings.cache.build(spec.prefix_len, spec.grid)
-        self.engine = Engine(gpt, vq, spec, policy, device=device, max_batch=1)
+        self.engine = Engine(gpt, vq, spec, policy, device=device, max_batch=1, compile=self.settings.model.compile)
         if self.settings.batch_size is not None:
             self.engine.max_batch = self.settings.batch_size
         else:
@@ -55,6 +55,12 @@ class Generator:
             self.engine.max_batch = self.engine.plan_packing(budget).max_sequences
         self.conditioning = Conditioning.of(spec)
         self.cache_ratio = self.settings.cache.effective_ratio(spec.prefix_len, spec.grid)
+        self.decode_path = ""  # how the last wave decoded (compile=auto says why)
+
+    @property
+    def compile_s(self) -> float:
+        """Seconds spent building compiled/captured decode steps so far (never inside a throughput)."""
+        return self.engine.compile_s
 
     def items(self, rows: Iterable[dict]) -> list[Item]:
         """The items (one per image) that `rows` ask for, with `linegen run`'s seeds."""
@@ -79,23 +85,38 @@ class Generator:
         import numpy as np
 
         from linegen.workers.engine import requests_for
+        from linegen.workers.engine.overlap import ImageDecoder
 
         items = self.items(rows)
+        self.engine.add_work(len(items))  # compile=auto weighs the whole call, not one wave
         out: list[GeneratedImage] = []
         step = self.engine.max_batch
-        for start in range(0, len(items), step):
-            wave = items[start:start + step]
-            requests, prompt_info = requests_for(wave, self.text)
-            result = self.engine.run_wave(requests)
-            images = self.engine.decode_images(result.tokens)
-            tokens = result.tokens.numpy().astype(np.int32)
+        decoder = ImageDecoder(self.engine)  # on a GPU a wave's images decode while the next wave runs
+        previous = None
+
+        def collect(wave, prompt_info, tokens, images) -> None:
             for i, it in enumerate(wave):
                 info = prompt_info[i]
-                out.append(GeneratedImage(item=it, image=images[i], tokens=tokens[i],
+                out.append(GeneratedImage(item=it, image=images.result()[i], tokens=tokens[i],
                                           prompt_tokens=None if info is None else int(info[0]),
                                           prompt_truncated=None if info is None else bool(info[1])))
             if progress is not None:
                 progress(len(out), len(items))
+
+        try:
+            for start in range(0, len(items), step):
+                wave = items[start:start + step]
+                requests, prompt_info = requests_for(wave, self.text)
+                result = self.engine.run_wave(requests)
+                self.decode_path = result.stats.compile_decision
+                current = (wave, prompt_info, result.tokens.numpy().astype(np.int32), decoder.submit(result.tokens))
+                if previous is not None:
+                    collect(*previous)
+                previous = current
+            if previous is not None:
+                collect(*previous)
+        finally:
+            decoder.close()
         return out
 
     def __call__(self, batch) -> dict[str, list]:

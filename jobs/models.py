@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 from linegen.jobs.errors import UserError
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+COMPILE = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,8 @@ class ModelChoice:
     vq_checkpoint: str | None = None
     random_weights: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str | None = None  # None: bfloat16 on GPU, float32 on CPU
+    dtype: str | None = None  # None: bfloat16 on GPU, float32 on CPU; auto: bf16 wherever native (workers/models/precision.py)
+    compile: str = "auto"  # auto | on | off: the decode path (workers/engine/compile_choice.py); never changes an image's identity
     s3_endpoint_url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
     random_seed: int = 0
     text_encoder: str | None = None  # t2i: T5 folder (Hugging Face layout), local path or s3:// prefix
@@ -41,6 +43,8 @@ class ModelChoice:
         spec = self.spec()
         if self.dtype is not None and self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.compile not in COMPILE:
+            raise UserError(f"--compile must be one of {', '.join(COMPILE)}, got {self.compile!r}")
         self._check_text_encoder(spec)
         if spec.random_by_design and self.checkpoint is None:
             return
@@ -90,8 +94,9 @@ class ModelChoice:
     def resolve_dtype(self, device: str):
         import torch
 
-        name = self.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-        return getattr(torch, name)
+        from linegen.workers.models.precision import resolve_dtype_name
+
+        return getattr(torch, resolve_dtype_name(self.dtype, device))
 
     def load(self):
         """-> (spec, gpt, vq, device) with weights on the device."""

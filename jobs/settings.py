@@ -28,6 +28,7 @@ class Settings:
     def from_flags(cls, *, model: str | None = None, checkpoint: str | None = None,
                    vq_checkpoint: str | None = None, text_encoder: str | None = None,
                    random_weights: bool = False, device: str = "auto", dtype: str | None = None,
+                   compile: str = "auto",
                    cache: str | None = None, cache_ratio: str | float | None = None, cache_lines: int | None = None,
                    cache_options: Mapping[str, Any] | Sequence[str] | None = None, seed: int = 0,
                    cfg_scale: float | None = None, top_k: int | None = None, top_p: float | None = None,
@@ -59,7 +60,7 @@ class Settings:
                 raise UserError(f"{config.path}: [models] {name}: {e}") from None
         cache = cache or "full"
         choice = ModelChoice(name=name, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint,
-                             random_weights=random_weights, device=device, dtype=dtype,
+                             random_weights=random_weights, device=device, dtype=dtype, compile=compile,
                              s3_endpoint_url=s3_endpoint_url, text_encoder=text_encoder)
         try:
             sampling = choice.spec().sampling(cfg_scale=cfg_scale, top_k=top_k, temperature=temperature, top_p=top_p)

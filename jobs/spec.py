@@ -135,7 +135,7 @@ class JobSpec:
                 mine, theirs = _where(mine), _where(theirs)
             if dataclasses.is_dataclass(mine):
                 for f in dataclasses.fields(mine):
-                    if f.name == "s3_endpoint_url":
+                    if f.name in ("s3_endpoint_url", "compile"):  # neither changes an image
                         continue
                     a, b = getattr(mine, f.name), getattr(theirs, f.name)
                     if f.name in ("checkpoint", "vq_checkpoint", "text_encoder"):

@@ -92,6 +92,8 @@ STATS_SCHEMA = pa.schema([
     ("kv_cache_bytes", pa.int64()),
     ("peak_memory_bytes", pa.int64()),
     ("prompts_truncated", pa.int64()),
+    ("compile_s", pa.float64()),  # building compiled decode steps (this shard's share), not in wall_s
+    ("decode_path", pa.string()),  # "eager" or the compiled step's backend (inductor, cuda_graph)
     ("started_at", _TIMESTAMP),
     ("finished_at", _TIMESTAMP),
 ])

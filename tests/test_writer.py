@@ -51,7 +51,8 @@ def stats_row(**overrides: Any) -> dict[str, Any]:
         "device": "cpu", "model": "tiny", "cache_policy": "linear", "cache_ratio": 0.25,
         "batch_size": 4, "images": 4, "tokens": 16, "wall_s": 0.5, "tokens_per_s": 32.0,
         "images_per_s": 8.0, "kv_cache_bytes": 1024, "peak_memory_bytes": 4096,
-        "prompts_truncated": 0, "started_at": 1_700_000_000.25, "finished_at": 1_700_000_000.75,
+        "prompts_truncated": 0, "compile_s": 0.0, "decode_path": "eager",
+        "started_at": 1_700_000_000.25, "finished_at": 1_700_000_000.75,
     }
     row.update(overrides)
     return row
@@ -226,7 +227,8 @@ def test_stats_table_types_and_round_trip(tmp_path: Path) -> None:
     assert back.schema.names == [
         "job_id", "shard_id", "attempt", "worker", "node", "device", "model", "cache_policy",
         "cache_ratio", "batch_size", "images", "tokens", "wall_s", "tokens_per_s", "images_per_s",
-        "kv_cache_bytes", "peak_memory_bytes", "prompts_truncated", "started_at", "finished_at"]
+        "kv_cache_bytes", "peak_memory_bytes", "prompts_truncated", "compile_s", "decode_path",
+        "started_at", "finished_at"]
     types = {f.name: f.type for f in back.schema}
     assert types["attempt"] == pa.int32()
     assert types["cache_ratio"] == types["wall_s"] == pa.float64()

@@ -3,6 +3,8 @@
 It loads the model once, then keeps the engine busy: shards queue up inside the actor, waves are
 filled with items across shard boundaries, and a finished shard is handed to the sink (PNG,
 Parquet, upload, commit marker) on a separate thread while the engine decodes the next wave.
+On a GPU a wave's images are VQ-decoded on a side stream (workers/engine/overlap.py) while the
+next wave decodes; the wave is finished (images handed to its shards) after that next wave.
 The actor knows nothing about storage or the job: the driver passes in objects it only calls —
 `model.load()`, `cache.build(prefix, grid)`, `sink.is_committed(id)` / `sink.commit(...)`.
 """
@@ -57,10 +59,14 @@ class GenerationActor:
         self.text = model.load_text_encoder(device)  # None for class-conditional models
         self.model_name = self.spec.name
         policy = cache.build(self.spec.prefix_len, self.spec.grid)
-        self.engine = Engine(gpt, vq, self.spec, policy, device=device, max_batch=1)
+        self.engine = Engine(gpt, vq, self.spec, policy, device=device, max_batch=1,
+                             compile=getattr(model, "compile", "off"))
         budget = parse_bytes(memory_budget) if memory_budget else None
         self.packing = self.engine.plan_packing(budget)
         self.engine.max_batch = batch_size or self.packing.max_sequences
+        from linegen.workers.engine.overlap import ImageDecoder
+
+        self.images = ImageDecoder(self.engine)
         self.worker = worker_name
         self.node = socket.gethostname()
         self.device_name = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu"
@@ -80,6 +86,7 @@ class GenerationActor:
                 "text_encoder": self.text.stats() if self.text is not None else None}
 
     def submit(self, shard, attempt: int) -> None:
+        self.engine.add_work(len(shard.items))  # compile=auto weighs the work queued
         self.inbox.put((shard, attempt))
 
     def next_outcome(self, timeout: float = 30.0) -> ShardOutcome | None:
@@ -123,43 +130,69 @@ class GenerationActor:
         from linegen.workers.engine import requests_for
 
         pending: list[_Pending] = []
+        in_flight = None  # a decoded wave whose images are still being decoded (GPU only)
         while not self._stop:
             wave = self._take_wave(pending)
             if not wave:
+                if in_flight is not None:
+                    self._finish_wave(pending, *in_flight)
+                    in_flight = None
                 continue
             started = time.time()
             try:
                 requests, prompt_info = requests_for([it for _, it in wave], self.text)
                 result = self.engine.run_wave(requests)
-                images = self.engine.decode_images(result.tokens)
+                images = self.images.submit(result.tokens)
             except Exception as e:  # a shard that cannot be generated fails, the actor goes on
-                failed = {id(p) for p, _ in wave}
-                for p in [p for p in pending if id(p) in failed]:
-                    pending.remove(p)
-                    self.outbox.put(ShardOutcome(p.shard.shard_id, p.attempt, "failed", error=_one_line(e),
-                                                 worker=self.worker))
+                self._fail_wave(pending, wave, e)
                 continue
-            finished = time.time()
-            tokens = result.tokens.numpy().astype(np.int32)
-            start = 0
-            for p in _unique(p for p, _ in wave):
-                n = sum(1 for q, _ in wave if q is p)
-                p.tokens.append(tokens[start:start + n])
-                p.images.append(images[start:start + n])
-                p.prompt_info += prompt_info[start:start + n]
-                truncated = sum(1 for x in prompt_info[start:start + n] if x is not None and x[1])
-                p.stats.append(self._stats_row(p, result.stats, n, len(wave), started, finished, truncated))
-                start += n
-            for p in [p for p in pending if p.done() == len(p.shard.items)]:
-                pending.remove(p)
-                self.commits.put(p)
+            finished = time.time()  # the decode; images of a GPU wave are decoded during the next one
+            if in_flight is not None:
+                self._finish_wave(pending, *in_flight)
+                in_flight = None
+            current = (wave, result, prompt_info, images, started, finished)
+            if images.done():
+                self._finish_wave(pending, *current)
+            else:
+                in_flight = current
+
+    def _fail_wave(self, pending: list[_Pending], wave: list, error: BaseException) -> None:
+        failed = {id(p) for p, _ in wave}
+        for p in [p for p in pending if id(p) in failed]:
+            pending.remove(p)
+            self.outbox.put(ShardOutcome(p.shard.shard_id, p.attempt, "failed", error=_one_line(error),
+                                         worker=self.worker))
+
+    def _finish_wave(self, pending: list[_Pending], wave: list, result, prompt_info: list, images,
+                     started: float, finished: float) -> None:
+        try:
+            images = images.result()
+        except Exception as e:
+            self._fail_wave(pending, wave, e)
+            return
+        tokens = result.tokens.numpy().astype(np.int32)
+        start = 0
+        for p in _unique(p for p, _ in wave):
+            if not any(q is p for q in pending):  # failed meanwhile (a later wave of the same shard)
+                start += sum(1 for q, _ in wave if q is p)
+                continue
+            n = sum(1 for q, _ in wave if q is p)
+            p.tokens.append(tokens[start:start + n])
+            p.images.append(images[start:start + n])
+            p.prompt_info += prompt_info[start:start + n]
+            truncated = sum(1 for x in prompt_info[start:start + n] if x is not None and x[1])
+            p.stats.append(self._stats_row(p, result.stats, n, len(wave), started, finished, truncated))
+            start += n
+        for p in [p for p in pending if p.done() == len(p.shard.items)]:
+            pending.remove(p)
+            self.commits.put(p)
 
     def _stats_row(self, p: _Pending, s, n: int, batch: int, started: float, finished: float,
                    truncated: int) -> dict:
         # A wave shared by two shards is split by item count, so summing wall_s over shards
         # gives device time once (cost accounting relies on it).
         share = n / batch
-        wall = (finished - started) * share
+        wall = max(0.0, finished - started - s.compile_s) * share  # compile time is reported apart
         return {"job_id": getattr(self.sink, "job_id", ""), "shard_id": p.shard.shard_id, "attempt": p.attempt,
                 "worker": self.worker, "node": self.node, "device": self.device_name, "model": self.model_name,
                 "cache_policy": self.engine.policy.name,
@@ -168,6 +201,7 @@ class GenerationActor:
                 "tokens_per_s": n * self.spec.num_tokens / wall if wall > 0 else 0.0,
                 "images_per_s": n / wall if wall > 0 else 0.0, "kv_cache_bytes": s.kv_cache_bytes,
                 "peak_memory_bytes": s.peak_memory_bytes, "prompts_truncated": truncated,
+                "compile_s": s.compile_s * share, "decode_path": s.path,
                 "started_at": started, "finished_at": finished}
 
     # -- the commit thread ------------------------------------------------------------------

@@ -59,6 +59,7 @@ class KVCache:
                               for _ in range(n_layer)]
             self.state = [{name: torch.zeros(rows, n_head, vcap, dtype=torch.float32, device=device)
                            for name in policy.state_names} for _ in range(n_layer)]
+        self._placed = (0, 0)  # (visual entries whose positions are recorded, visual tokens they cover)
         self.compaction_s = 0.0
 
     # -- accounting -------------------------------------------------------------------------
@@ -111,17 +112,28 @@ class KVCache:
         self.length += s
         if was_prefix:
             return
-        if self.positions is not None:
-            for pos in self.positions:
-                vl = self.visual_length()
-                pos[:, :, vl - s:vl] = torch.arange(self.visual_seen, self.visual_seen + s, device=pos.device)
         self.visual_seen += s
         if self.visual_seen % self.layout.width == 0:
             self.end_line(self.visual_seen // self.layout.width - 1)
 
+    def _place_positions(self) -> None:
+        """Record the original visual index of the entries appended since the last line boundary.
+
+        Done once per line rather than per step: positions are only read when a line is scored, and
+        a per-step write would add a small kernel per layer to every decode step.
+        """
+        start, seen = self._placed
+        vl = self.visual_length()
+        if vl > start:
+            index = torch.arange(seen, seen + vl - start, device=self.positions[0].device)
+            for pos in self.positions:
+                pos[:, :, start:vl] = index
+        self._placed = (vl, self.visual_seen)
+
     def end_line(self, line: int) -> None:
         if not self.compresses:
             return
+        self._place_positions()
         need_scores = self.visual_length() > self.budget
         if not need_scores and not any(self.state):  # H2O accumulates scores even before the first eviction
             return
@@ -172,3 +184,4 @@ class KVCache:
                 t[:, :, self.budget:] = 0
         if layer == len(self.k) - 1:
             self.length = p + self.budget
+            self._placed = (self.budget, self.visual_seen)

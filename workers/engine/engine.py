@@ -1,10 +1,15 @@
 """The batched decoding engine: prefill the condition, then one token per step for every row.
 
 Items are decoded in waves: every item has exactly N tokens, so items admitted together finish
-together and all rows of a wave share one cache length (no per-row masks, no padding). A caller
-that keeps feeding waves (workers/actor.py) keeps the slots full across shard boundaries.
-With guidance, a wave holds 2n rows: n conditional rows, then their n null-condition partners;
-the token sampled from the guided logits of item i feeds both of its rows.
+together and all rows of a wave share one cache length. A caller that keeps feeding waves
+(workers/actor.py) keeps the slots full across shard boundaries. With guidance, a wave holds 2n
+rows: n conditional rows, then their n null-condition partners; the token sampled from the guided
+logits of item i feeds both of its rows.
+
+Two decode paths (`compile`, workers/engine/compile_choice.py): the eager reference below (a new
+cache per wave, attention over exactly the filled entries; bit-exact, and the only path for
+teacher forcing and logit hooks), and the static path (static_wave.py: one compiled or captured
+step over preallocated buffers, reused by every wave).
 """
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ from torch import Tensor
 
 from linegen.workers.cache import CachePolicy, Layout
 from linegen.workers.cache.kv import KVCache, cache_bytes_per_row
+from linegen.workers.engine.compile_choice import ENGINE_MODES, Decision, decide
 from linegen.workers.engine.sampling import BatchSampling, SamplingParams, guide, sample
+from linegen.workers.engine.static_wave import StaticDecoder
 from linegen.workers.models.config import ModelSpec
 from linegen.workers.models.gpt import GPT
 
@@ -55,6 +62,10 @@ class WaveStats:
     compaction_s: float
     kv_cache_bytes: int
     peak_memory_bytes: int
+    compile_s: float = 0.0  # building compiled/captured steps before this wave; never inside decode_s
+    path: str = "eager"  # "eager" (the reference path) or the static step's backend
+    padded_batch: int = 0  # the bucket the static path ran this wave at (0 on the eager path)
+    compile_decision: str = ""
 
 
 @dataclass
@@ -74,7 +85,7 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 class Engine:
     def __init__(self, gpt: GPT, vq: torch.nn.Module | None, spec: ModelSpec, policy: CachePolicy,
-                 device: torch.device | str = "cpu", max_batch: int = 8):
+                 device: torch.device | str = "cpu", max_batch: int = 8, compile: str = "off"):
         self.gpt, self.vq, self.spec, self.policy = gpt, vq, spec, policy
         self.device = torch.device(device)
         self.dtype = next(gpt.parameters()).dtype
@@ -82,8 +93,46 @@ class Engine:
         policy.check(self.layout)
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if compile not in ENGINE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(ENGINE_MODES)}, got {compile!r}")
         self.max_batch = max_batch
+        self.compile = compile
         self.decode_chunk = 8  # images per VQ decoder call; bounds the decoder's activation memory
+        self._static: dict[str, StaticDecoder] = {}  # by backend
+        self.work_items = 0  # items the caller said it will decode (compile=auto weighs them)
+        self.items_done = 0
+        self._auto_failed: str | None = None  # why compile=auto gave up on the static path
+
+    def add_work(self, items: int) -> None:
+        """Declare `items` more items to decode with this engine (a job's size, a new shard)."""
+        self.work_items += items
+
+    def decision(self, requests: list[GenRequest]) -> Decision:
+        """Which path a wave of `requests` takes now (workers/engine/compile_choice.py)."""
+        if self.compile == "auto" and self._auto_failed is not None:
+            return Decision(None, self._auto_failed)
+        native = "cuda_graph" if self.device.type == "cuda" else "inductor"
+        backend = "static" if self.compile == "static" else native
+        missing = self._decoder(backend).missing(requests) if self.compile != "off" else 0
+        rows_per_item = 2 if any(r.sampling.cfg_scale > 1 for r in requests) else 1
+        remaining = max(len(requests), self.work_items - self.items_done)
+        return decide(self.compile, self.device.type, self.spec, str(self.dtype).removeprefix("torch."),
+                      remaining * rows_per_item * self.spec.num_tokens, shapes_to_build=missing)
+
+    def _decoder(self, backend: str) -> StaticDecoder:
+        if backend not in self._static:
+            self._static[backend] = StaticDecoder(self, backend)
+        return self._static[backend]
+
+    def release(self) -> None:
+        """Free the static path's buffers and graphs (a later wave rebuilds them: inductor reuses
+        its compiled code, CUDA graphs are captured again). Lets a benchmark keep many engines."""
+        self._static.clear()
+
+    @property
+    def compile_s(self) -> float:
+        """Seconds spent so far building compiled/captured steps, over all waves."""
+        return sum(d.graphs.build_s for d in self._static.values())
 
     # -- accounting -------------------------------------------------------------------------
     def cache_bytes_per_sequence(self, guided: bool = True) -> int:
@@ -142,6 +191,29 @@ class Engine:
         n = len(requests)
         if not 1 <= n <= self.max_batch:
             raise ValueError(f"a wave holds 1..{self.max_batch} items, got {n}")
+        if forced is None and on_logits is None:
+            decision = self.decision(requests)
+            reason = decision.reason
+            if decision.backend is not None:
+                try:
+                    result = self._decoder(decision.backend).run(requests, decision.reason)
+                    self.items_done += n
+                    return result
+                except Exception as e:  # e.g. no C++ compiler for inductor: auto keeps the job going
+                    if self.compile != "auto":
+                        raise
+                    self._static.pop(decision.backend, None)
+                    self._auto_failed = reason = f"auto: the static path failed ({type(e).__name__}: {e}); eager from now on"
+        else:
+            reason = "eager: teacher forcing and logit hooks need the reference path"
+        result = self._run_reference(requests, forced, on_logits)
+        result.stats.compile_decision = reason
+        self.items_done += n
+        return result
+
+    def _run_reference(self, requests: list[GenRequest], forced: Tensor | None,
+                       on_logits: Callable[[int, Tensor], None] | None) -> WaveResult:
+        n = len(requests)
         t0 = time.perf_counter()
         N, C, gpt = self.spec.num_tokens, self.layout.prefix, self.gpt
         guided = any(r.sampling.cfg_scale > 1 for r in requests)
@@ -181,7 +253,7 @@ class Engine:
             raise RuntimeError("this engine has no VQ decoder")
         out = []
         for i in range(0, tokens.shape[0], self.decode_chunk):
-            t = tokens[i:i + self.decode_chunk].to(self.device)
+            t = tokens[i:i + self.decode_chunk].to(self.device, non_blocking=True)  # async when pinned
             out.append(np.asarray(to_uint8(self.vq.decode_code(t, self.spec.grid).float().cpu())))
         return np.concatenate(out)
 
