@@ -16,7 +16,7 @@ from linegen.workers.models.gpt import GPT
 from linegen.workers.models.loading import init_random
 from linegen.workers.models.registry import TINY_VQ
 
-POLICIES = ["linear", "streaming", "h2o", "snapkv"]
+POLICIES = ["linear", "streaming", "h2o", "snapkv", "rkv"]
 # 24x24 tokens like LlamaGen-384 (N = 576, w = 24), with a tiny GPT so decoding is quick on a CPU
 SPEC24 = ModelSpec(name="tiny24", gpt=GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=256), image_size=96, vq=TINY_VQ)
 SPEC8 = ModelSpec(name="tiny8", gpt=GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=256), image_size=32, vq=TINY_VQ)
