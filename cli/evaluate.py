@@ -27,7 +27,7 @@ def _split(text: str) -> tuple[str, ...]:
 @app.command("eval")
 @handle_errors
 def eval_command(
-    policies: str = typer.Option("full,linear,streaming,h2o,snapkv", "--policies", help="Comma-separated cache policies (full is always run: it is the reference)."),
+    policies: str = typer.Option("full,linear,linear/paper,streaming,h2o,snapkv,rkv", "--policies", help="Comma-separated cache policies, or POLICY/PRESET for a named option set (linear/paper: LineAR as specified); full is always run: it is the reference."),
     ratios: str = typer.Option("1/4,1/6,1/8", "--ratios", help="Comma-separated cache ratios for the compressing policies."),
     samples: int = typer.Option(500, "--samples", help="Generated images per policy and ratio (classes in turn, same seeds for every policy)."),
     fidelity_samples: int = typer.Option(64, "--fidelity-samples", help="Teacher-forced fidelity (KL, top-1) on the first K samples (0: skip)."),

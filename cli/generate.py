@@ -38,7 +38,7 @@ def generate_command(
     as_json: bool = options.Json,
 ) -> None:
     """Generate --count images for each --class-id with one model, into --out."""
-    from linegen.jobs.cache_choice import CacheChoice
+    from linegen.jobs.cache_choice import resolve_cache
     from linegen.jobs.generate import GenerateOptions, check_options, generate_to_folder, load_engine
     from linegen.jobs.models import ModelChoice
     from linegen.workers.models.registry import DEFAULT_MODEL
@@ -52,7 +52,7 @@ def generate_command(
     except ValueError as e:
         fail(str(e))
     opts = GenerateOptions(model=choice, class_ids=tuple(class_id), count=count, out=out, seed=seed,
-                           sampling=sampling, cache=CacheChoice.from_flags(cache, cache_ratio, cache_lines, cache_option),
+                           sampling=sampling, cache=resolve_cache(cache, cache_ratio, cache_lines, cache_option, spec).choice,
                            batch_size=batch_size)
     check_options(opts)
     engine = load_engine(opts)

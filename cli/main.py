@@ -13,6 +13,6 @@ app = typer.Typer(
     add_completion=False,
 )
 
-from linegen.cli import bench, cost, evaluate, generate, models, monitor, remote, run  # noqa: E402  (each module registers its commands on `app`)
+from linegen.cli import bench, cost, evaluate, generate, models, monitor, remote, run, tune  # noqa: E402  (each module registers its commands on `app`)
 
-__all__ = ["app", "bench", "cost", "evaluate", "generate", "models", "monitor", "remote", "run"]
+__all__ = ["app", "bench", "cost", "evaluate", "generate", "models", "monitor", "remote", "run", "tune"]

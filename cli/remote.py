@@ -54,7 +54,7 @@ def submit_command(
     vq_checkpoint: Optional[str] = options.VQCheckpoint,
     text_encoder: Optional[str] = options.TextEncoder,
     random_weights: bool = options.RandomWeights,
-    cache: str = options.Cache,
+    cache: Optional[str] = options.JobCache,
     cache_ratio: Optional[str] = options.CacheRatio,
     cache_lines: Optional[int] = options.CacheLines,
     cache_option: Optional[List[str]] = options.CacheOption,
@@ -87,7 +87,7 @@ def submit_command(
         text_encoder = configured.text_encoder
     spec = build_spec(manifest, ctx.out, job_id, model, checkpoint, vq_checkpoint, random_weights, cache, cache_ratio,
                       cache_lines, cache_option, shard_size, workers, batch_size, memory_budget, seed, cfg_scale,
-                      top_k, top_p, temperature, device, dtype, ctx.s3_endpoint_url, text_encoder)
+                      top_k, top_p, temperature, device, dtype, ctx.s3_endpoint_url, text_encoder, configured=configured)
     result = submit(ctx, spec, at=at, after=after, ship_code=not no_ship_code, driver_cpus=driver_cpus)
     if as_json:
         _echo_json(result)

@@ -12,13 +12,17 @@ from linegen.cli.main import app
 
 
 def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[str], checkpoint: Optional[str],
-               vq_checkpoint: Optional[str], random_weights: bool, cache: str, cache_ratio: Optional[str],
+               vq_checkpoint: Optional[str], random_weights: bool, cache: Optional[str], cache_ratio: Optional[str],
                cache_lines: Optional[int], cache_option: Optional[List[str]], shard_size: int, workers: Optional[int], batch_size: Optional[int],
                memory_budget: Optional[str], seed: int, cfg_scale: Optional[float], top_k: Optional[int],
                top_p: float, temperature: Optional[float], device: str, dtype: Optional[str],
-               s3_endpoint_url: Optional[str], text_encoder: Optional[str] = None):
-    """The JobSpec a `run`/`submit` command line describes (shared so both spell it the same)."""
-    from linegen.jobs.cache_choice import CacheChoice
+               s3_endpoint_url: Optional[str], text_encoder: Optional[str] = None, configured=None):
+    """The JobSpec a `run`/`submit` command line describes (shared so both spell it the same).
+
+    `configured`: the model's config-file entry (cluster.config.ModelConfig) or None; its cache
+    setting applies when no --cache is given (jobs.cache_choice.resolve_cache).
+    """
+    from linegen.jobs.cache_choice import resolve_cache
     from linegen.jobs.models import ModelChoice
     from linegen.jobs.spec import JobSpec, check_job_id, new_job_id
     from linegen.workers.models.registry import DEFAULT_MODEL
@@ -43,7 +47,8 @@ def build_spec(manifest: str, out: str, job_id: Optional[str], model: Optional[s
         except ValueError as e:
             fail(str(e))
     return JobSpec(job_id=check_job_id(job_id) if job_id else new_job_id(), manifest=manifest, out=out,
-                   model=choice, cache=CacheChoice.from_flags(cache, cache_ratio, cache_lines, cache_option), sampling=sampling, seed=seed,
+                   model=choice, cache=resolve_cache(cache, cache_ratio, cache_lines, cache_option, spec_model, configured).choice,
+                   sampling=sampling, seed=seed,
                    shard_size=shard_size, workers=workers, batch_size=batch_size, memory_budget=memory_budget,
                    s3_endpoint_url=s3_endpoint_url)
 
@@ -59,10 +64,11 @@ def run_command(
     vq_checkpoint: Optional[str] = options.VQCheckpoint,
     text_encoder: Optional[str] = options.TextEncoder,
     random_weights: bool = options.RandomWeights,
-    cache: str = options.Cache,
+    cache: Optional[str] = options.JobCache,
     cache_ratio: Optional[str] = options.CacheRatio,
     cache_lines: Optional[int] = options.CacheLines,
     cache_option: Optional[List[str]] = options.CacheOption,
+    config: Optional[str] = options.Config,
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard (the unit of commit and resume)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Model-holding actors (default: one per GPU, or 1 on CPU)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images decoded together (default: as many as fit --memory-budget)."),
@@ -81,9 +87,14 @@ def run_command(
     from linegen.jobs.driver import prepare_job
     from linegen.jobs.run import run_embedded
 
+    configured = configured_model(config, model)
+    if configured is not None and checkpoint is None and not random_weights:  # as `submit` applies it
+        checkpoint, vq_checkpoint = configured.checkpoint, vq_checkpoint or configured.vq_checkpoint
+    if configured is not None and text_encoder is None:
+        text_encoder = configured.text_encoder
     spec = build_spec(manifest, out, job_id, model, checkpoint, vq_checkpoint, random_weights, cache, cache_ratio,
                       cache_lines, cache_option, shard_size, workers, batch_size, memory_budget, seed, cfg_scale, top_k, top_p,
-                      temperature, device, dtype, s3_endpoint_url, text_encoder)
+                      temperature, device, dtype, s3_endpoint_url, text_encoder, configured=configured)
     prepared = prepare_job(spec)  # the whole manifest and every setting, before anything is shown
     if as_json:
         summary = run_embedded(spec, prepared=prepared)
@@ -94,6 +105,7 @@ def run_command(
 
     console = Console(stderr=True)
     console.print(f"job [bold]{spec.job_id}[/bold] -> {spec.out}/{spec.job_id}")
+    console.print(f"cache {describe_cache(spec.cache)}", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("images", total=None, rate="")
@@ -106,6 +118,26 @@ def run_command(
     from linegen.cli.render import summary_table
 
     Console().print(summary_table(summary))
+
+
+def configured_model(config: Optional[str], model: Optional[str]):
+    """The config file's [models] entry for the model (None without one); a broken file is an error."""
+    from linegen.cluster.config import ConfigError, load_config
+    from linegen.workers.models.registry import DEFAULT_MODEL
+
+    try:
+        return load_config(config).models.get(model or DEFAULT_MODEL)
+    except ConfigError as e:
+        fail(str(e))
+
+
+def describe_cache(cache) -> str:
+    """'linear 1/6 (anchor_lines=1, ...)' for a progress line."""
+    if cache.policy == "full":
+        return "full"
+    budget = cache.ratio or (f"{cache.lines} lines" if cache.lines else None) or "1/6"
+    opts = ", ".join(f"{k}={v}" for k, v in cache.options.items())
+    return f"{cache.policy} {budget}" + (f" ({opts})" if opts else "")
 
 
 @app.command("validate")

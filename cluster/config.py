@@ -21,6 +21,7 @@ file is an empty config; a missing file that was named explicitly is an error.
 
     [models]
     c2i-xl = { checkpoint = "s3://bucket/c2i_XL_384.pt", vq_checkpoint = "s3://bucket/vq_ds16_c2i.pt" }
+    linegen-shapes-c2i = { cache = "linear", cache_ratio = "1/6", cache_options = { anchor_lines = 1 } }
     llamagen-t2i-xl-256 = { checkpoint = "s3://bucket/t2i_XL_stage1_256.pt", vq_checkpoint = "s3://bucket/vq_ds16_t2i.pt",
                             text_encoder = "s3://bucket/flan-t5-xl/" }
 
@@ -68,6 +69,10 @@ class ModelConfig:
     checkpoint: str | None = None
     vq_checkpoint: str | None = None
     text_encoder: str | None = None  # t2i models: a T5 folder (Hugging Face layout)
+    # The cache setting `run`/`submit` use when no --cache flag is given (`linegen tune` writes it).
+    cache: str | None = None
+    cache_ratio: str | None = None
+    cache_options: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -226,10 +231,20 @@ def _model(r: _Reader, name: str, spec: Any) -> ModelConfig:
     ckpt = options.pop("checkpoint", None)
     vq = options.pop("vq_checkpoint", None)
     text = options.pop("text_encoder", None)
-    for key, value in (("checkpoint", ckpt), ("vq_checkpoint", vq), ("text_encoder", text)):
+    cache = options.pop("cache", None)
+    ratio = options.pop("cache_ratio", None)
+    cache_options = options.pop("cache_options", {})
+    for key, value in (("checkpoint", ckpt), ("vq_checkpoint", vq), ("text_encoder", text), ("cache", cache)):
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise r.error(f"[models] {name}.{key} must be a non-empty string", "models", name)
-    return ModelConfig(name=name, checkpoint=ckpt, vq_checkpoint=vq, text_encoder=text, options=options)
+    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
+        ratio = str(ratio)
+    if ratio is not None and (not isinstance(ratio, str) or not ratio.strip()):
+        raise r.error(f"[models] {name}.cache_ratio must be a ratio like \"1/6\" or 0.25", "models", name)
+    if not isinstance(cache_options, dict):
+        raise r.error(f"[models] {name}.cache_options must be a table, e.g. {{ anchors = 24 }}", "models", name)
+    return ModelConfig(name=name, checkpoint=ckpt, vq_checkpoint=vq, text_encoder=text, cache=cache,
+                       cache_ratio=ratio, cache_options=dict(cache_options), options=options)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

@@ -73,7 +73,7 @@ def _drive(gpt, spec, policy, rows_labels, tokens, observe):
 
 def test_linear_invariants_on_24x24_at_one_sixth(gpt24):
     spec, w = SPEC24, SPEC24.grid
-    policy = make_policy("linear", ratio="1/6")
+    policy = make_policy("linear", ratio="1/6", preset="paper")
     layout = Layout(spec.prefix_len, spec.grid)
     B = policy.budget(layout)
     assert B == 96 and policy.visual_capacity(layout) == B + w
@@ -166,8 +166,8 @@ def test_bad_ratios_are_clear_errors(bad):
 
 
 def test_budget_smaller_than_protected_set_is_an_error(gpt24):
-    policy = make_policy("linear", lines=1)  # 24 tokens < 4 anchors + 1 line
-    with pytest.raises(CacheConfigError, match="smaller than the 28 tokens"):
+    policy = make_policy("streaming", lines=1, sinks=30)  # 24 tokens < 30 sinks
+    with pytest.raises(CacheConfigError, match="smaller than the 30 tokens"):
         Engine(gpt24, None, SPEC24, policy)
     with pytest.raises(CacheConfigError, match="unknown cache policy"):
         make_policy("lru")

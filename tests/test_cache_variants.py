@@ -132,6 +132,17 @@ def test_rkv_keeps_its_window_and_budget(gpt24, forced):
         Engine(gpt24, None, SPEC24, make_policy("rkv", ratio="1/6", window=30))
 
 
+def test_linear_keeps_what_fits_when_the_budget_is_below_its_protected_set():
+    layout = Layout(SPEC24.prefix_len, SPEC24.grid)
+    two_lines = make_policy("linear", lines=2, preset="paper", anchor_lines=1, recent_lines=2)
+    assert (two_lines.recent_tokens(layout), two_lines.anchor_tokens(layout)) == (48, 0)
+    three = make_policy("linear", lines=3, preset="paper", anchor_lines=1, recent_lines=2)
+    assert (three.recent_tokens(layout), three.anchor_tokens(layout)) == (48, 24)
+    tiny = make_policy("linear", lines=1, preset="paper")  # 24 tokens: the last line, no anchors
+    assert (tiny.recent_tokens(layout), tiny.anchor_tokens(layout)) == (24, 0)
+    tiny.check(layout)
+
+
 @pytest.mark.parametrize("bad, match", [({"decay": 1.5}, "decay"), ({"shift_prior": -1}, "shift_prior"),
                                         ({"cfg_rank": "mean"}, "cfg_rank"), ({"anchor_lines": -1}, ">= 0")])
 def test_bad_linear_switches_are_clear_errors(bad, match):

@@ -34,9 +34,12 @@ class LineARCache(BudgetedPolicy):
     name = "linear"
     needs_queries = True
 
+    # Defaults: the best setting of the sweep on the built-in model (benchmarks/RESULTS.md): the
+    # whole first line as anchors, 2 recent lines, every line's attention since a token was
+    # written, one selection per CFG pair. `preset=paper` is the method as specified.
     def __init__(self, ratio: float | None = None, lines: int | None = None, *, anchors: int = 4,
-                 anchor_lines: int = 0, recent_lines: int = 1, aggregate: str = "sum", pool_1d: int = 0,
-                 pool_2d: int = 0, decay: float = 0.0, shift_prior: float = 0.0, cfg_shared: bool = False,
+                 anchor_lines: int = 1, recent_lines: int = 2, aggregate: str = "sum", pool_1d: int = 0,
+                 pool_2d: int = 0, decay: float = 1.0, shift_prior: float = 0.0, cfg_shared: bool = True,
                  cfg_rank: str = "cond"):
         super().__init__(ratio, lines)
         if anchors < 0 or anchor_lines < 0 or recent_lines < 0:
@@ -61,11 +64,17 @@ class LineARCache(BudgetedPolicy):
         # Only an accumulating LineAR keeps per-entry state (and so scores before its first eviction).
         self.state_names = ("acc",) if self.decay > 0 else ()
 
+    # A budget too small for the whole protected set keeps what fits, recent lines first (the
+    # local context every head attends to), then anchors; the mid region is what remains.
+    def recent_tokens(self, layout: Layout) -> int:
+        return min(self.recent_lines * layout.width, self.budget(layout))
+
     def anchor_tokens(self, layout: Layout) -> int:
-        return max(self.anchors, self.anchor_lines * layout.width)
+        return min(max(self.anchors, self.anchor_lines * layout.width),
+                   self.budget(layout) - self.recent_tokens(layout))
 
     def protected_tokens(self, layout: Layout) -> int:
-        return self.anchor_tokens(layout) + self.recent_lines * layout.width
+        return self.anchor_tokens(layout) + self.recent_tokens(layout)
 
     def score(self, ctx: LineContext) -> Tensor:
         attn = ctx.visual_attention()
@@ -83,8 +92,9 @@ class LineARCache(BudgetedPolicy):
         scores = ctx.pool_2d(scores, self.pool_2d)
         if self.cfg_shared and self.cfg_rank == "sum":
             scores = ctx.pair_sum(scores)  # the cache then copies the conditional rows' choice
-        first_recent = (ctx.line - self.recent_lines + 1) * ctx.layout.width
-        keep = (ctx.positions < self.anchor_tokens(ctx.layout)) | (ctx.positions >= first_recent)
+        newest = (ctx.line + 1) * ctx.layout.width  # visual tokens consumed so far
+        keep = ((ctx.positions < self.anchor_tokens(ctx.layout))
+                | (ctx.positions >= newest - self.recent_tokens(ctx.layout)))
         return ctx.protect(scores, keep)
 
     def describe(self) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from linegen.workers.models.config import GPTConfig, ModelSpec, SamplingParams, VQ16, VQConfig, gpt_config
+from linegen.workers.models.config import CacheSetting, GPTConfig, ModelSpec, SamplingParams, VQ16, VQConfig, gpt_config
 
 
 class UnknownModel(KeyError):
@@ -31,7 +31,9 @@ SHAPES_GPT = GPTConfig(dim=192, n_layer=4, n_head=4, vocab_size=512, num_classes
 SHAPES = ModelSpec(name="linegen-shapes-c2i", gpt=SHAPES_GPT, image_size=96, vq=SHAPES_VQ,
                    description="built-in c2i model trained on procedural shapes (10 classes, 24x24 tokens, 96px)",
                    builtin_weights=(str(BUILTIN_WEIGHTS / "shapes_gpt.pt"), str(BUILTIN_WEIGHTS / "shapes_vq.pt")),
-                   default_sampling=SamplingParams(cfg_scale=2.0, top_k=0, temperature=0.9))
+                   default_sampling=SamplingParams(cfg_scale=2.0, top_k=0, temperature=0.9),
+                   # `--cache auto`: LineAR's defaults at 1/6, chosen by the sweep on this model (benchmarks/RESULTS.md)
+                   recommended_cache=CacheSetting(policy="linear", ratio="1/6"))
 
 # LlamaGen's own sampling defaults for its text-to-image models; tests sample the tiny models gently.
 T2I_SAMPLING = SamplingParams(cfg_scale=7.5, top_k=1000)
