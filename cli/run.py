@@ -133,9 +133,11 @@ def configured_model(config: Optional[str], model: Optional[str]):
 
 def describe_cache(cache) -> str:
     """'linear 1/6 (anchor_lines=1, ...)' for a progress line."""
+    from linegen.workers.cache import DEFAULT_RATIO
+
     if cache.policy == "full":
         return "full"
-    budget = cache.ratio or (f"{cache.lines} lines" if cache.lines else None) or "1/6"
+    budget = cache.ratio or (f"{cache.lines} lines" if cache.lines else None) or DEFAULT_RATIO
     opts = ", ".join(f"{k}={v}" for k, v in cache.options.items())
     return f"{cache.policy} {budget}" + (f" ({opts})" if opts else "")
 
