@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from linegen.workers.cache import Layout, make_policy
+from linegen.workers.cache import POLICY_NAMES, Layout, make_policy
 from linegen.workers.engine import Engine, GenRequest, SamplingParams
 from linegen.workers.engine.packing import weights_bytes
 from linegen.workers.sizes import parse_bytes
@@ -30,7 +30,7 @@ class BenchOptions:
     model: str = "llamagen-c2i-b-384"
     checkpoint: str | None = None
     vq_checkpoint: str | None = None
-    policies: tuple[str, ...] = ("full", "linear", "streaming", "h2o", "snapkv")
+    policies: tuple[str, ...] = POLICY_NAMES
     ratios: tuple[str, ...] = ("1/6",)
     max_batch_ratios: tuple[str, ...] | None = None  # ratios that also get the at-max-batch run (None: all)
     batch: int = 1

@@ -18,7 +18,7 @@ from pathlib import Path
 def bare_loop(model: str, images: int, batch: int) -> dict:
     import torch
 
-    from linegen.jobs.generate import to_request
+    from linegen.workers.engine import requests_for
     from linegen.jobs.manifest import ManifestRow
     from linegen.jobs.models import ModelChoice
     from linegen.jobs.plan import expand_items
@@ -30,10 +30,10 @@ def bare_loop(model: str, images: int, batch: int) -> dict:
     rows = [ManifestRow(index=0, line=1, prompt=None, class_id=1, count=images, seed=None, id=None,
                         cfg_scale=None, temperature=None, top_k=None, top_p=None)]
     items = expand_items(rows, job_seed=0, sampling=spec.default_sampling)
-    engine.run_wave([to_request(items[0])])  # warm-up
+    engine.run_wave(requests_for(items[:1])[0])  # warm-up
     t0 = time.perf_counter()
     for i in range(0, images, batch):
-        res = engine.run_wave([to_request(it) for it in items[i:i + batch]])
+        res = engine.run_wave(requests_for(items[i:i + batch])[0])
         engine.decode_images(res.tokens)
     wall = time.perf_counter() - t0
     return {"images": images, "wall_s": wall, "images_per_s": images / wall, "threads": torch.get_num_threads()}

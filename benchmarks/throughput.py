@@ -43,7 +43,7 @@ def measure(model: str, policy: str, ratio: str | None, images: int, batch: int,
     devices = summary["device_seconds_by_device"]
     return {"model": model, "device": ", ".join(sorted(devices)), "cache_policy": policy,
             "ratio": ratio if policy != "full" else None, "images_per_s": round(summary["images_per_device_s"], 3),
-            "batch": batch, "images": summary["images"], "device_seconds": round(summary["device_seconds"], 3)}
+            "batch": batch, "images": summary["images"]["done"], "device_seconds": round(summary["device_seconds"], 3)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"shard {args.shard_size}); {machine}")
         row["date"] = time.strftime("%Y-%m-%d")
         rows.append(row)
-    print(f"| model | device | cache | images per device-s | batch |")
+    print("| model | device | cache | images per device-s | batch |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['device']} | {r['cache_policy']} {r['ratio'] or ''} | {r['images_per_s']:.2f} | {r['batch']} |")

@@ -6,21 +6,18 @@ from typing import Optional
 
 import typer
 
-from linegen.cli import options
-from linegen.cli.errors import fail, handle_errors
-from linegen.cli.main import app
+from linegen.errors import UserError
+from linegen.cli.flags import POLICY_NAMES, Json, ModelFlags, opt, option
 
 
-@app.command("bench")
-@handle_errors
 def bench_command(
     model: str = typer.Option("llamagen-c2i-b-384", "--model", help="Registered model name."),
     random_weights: bool = typer.Option(True, "--random-weights/--weights", help="Random weights (default) or the given checkpoints."),
-    checkpoint: Optional[str] = options.Checkpoint,
-    policies: str = typer.Option("full,linear,streaming,h2o,snapkv", "--policies", help="Comma-separated cache policies."),
-    ratio: str = typer.Option("1/6", "--ratio", help="Cache ratio(s) for the compressing policies, comma-separated (e.g. 1/4,1/6,1/8)."),
+    checkpoint: Optional[str] = opt(ModelFlags, "checkpoint"),
+    policies: str = typer.Option(",".join(POLICY_NAMES), "--policies", help="Comma-separated cache policies."),
+    ratio: str = option("1/6", "--cache-ratio", aliases=("--ratio",), help="Cache ratio(s) for the compressing policies, comma-separated (e.g. 1/4,1/6,1/8)."),
     max_batch_ratios: Optional[str] = typer.Option(None, "--max-batch-ratios", help="Only these ratios also get the at-max-batch run (default: all)."),
-    batch: int = typer.Option(1, "--batch", help="Images per wave for the equal-batch comparison."),
+    batch: int = option(1, "--batch-size", aliases=("--batch",), help="Images per wave for the equal-batch comparison."),
     memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="Memory budget for max_sequences, e.g. 20GiB (default: a fraction of free memory)."),
     max_batch_cap: Optional[int] = typer.Option(None, "--max-batch-cap", help="Run the at-max-batch wave with at most this many images (CPU time bound)."),
     skip_max_batch: bool = typer.Option(False, "--skip-max-batch", help="Do not run the at-max-batch wave."),
@@ -32,17 +29,19 @@ def bench_command(
     repeats: int = typer.Option(1, "--repeats", help="Waves per measurement (the fastest counts)."),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup", help="One untimed wave first (GPU: keep it on)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    dtype: Optional[str] = options.DType,
-    as_json: bool = options.Json,
+    dtype: Optional[str] = opt(ModelFlags, "dtype"),
+    as_json: bool = Json,
 ) -> None:
     """Measure the cache policies side by side: memory, packing and throughput as ratios to `full`."""
     from linegen.benchmarks.engine_bench import BenchOptions, run_bench
     from linegen.benchmarks.report import render_bench
     from linegen.jobs.models import ModelChoice
 
-    ModelChoice(name=model, random_weights=True, device=device).resolve_device()
+    choice = ModelChoice(name=model, random_weights=True, device=device)
+    choice.spec()  # an unknown model is a one-line error before anything is built
+    choice.resolve_device()
     if not random_weights and checkpoint is None:
-        fail("--weights needs --checkpoint")
+        raise UserError("--weights needs --checkpoint")
     overrides = {k: v for k, v in (("dim", dim), ("n_layer", layers), ("n_head", heads)) if v is not None}
     opts = BenchOptions(model=model, checkpoint=None if random_weights else checkpoint,
                         policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
@@ -54,7 +53,7 @@ def bench_command(
     try:
         report = run_bench(opts, log=(lambda m: None) if as_json else (lambda m: typer.echo(m, err=True)))
     except ValueError as e:  # cache settings, memory budget, model size
-        fail(str(e))
+        raise UserError(str(e)) from None
     if as_json:
         typer.echo(json.dumps(report["results"], indent=2))
         return

@@ -2,50 +2,45 @@
 from __future__ import annotations
 
 import json
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from linegen.cli import options
-from linegen.cli.errors import fail, handle_errors
-from linegen.cli.main import app
+from linegen.cli.errors import fail
+from linegen.cli.flags import CacheFlags, ConnectionFlags, JobOut, Json, PriceFlags, StoreFlags, opt
 
 
-@app.command("cost")
-@handle_errors
 def cost_command(
     job: Optional[str] = typer.Argument(None, help="Job id (omit with --estimate)."),
     estimate_manifest: Optional[str] = typer.Option(None, "--estimate", help="Estimate the cost of this manifest instead of a job's."),
     model: Optional[str] = typer.Option(None, "--model", help="Model for --estimate."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Device for --estimate: H100, A100-80GB, L4, CPU, ..."),
     gpus: int = typer.Option(1, "--gpus", help="Devices working in parallel (--estimate: wall time)."),
-    cache: str = options.Cache,
-    cache_ratio: Optional[str] = options.CacheRatio,
+    cache: Optional[str] = opt(CacheFlags, "cache"),
+    cache_ratio: Optional[str] = opt(CacheFlags, "cache_ratio"),
     from_job: Optional[str] = typer.Option(None, "--from-job", help="--estimate from this job's measured throughput."),
-    cluster: Optional[str] = options.Cluster,
-    out: Optional[str] = options.JobOut,
-    token: Optional[str] = options.Token,
-    token_file: Optional[str] = options.TokenFile,
-    header: Optional[List[str]] = options.Header,
-    config: Optional[str] = options.Config,
-    price: Optional[List[str]] = options.Price,
-    s3_endpoint_url: Optional[str] = options.S3Endpoint,
-    as_json: bool = options.Json,
+    out: Optional[str] = JobOut,
+    conn: ConnectionFlags = None,
+    price: PriceFlags = None,
+    store: StoreFlags = None,
+    as_json: bool = Json,
 ) -> None:
     """A job's cost (device-seconds from its stats x $/device-hour, $/1k images), or --estimate a manifest's."""
-    from linegen.jobs.remote import make_context
+    from linegen.jobs.api import connect
 
-    ctx = make_context(cluster=cluster, token=token, headers=header, out=out, config_path=config,
-                       prices=price, s3_endpoint_url=s3_endpoint_url, token_file=token_file)
+    from linegen.jobs.spec import DEFAULT_OUT
+
+    ctx = connect(**vars(conn), out=out, prices=price.prices, s3_endpoint_url=store.s3_endpoint_url,
+                  default_out=DEFAULT_OUT)
     if estimate_manifest is not None:
         if job is not None:
-            fail("give either a job id or --estimate MANIFEST, not both")
+            fail("give either a job id or --estimate MANIFEST, not both", as_json=as_json)
         if not model or not gpu:
-            fail("--estimate needs --model NAME and --gpu DEVICE (e.g. --gpu H100)")
+            fail("--estimate needs --model NAME and --gpu DEVICE (e.g. --gpu H100)", as_json=as_json)
         _estimate(ctx, estimate_manifest, model, gpu, gpus, cache, cache_ratio, from_job, as_json)
         return
     if job is None:
-        fail("give a job id, or --estimate MANIFEST --model NAME --gpu DEVICE")
+        fail("give a job id, or --estimate MANIFEST --model NAME --gpu DEVICE", as_json=as_json)
     from linegen.jobs.remote import job_cost_report
 
     doc = job_cost_report(ctx, job)
@@ -81,6 +76,7 @@ def cost_command(
 def _estimate(ctx, manifest, model, gpu, gpus, cache, cache_ratio, from_job, as_json) -> None:
     from linegen.jobs.estimate import estimate
 
+    cache = cache or "full"
     storage = None
     if ctx.out is not None:
         from linegen.jobs.storage import open_storage
@@ -95,12 +91,12 @@ def _estimate(ctx, manifest, model, gpu, gpus, cache, cache_ratio, from_job, as_
             raise typer.Exit(1)
         return
     if doc["throughput"] is None:
-        fail(doc["reason"])
+        fail(doc["reason"], as_json=as_json)
     from linegen.cli.jobview import duration, money
 
     tp = doc["throughput"]
-    typer.echo(f"{doc['images']} images with {model} on {doc['device']} (cache {cache}"
-               f"{' ' + (cache_ratio or '1/6') if cache != 'full' else ''})")
+    typer.echo(f"{doc['images']['total']} images with {model} on {doc['device']} (cache {cache}"
+               f"{' ' + doc['cache_ratio'] if doc['cache_ratio'] else ''})")
     typer.echo(f"  throughput  {tp['images_per_device_s']:.3f} images per device-second ({tp['source']})")
     typer.echo(f"  price       ${doc['price']['usd_per_hour']:g} per {doc['price']['unit']} ({doc['price']['source']})")
     typer.echo(f"  device time {doc['device_hours']:.3f} device-hours; wall {duration(doc['wall_hours'] * 3600)} on {gpus} device(s), "

@@ -7,42 +7,38 @@ from typing import Optional
 
 import typer
 
-from linegen.cli import options
-from linegen.cli.errors import handle_errors
-from linegen.cli.main import app
+from linegen.cli.flags import Json, ModelFlags, SamplingFlags, opt, option
+from linegen.jobs.evaluate import DEFAULT_POLICIES
 
 
 def _choice(model, checkpoint, vq_checkpoint, device, dtype):
-    from linegen.jobs.models import ModelChoice
-    from linegen.workers.models.registry import DEFAULT_MODEL
+    from linegen.jobs.settings import Settings
 
-    return ModelChoice(name=model or DEFAULT_MODEL, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint,
-                       device=device, dtype=dtype)
+    return Settings.from_flags(model=model, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint, device=device,
+                               dtype=dtype).model
 
 
 def _split(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-@app.command("eval")
-@handle_errors
 def eval_command(
-    policies: str = typer.Option("full,linear,linear/paper,streaming,h2o,snapkv,rkv", "--policies", help="Comma-separated cache policies, or POLICY/PRESET for a named option set (linear/paper: LineAR as specified); full is always run: it is the reference."),
-    ratios: str = typer.Option("1/4,1/6,1/8", "--ratios", help="Comma-separated cache ratios for the compressing policies."),
+    policies: str = typer.Option(",".join(DEFAULT_POLICIES), "--policies", help="Comma-separated cache policies, or POLICY/PRESET for a named option set (linear/paper: LineAR as specified); full is always run: it is the reference."),
+    ratios: str = option("1/4,1/6,1/8", "--cache-ratio", aliases=("--ratios",), help="Comma-separated cache ratios for the compressing policies."),
     samples: int = typer.Option(500, "--samples", help="Generated images per policy and ratio (classes in turn, same seeds for every policy)."),
     fidelity_samples: int = typer.Option(64, "--fidelity-samples", help="Teacher-forced fidelity (KL, top-1) on the first K samples (0: skip)."),
     real_samples: int = typer.Option(2000, "--real-samples", help="Real held-out images for the Fréchet-distance reference."),
-    max_batch: int = typer.Option(64, "--max-batch", help="Images per engine wave."),
-    seed: int = options.Seed,
-    cfg_scale: Optional[float] = options.CfgScale,
-    top_k: Optional[int] = options.TopK,
-    model: Optional[str] = options.Model,
-    checkpoint: Optional[str] = options.Checkpoint,
-    vq_checkpoint: Optional[str] = options.VQCheckpoint,
+    max_batch: int = option(64, "--batch-size", aliases=("--max-batch",), help="Images per engine wave."),
+    seed: int = opt(SamplingFlags, "seed"),
+    cfg_scale: Optional[float] = opt(SamplingFlags, "cfg_scale"),
+    top_k: Optional[int] = opt(SamplingFlags, "top_k"),
+    model: Optional[str] = opt(ModelFlags, "model"),
+    checkpoint: Optional[str] = opt(ModelFlags, "checkpoint"),
+    vq_checkpoint: Optional[str] = opt(ModelFlags, "vq_checkpoint"),
     classifier: Optional[str] = typer.Option(None, "--classifier", help="Evaluator classifier (default: the shipped one)."),
-    device: str = options.Device,
-    dtype: Optional[str] = options.DType,
-    as_json: bool = options.Json,
+    device: str = opt(ModelFlags, "device"),
+    dtype: Optional[str] = opt(ModelFlags, "dtype"),
+    as_json: bool = Json,
 ) -> None:
     """Quality of each cache policy and ratio vs the full cache: class accuracy, FD, token match, KL, top-1."""
     from linegen.jobs.evaluate import EvalOptions, default_classifier, evaluate, render_table
@@ -58,22 +54,20 @@ def eval_command(
     typer.echo(render_table(report))
 
 
-@app.command("grid")
-@handle_errors
 def grid_command(
     out: Path = typer.Option(Path("grid.png"), "--out", help="PNG to write."),
     policies: str = typer.Option("full,linear", "--policies", help="Comma-separated cache policies, one block each, side by side."),
-    ratio: str = typer.Option("1/6", "--ratio", help="Cache ratio of the compressing policies."),
+    ratio: str = option("1/6", "--cache-ratio", aliases=("--ratio",), help="Cache ratio of the compressing policies."),
     per_class: int = typer.Option(4, "--per-class", help="Samples per class (columns of each block)."),
-    seed: int = options.Seed,
-    cfg_scale: Optional[float] = options.CfgScale,
-    top_k: Optional[int] = options.TopK,
-    model: Optional[str] = options.Model,
-    checkpoint: Optional[str] = options.Checkpoint,
-    vq_checkpoint: Optional[str] = options.VQCheckpoint,
-    device: str = options.Device,
-    dtype: Optional[str] = options.DType,
-    as_json: bool = options.Json,
+    seed: int = opt(SamplingFlags, "seed"),
+    cfg_scale: Optional[float] = opt(SamplingFlags, "cfg_scale"),
+    top_k: Optional[int] = opt(SamplingFlags, "top_k"),
+    model: Optional[str] = opt(ModelFlags, "model"),
+    checkpoint: Optional[str] = opt(ModelFlags, "checkpoint"),
+    vq_checkpoint: Optional[str] = opt(ModelFlags, "vq_checkpoint"),
+    device: str = opt(ModelFlags, "device"),
+    dtype: Optional[str] = opt(ModelFlags, "dtype"),
+    as_json: bool = Json,
 ) -> None:
     """A PNG grid of samples per class (rows) for several cache policies side by side (same seeds)."""
     from linegen.jobs.evaluate import GridOptions, make_grid

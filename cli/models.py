@@ -5,31 +5,28 @@ import json
 
 import typer
 
-from linegen.cli import options
-from linegen.cli.main import app
+from linegen.cli.flags import Json
 
 
-@app.command("models")
-def models_command(as_json: bool = options.Json) -> None:
+def models_command(as_json: bool = Json) -> None:
     """List the registered models."""
-    from linegen.workers.models.registry import DEFAULT_MODEL, MODELS
+    from linegen.jobs.models import model_table
 
-    rows = [{"name": s.name, "default": s.name == DEFAULT_MODEL, "conditioning": s.gpt.cond,
-             "layers": s.gpt.n_layer, "heads": s.gpt.n_head, "dim": s.gpt.dim, "image_size": s.image_size,
-             "grid": s.grid, "tokens": s.num_tokens, "prefix": s.prefix_len,
-             "weights": "built-in" if s.builtin_weights else ("random" if s.random_by_design else "checkpoint"), "description": s.description}
-            for s in MODELS.values()]
+    rows = model_table()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
+    from linegen.cli.render import print_whole, whole_column
+
     table = Table(title="linegen models")
-    for col in ("name", "conditioning", "layers", "dim", "image_size", "tokens", "weights", "description"):
-        table.add_column(col)
-    for r in rows:
-        name = r["name"] + (" (default)" if r["default"] else "")
+    names = [r["name"] + (" (default)" if r["default"] else "") for r in rows]
+    whole_column(table, "name", names)
+    for col in ("conditioning", "layers", "dim", "image_size", "tokens", "weights"):
+        whole_column(table, col, [r[col] for r in rows])
+    table.add_column("description", min_width=20)
+    for name, r in zip(names, rows):
         table.add_row(name, r["conditioning"], str(r["layers"]), str(r["dim"]), str(r["image_size"]),
                       str(r["tokens"]), r["weights"], r["description"])
-    Console().print(table)
+    print_whole(table)

@@ -3,31 +3,32 @@ from __future__ import annotations
 
 import json
 import time
-from typing import List, Optional
-
 import typer
 
-from linegen.cli import options
-from linegen.cli.errors import handle_errors
-from linegen.cli.main import app
+from linegen.cli.flags import ConnectionFlags, Json, PriceFlags, StoreFlags
+from linegen.errors import UserError
 
 NA = "n/a"
 
 
 def _num(x, unit: str = "", digits: int = 0) -> str:
-    if x is None or x == NA:
+    if x is None:
         return NA
     return f"{float(x):.{digits}f}{unit}"
 
 
 def _gib(x) -> str:
-    if x is None or x == NA:
+    if x is None:
         return NA
     return f"{float(x) / 2**30:.1f} GiB"
 
 
+def _txt(x) -> str:
+    return NA if x is None else str(x)  # JSON keeps unknowns as null; a person reads "n/a"
+
+
 def _used(pair: dict) -> str:
-    return f"{pair.get('in_use', NA)}/{pair.get('total', NA)}"
+    return f"{_txt(pair.get('in_use'))}/{_txt(pair.get('total'))}"
 
 
 def render(snap: dict):
@@ -36,12 +37,11 @@ def render(snap: dict):
     from rich.text import Text
 
     from linegen.cli.jobview import jobs_table
-    from linegen.jobs.remote import shown_url
 
     cpus, gpus = snap.get("cpus") or {}, snap.get("gpus") or {}
     head = Text.assemble(
-        ("linegen monitor ", "bold"), (shown_url(str(snap.get("cluster", ""))), "cyan"),
-        f"  Ray {snap.get('ray_version', NA)}  ",
+        ("linegen monitor ", "bold"), (str(snap.get("cluster") or ""), "cyan"),
+        f"  Ray {_txt(snap.get('ray_version'))}  ",
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.get("time") or time.time())),
     )
     totals = Text(
@@ -57,8 +57,8 @@ def render(snap: dict):
             ("head " if n.get("is_head") else "") + str(n.get("hostname") or n.get("node_id") or "")[:24],
             str(n.get("address") or ""),
             "alive" if n.get("alive") else "dead",
-            f"{n.get('cpus_in_use', NA)}/{n.get('cpus_total', NA)}",
-            f"{n.get('gpus_in_use', NA)}/{n.get('gpus_total', NA)}",
+            f"{_txt(n.get('cpus_in_use'))}/{_txt(n.get('cpus_total'))}",
+            f"{_txt(n.get('gpus_in_use'))}/{_txt(n.get('gpus_total'))}",
             _num(n.get("gpu_utilisation_percent"), "%"),
             f"{_gib(n.get('gpu_memory_used_bytes'))} / {_gib(n.get('gpu_memory_total_bytes'))}",
         )
@@ -74,26 +74,20 @@ def render(snap: dict):
     return Group(*parts)
 
 
-@app.command("monitor")
-@handle_errors
 def monitor_command(
-    cluster: Optional[str] = options.Cluster,
     interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes."),
     once: bool = typer.Option(False, "--once", help="Print one snapshot and exit."),
-    token: Optional[str] = options.Token,
-    token_file: Optional[str] = options.TokenFile,
-    header: Optional[List[str]] = options.Header,
-    config: Optional[str] = options.Config,
-    price: Optional[List[str]] = options.Price,
-    s3_endpoint_url: Optional[str] = options.S3Endpoint,
-    as_json: bool = options.Json,
+    conn: ConnectionFlags = None,
+    price: PriceFlags = None,
+    store: StoreFlags = None,
+    as_json: bool = Json,
 ) -> None:
     """Live view of a cluster: nodes, CPUs/GPUs, GPU use ("n/a" if unreported), jobs with progress, ETA, cost."""
-    from linegen.jobs.progress import StatsCache
-    from linegen.jobs.remote import make_context, monitor_snapshot
+    from linegen.jobs.api import connect
+    from linegen.jobs.remote import monitor_snapshot
+    from linegen.jobs.stats import StatsCache
 
-    ctx = make_context(cluster=cluster, token=token, headers=header, config_path=config, prices=price,
-                       s3_endpoint_url=s3_endpoint_url, token_file=token_file)
+    ctx = connect(**vars(conn), prices=price.prices, s3_endpoint_url=store.s3_endpoint_url)
     ctx.require_cluster()
     cache = StatsCache()
     if once or as_json:
@@ -106,14 +100,12 @@ def monitor_command(
             Console().print(render(snap))
         return
     if interval <= 0:
-        raise typer.BadParameter("--interval must be > 0")
+        raise UserError("--interval must be > 0")
     from rich.console import Console
     from rich.live import Live
 
     from rich.console import Group
     from rich.text import Text
-
-    from linegen.cli.errors import user_errors
 
     console = Console()
     view = render(monitor_snapshot(ctx, cache=cache))  # a first failure is an error, as for --once
@@ -124,7 +116,7 @@ def monitor_command(
                 try:
                     view = render(monitor_snapshot(ctx, cache=cache))
                     live.update(view)
-                except user_errors() as e:  # keep watching through a blip; say so
+                except UserError as e:  # keep watching through a blip; say so
                     stamp = time.strftime("%H:%M:%S")
                     live.update(Group(view, Text(f"{stamp} refresh failed: {e}", style="red")))
     except KeyboardInterrupt:

@@ -7,30 +7,27 @@ from typing import Optional
 
 import typer
 
-from linegen.cli import options
-from linegen.cli.errors import fail, handle_errors
-from linegen.cli.main import app
+from linegen.cli.flags import Config, Json, ModelFlags, SamplingFlags, StoreFlags, opt, option
+from linegen.errors import UserError
 
 
-@app.command("tune")
-@handle_errors
 def tune_command(
-    ratio: str = typer.Option("1/6", "--ratio", help="Memory ratio to tune for: visual tokens kept / all, e.g. 1/6."),
+    ratio: str = option("1/6", "--cache-ratio", aliases=("--ratio",), help="Memory ratio to tune for: visual tokens kept / all, e.g. 1/6."),
     samples: int = typer.Option(32, "--samples", help="Calibration items (classes in turn), teacher-forced on the full cache's samples."),
     seed: int = typer.Option(1, "--seed", help="Calibration seed (linegen eval judges on seed 0: keep them apart)."),
-    max_batch: int = typer.Option(32, "--max-batch", help="Items per engine wave."),
+    max_batch: int = option(32, "--batch-size", aliases=("--max-batch",), help="Items per engine wave."),
     write: bool = typer.Option(True, "--write/--no-write", help="Record the choice in the config file's [models] entry."),
-    config: Optional[str] = options.Config,
-    model: Optional[str] = options.Model,
-    checkpoint: Optional[str] = options.Checkpoint,
-    vq_checkpoint: Optional[str] = options.VQCheckpoint,
-    cfg_scale: Optional[float] = options.CfgScale,
-    top_k: Optional[int] = options.TopK,
-    temperature: Optional[float] = options.Temperature,
-    device: str = options.Device,
-    dtype: Optional[str] = options.DType,
-    s3_endpoint_url: Optional[str] = options.S3Endpoint,
-    as_json: bool = options.Json,
+    config: Optional[str] = Config,
+    model: Optional[str] = opt(ModelFlags, "model"),
+    checkpoint: Optional[str] = opt(ModelFlags, "checkpoint"),
+    vq_checkpoint: Optional[str] = opt(ModelFlags, "vq_checkpoint"),
+    cfg_scale: Optional[float] = opt(SamplingFlags, "cfg_scale"),
+    top_k: Optional[int] = opt(SamplingFlags, "top_k"),
+    temperature: Optional[float] = opt(SamplingFlags, "temperature"),
+    device: str = opt(ModelFlags, "device"),
+    dtype: Optional[str] = opt(ModelFlags, "dtype"),
+    s3_endpoint_url: Optional[str] = opt(StoreFlags, "s3_endpoint_url"),
+    as_json: bool = Json,
 ) -> None:
     """Pick the cache setting closest to the full cache at --ratio on this model; `run` and `submit` then use it."""
     from linegen.cluster.config import Config, ConfigError, default_config_path, load_config
@@ -44,7 +41,7 @@ def tune_command(
     try:  # a config file that does not exist yet is created when the choice is written
         cfg = load_config(target) if target.exists() else Config(path=target)
     except ConfigError as e:
-        fail(str(e))
+        raise UserError(str(e)) from None
     configured = cfg.models.get(name)
     if configured is not None and checkpoint is None:  # tune the weights `run --model NAME` would load
         checkpoint, vq_checkpoint = configured.checkpoint, vq_checkpoint or configured.vq_checkpoint
@@ -65,7 +62,7 @@ def tune_command(
         try:
             doc["config"] = str(write_model_keys(target, name, values))
         except ConfigError as e:
-            fail(str(e))
+            raise UserError(str(e)) from None
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return

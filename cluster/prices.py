@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 _VANTAGE = "AWS on-demand list price (instances.vantage.sh data, as collected in github.com/tsaol/aws-gpu)"
 _SKYPILOT = ("AWS on-demand list price (SkyPilot catalog catalogs/v8/aws/vms.csv @00148f2a, "
-             "as quoted in specs/ecosystem.md section 5.3)")
+             "see docs/outputs.md)")
 
 
 @dataclass(frozen=True)

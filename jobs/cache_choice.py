@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from linegen.jobs.errors import UserError
-from linegen.workers.cache import DEFAULT_RATIO, CacheConfigError, Layout, make_policy, parse_ratio
+from linegen.workers.cache import DEFAULT_RATIO, POLICY_NAMES, CacheConfigError, Layout, make_policy, parse_ratio
+
+__all__ = ["DEFAULT_RATIO", "POLICY_NAMES", "CacheChoice"]
 
 
 @dataclass(frozen=True)
@@ -87,47 +89,24 @@ def _typed(value: str):
 # recommended_cache, benchmarks/RESULTS.md), else LineAR with its defaults at the paper's ratio.
 AUTO = "auto"
 FALLBACK = CacheChoice("linear", DEFAULT_RATIO)
-# What a job uses when the command line names no cache and the config file has none for the model.
-DEFAULT_CACHE = "full"
 
 
 @dataclass(frozen=True)
 class ResolvedCache:
     choice: CacheChoice
-    source: str  # "flags", "config", "model" (shipped recommendation), "fallback" or "default"
+    source: str  # "config", "model" (shipped recommendation) or "fallback"
 
 
 def recommended(spec, configured=None) -> ResolvedCache:
     """The `auto` setting of a model (`configured`: its config-file entry, or None)."""
     if configured is not None and getattr(configured, "cache", None):
-        return ResolvedCache(CacheChoice(configured.cache, configured.cache_ratio, None,
-                                         dict(configured.cache_options or {})), "config")
+        opts = configured.cache_options or {}
+        if isinstance(opts, (list, tuple)):  # KEY=VALUE strings, as --cache-option gives them
+            return ResolvedCache(CacheChoice.from_flags(configured.cache, configured.cache_ratio, None, list(opts)),
+                                 "config")
+        return ResolvedCache(CacheChoice(configured.cache, configured.cache_ratio, None, dict(opts)), "config")
     rec = spec.recommended_cache
     if rec is not None:
         return ResolvedCache(CacheChoice(rec.policy, rec.ratio, None, {"preset": rec.preset} if rec.preset else {}),
                              "model")
     return ResolvedCache(FALLBACK, "fallback")
-
-
-def resolve_cache(policy: str | None, ratio: str | None, lines: int | None, options: list[str] | None,
-                  spec, configured=None) -> ResolvedCache:
-    """The cache a command line means.
-
-    `--cache NAME` is taken as given. `--cache auto` is the model's measured setting
-    (`recommended`). No --cache at all is the config entry's setting when it has one (so a
-    `linegen tune` result applies to every later run), else DEFAULT_CACHE. --cache-ratio,
-    --cache-lines and --cache-option given next to `auto` or no --cache adjust that setting.
-    """
-    given = CacheChoice.from_flags(policy or DEFAULT_CACHE, ratio, lines, options)
-    if policy not in (None, AUTO):
-        return ResolvedCache(given, "flags")
-    if policy is None and not (configured is not None and getattr(configured, "cache", None)):
-        if DEFAULT_CACHE != AUTO:
-            return ResolvedCache(given, "default")
-    base = recommended(spec, configured)
-    if ratio is None and lines is None and not options:
-        return base
-    if base.choice.policy == "full":
-        return base
-    return ResolvedCache(CacheChoice(base.choice.policy, ratio if (ratio or lines) else base.choice.ratio,
-                                     lines, {**base.choice.options, **given.options}), base.source)

@@ -7,9 +7,10 @@ found, from:
 2. finished jobs under the output root (``--out`` / config) with the same model, cache policy and
    ratio that ran on the same device (their ``_SUCCESS`` summaries), the most recent first;
 3. ``benchmarks/throughput.json``: rows measured by our benchmarks (model, device, cache policy,
-   ratio, images/s, batch, source, date);
+   ratio, images/s, batch, source, date); a row is only ever written by a measured run;
 
-and the answer says which. Without any of them there is no estimate: the answer says that no
+and the answer says which. The throughput is looked up before the manifest is read, so a missing
+measurement is reported at once, however large the manifest. Without any of them there is no estimate: the answer says that no
 measurement exists for that model/device/cache instead of guessing one.
 """
 from __future__ import annotations
@@ -91,7 +92,8 @@ def from_job(storage, job_id: str, device: str, cache: CacheChoice, model: str) 
 
 def from_finished_jobs(storage, model: str, device: str, cache: CacheChoice) -> dict | None:
     from linegen.jobs import layout
-    from linegen.jobs.progress import read_spec
+    from linegen.jobs.spec import read_spec
+    from linegen.jobs.summary import count_of
 
     found = []
     for key in storage.list(""):
@@ -102,7 +104,10 @@ def from_finished_jobs(storage, model: str, device: str, cache: CacheChoice) -> 
             summary = json.loads(storage.get(layout.success_key(job_id)))
         except Exception:  # noqa: BLE001 - a broken summary is simply not used
             continue
-        spec = read_spec(storage, job_id)
+        try:
+            spec = read_spec(storage, job_id)
+        except UserError:  # a damaged job folder is simply not used
+            continue
         if spec is None or spec.model.name != model:
             continue
         if not cache.same_budget(spec.cache):
@@ -115,7 +120,7 @@ def from_finished_jobs(storage, model: str, device: str, cache: CacheChoice) -> 
         return None
     _, job_id, s = max(found)
     return {"images_per_device_s": float(s["images_per_device_s"]), "kind": "job-stats",
-            "source": f"measured: job {job_id} ({s.get('images')} images, {float(s.get('device_seconds') or 0):.1f} "
+            "source": f"measured: job {job_id} ({count_of(s.get('images'))} images, {float(s.get('device_seconds') or 0):.1f} "
                       "device-seconds)", "row": None}
 
 
@@ -131,10 +136,6 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
     if gpus < 1:
         raise UserError(f"--gpus must be >= 1, got {gpus}")
     spec = ModelChoice(name=model, random_weights=True).spec()
-    conditioning = (Conditioning(kind="text") if spec.gpt.cond == "t2i"
-                    else Conditioning(kind="class", num_classes=spec.gpt.num_classes))
-    rows = read_manifest(manifest, conditioning, endpoint_url=s3_endpoint_url)
-    images = total_items(rows)
     device = canonical_device(gpu)
     choice = CacheChoice(cache, cache_ratio)
     choice.build()  # a bad policy or ratio is an error before anything is looked up
@@ -143,8 +144,8 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
     if price is None:
         price_table.usd_per_hour(device)  # raises the "no price for device" message
     doc: dict[str, Any] = {
-        "manifest": manifest, "images": images, "model": model, "device": device, "gpus": gpus,
-        "cache_policy": cache, "cache_ratio": cache_ratio if cache != "full" else None,
+        "manifest": manifest, "images": {"done": None, "total": None}, "model": model, "device": device, "gpus": gpus,
+        "cache_policy": cache, "cache_ratio": (cache_ratio or DEFAULT_RATIO) if cache != "full" else None,
         "price": {"usd_per_hour": price.usd_per_hour, "unit": price.unit, "source": price.source, "note": price.note},
         "throughput": None, "reason": None, "device_hours": None, "usd": None, "usd_per_1k_images": None,
         "wall_hours": None,
@@ -159,7 +160,7 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
     if tp is None:
         tp = from_table(model, device, choice, load_table() if table is None else table)
     if tp is None:
-        cache_text = cache + (f" {cache_ratio or DEFAULT_RATIO}" if cache != "full" else "")
+        cache_text = cache + (f" {doc['cache_ratio']}" if cache != "full" else "")
         doc["reason"] = (f"no measured throughput exists for {model} on {device} with cache {cache_text}: "
                          f"nothing in {TABLE_PATH.name}"
                          + (" and no matching finished job under the output root" if storage is not None else "")
@@ -167,6 +168,9 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
                          "--device cuda --write`, or a small `linegen submit` there and then "
                          "`--from-job JOB`) rather than trust a guess")
         return doc
+    # Only now the manifest: a million rows take seconds to read, wasted if nothing was measured.
+    images = total_items(read_manifest(manifest, Conditioning.of(spec), endpoint_url=s3_endpoint_url))
+    doc["images"] = {"done": None, "total": images}  # the shape of every count (jobs.summary)
     rate = tp["images_per_device_s"]
     device_s = images / rate
     usd = device_s / 3600 * price.usd_per_hour

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from linegen.jobs.cache_choice import POLICY_NAMES
 from linegen.jobs.errors import UserError
 from linegen.jobs.models import ModelChoice
 
-DEFAULT_POLICIES = ("full", "linear", "linear/paper", "streaming", "h2o", "snapkv", "rkv")
+DEFAULT_POLICIES = ("full", "linear", "linear/paper") + tuple(p for p in POLICY_NAMES if p not in ("full", "linear"))
 DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
 
 

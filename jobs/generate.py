@@ -6,112 +6,79 @@ seed, so the same image comes out of `linegen generate` and `linegen run`.
 from __future__ import annotations
 
 import json
+import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from linegen.jobs.cache_choice import CacheChoice
 from linegen.jobs.errors import UserError
-from linegen.jobs.manifest import ManifestRow
-from linegen.jobs.models import ModelChoice
-from linegen.jobs.plan import Item, expand_items
-from linegen.workers.models.config import SamplingParams
 
 
-@dataclass(frozen=True)
-class GenerateOptions:
-    model: ModelChoice
-    class_ids: tuple[int, ...]
-    count: int
-    out: Path
-    seed: int = 0
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    cache: CacheChoice = field(default_factory=CacheChoice)
-    batch_size: int = 16
+def check_request(spec, class_ids: list[int], count: int) -> None:
+    """The request against the model (workers.models.config.ModelSpec), before it is loaded."""
+    from linegen.jobs.manifest.rows import MAX_COUNT
 
-
-def to_request(item: Item):
-    """A planned item -> the engine's request (class-conditional items)."""
-    from linegen.workers.engine import GenRequest
-
-    return GenRequest(seed=item.seed, class_id=item.class_id, sampling=item.sampling)
-
-
-def plan_items(opts: GenerateOptions) -> list[Item]:
-    spec = opts.model.spec()
-    if opts.count < 1:
-        raise UserError(f"--count must be >= 1, got {opts.count}")
-    if not opts.class_ids:
+    if not 1 <= count <= MAX_COUNT:
+        raise UserError(f"--count must be in 1..{MAX_COUNT:,}, got {count}")
+    if not class_ids:
         raise UserError("give at least one --class-id")
     if spec.gpt.cond != "c2i":
         raise UserError(f"model {spec.name} is text-conditional; `generate` takes class ids (use `linegen run` with prompts)")
-    for c in opts.class_ids:
+    for c in class_ids:
         if not 0 <= c < spec.gpt.num_classes:
             raise UserError(f"--class-id {c} is outside 0..{spec.gpt.num_classes - 1} for model {spec.name}")
-    if opts.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {opts.batch_size}")
-    rows = [ManifestRow(index=i, line=i + 1, prompt=None, class_id=c, count=opts.count, seed=None, id=None,
-                        cfg_scale=None, temperature=None, top_k=None, top_p=None)
-            for i, c in enumerate(opts.class_ids)]
-    return expand_items(rows, job_seed=opts.seed, sampling=opts.sampling)
 
 
-def check_options(opts: GenerateOptions) -> list[Item]:
-    """Every check that needs no weights; returns the planned items."""
-    items = plan_items(opts)
-    spec = opts.model.spec()
-    opts.cache.build(spec.prefix_len, spec.grid)
-    opts.model.check()
-    opts.model.resolve_device()
-    return items
+_OWN_FILE = re.compile(r"\d{6,}\.png|tokens\.npy|generate\.json")  # what generate_to_folder writes
 
 
-def load_engine(opts: GenerateOptions):
-    """The model on its device, wrapped in an engine (errors here are one-line UserErrors)."""
-    from linegen.workers.engine import Engine
+def check_out_folder(out: Path) -> list[Path]:
+    """``out`` must be new, empty, or hold only an earlier `generate`'s files (returned: they are
+    replaced, so no stale image outlives a smaller run). Anything else there is refused."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    entries = list(out.iterdir())
+    foreign = sorted(p.name for p in entries if not (p.is_file() and _OWN_FILE.fullmatch(p.name)))
+    if foreign:
+        raise UserError(f"--out {out} is not empty ({foreign[0]}{' and more' if len(foreign) > 1 else ''} is not "
+                        "from `linegen generate`); choose an empty or new folder")
+    return entries
 
-    spec, gpt, vq, device = opts.model.load()
-    return Engine(gpt, vq, spec, opts.cache.build(spec.prefix_len, spec.grid), device=device,
-                  max_batch=opts.batch_size)
 
-
-def generate_to_folder(opts: GenerateOptions, progress: Callable[[int, int], None] | None = None,
-                       engine=None) -> dict:
-    items = check_options(opts)
-    engine = engine or load_engine(opts)
-    try:
-        opts.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {opts.out}: {e.strerror}") from None
-
+def generate_to_folder(generator, class_ids: list[int], count: int, out: Path,
+                       progress: Callable[[int, int], None] | None = None) -> dict:
+    """Decode ``count`` images of each class with ``generator`` (a loaded `Generator`) into ``out``,
+    replacing an earlier `generate`'s files there."""
     import numpy as np
     from PIL import Image
 
-    spec, gpt, device = engine.spec, engine.gpt, str(engine.device)
+    spec = generator.spec
+    check_request(spec, class_ids, count)
+    stale = check_out_folder(out)
+    rows = [{"class_id": c, "count": count} for c in class_ids]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {out}: {e.strerror}") from None
     t0 = time.perf_counter()
-    all_tokens, done, decode_s = [], 0, 0.0
-    for start in range(0, len(items), opts.batch_size):
-        wave = items[start:start + opts.batch_size]
-        result = engine.run_wave([to_request(it) for it in wave])
-        decode_s += result.stats.decode_s
-        images = engine.decode_images(result.tokens)
-        for i, img in enumerate(images):
-            Image.fromarray(img).save(opts.out / f"{start + i:06d}.png")
-        all_tokens.append(result.tokens.numpy().astype(np.int32))
-        done += len(wave)
-        if progress:
-            progress(done, len(items))
-    tokens = np.concatenate(all_tokens)
-    np.save(opts.out / "tokens.npy", tokens)
+    generated = generator.generate(rows, progress=progress)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    for i, g in enumerate(generated):
+        Image.fromarray(g.image).save(out / f"{i:06d}.png")
+    np.save(out / "tokens.npy", np.stack([g.tokens for g in generated]))
     wall = time.perf_counter() - t0
+    engine = generator.engine
     summary = {
-        "out": str(opts.out), "model": spec.name, "images": len(items), "image_size": spec.image_size,
-        "tokens_per_image": spec.num_tokens, "device": device, "dtype": str(next(gpt.parameters()).dtype).removeprefix("torch."),
-        "cache_policy": opts.cache.policy, "wall_s": round(wall, 3),
-        "images_per_s": round(len(items) / wall, 4) if wall > 0 else None,
-        "tokens_per_s": round(len(items) * spec.num_tokens / decode_s, 2) if decode_s > 0 else None,
-        "seeds": [it.seed for it in items],
+        "out": str(out), "model": spec.name, "images": {"done": len(generated), "total": len(generated)},
+        "image_size": spec.image_size,
+        "tokens_per_image": spec.num_tokens, "device": str(engine.device),
+        "dtype": str(engine.dtype).removeprefix("torch."), "cache_policy": generator.settings.cache.policy,
+        "wall_s": round(wall, 3), "images_per_s": round(len(generated) / wall, 4) if wall > 0 else None,
+        "tokens_per_s": round(len(generated) * spec.num_tokens / wall, 2) if wall > 0 else None,
+        "seeds": [g.item.seed for g in generated],
     }
-    (opts.out / "generate.json").write_text(json.dumps(summary, indent=2))
+    (out / "generate.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -6,7 +6,7 @@ turns every loading failure into a one-line `UserError`.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from linegen.jobs.errors import UserError
 
@@ -21,7 +21,7 @@ class ModelChoice:
     random_weights: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str | None = None  # None: bfloat16 on GPU, float32 on CPU
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
     random_seed: int = 0
     text_encoder: str | None = None  # t2i: T5 folder (Hugging Face layout), local path or s3:// prefix
 
@@ -136,6 +136,18 @@ class ModelChoice:
                                     device=device, dtype=dtype)
         except (StorageError, TextEncoderError) as e:
             raise UserError(f"--text-encoder {self.text_encoder}: {e}") from None
+
+
+def model_table() -> list[dict]:
+    """The registered models, one plain dict each (`linegen models`)."""
+    from linegen.workers.models.registry import DEFAULT_MODEL, MODELS
+
+    return [{"name": s.name, "default": s.name == DEFAULT_MODEL, "conditioning": s.gpt.cond,
+             "layers": s.gpt.n_layer, "heads": s.gpt.n_head, "dim": s.gpt.dim, "image_size": s.image_size,
+             "grid": s.grid, "tokens": s.num_tokens, "prefix": s.prefix_len,
+             "weights": "built-in" if s.builtin_weights else ("random" if s.random_by_design else "checkpoint"),
+             "description": s.description}
+            for s in MODELS.values()]
 
 
 def _check_readable(flag: str, uri: str, endpoint_url: str | None) -> None:

@@ -13,7 +13,10 @@ Writers:
   -> ``_CANCELLED``, any other exception -> ``_FAILED`` with its last line;
 - ``linegen cancel`` writes ``_CANCELLED`` ("cancelled by user") before it stops the Ray job, so
   its reason wins (the driver writes its own only if none exists: a conditional put);
-- ``linegen resume`` removes both before it submits the next attempt.
+- ``linegen resume`` removes both before it submits the next attempt;
+- a local run (`local_outcome` around `linegen run` and a local `linegen resume`): Ctrl-C ->
+  ``_CANCELLED`` ("interrupted"), a UserError -> ``_FAILED``; each run first removes both, since
+  running again resumes the job.
 
 Reasons are one line and never contain credentials (they come from our own one-line errors).
 """
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from linegen.jobs import layout
-from linegen.jobs.errors import UserError
+from linegen.jobs.errors import JobCancelled, UserError
 
 ATTEMPT_ENV = "LINEGEN_ATTEMPT"  # the Ray submission id of this attempt (set by `linegen submit`)
 MAX_REASON = 2000
@@ -48,7 +51,9 @@ class Outcome:
 
 
 def _one_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    from linegen.cluster.address import redact_text
+
+    lines = [ln.strip() for ln in redact_text(text).splitlines() if ln.strip()]
     line = " | ".join(lines) if len(lines) <= 3 else " | ".join(lines[:3]) + f" | ... ({len(lines) - 3} more lines)"
     return line[:MAX_REASON]
 
@@ -129,8 +134,6 @@ class DriverOutcome:
 
     def failed(self, error: BaseException) -> int:
         """Record a UserError: a cancelled dependency -> _CANCELLED, else _FAILED. Returns 1."""
-        from linegen.jobs.schedule import JobCancelled
-
         if isinstance(error, JobCancelled):
             self._record("cancelled", str(error).removeprefix("cancelled: "))
         else:
@@ -167,15 +170,28 @@ def driver_outcome(out: str, job_id: str, endpoint_url: str | None = None) -> It
         guard.failed(e)
         raise
     except Exception as e:
-        guard._record("failed", _describe(e))
+        guard._record("failed", f"{type(e).__name__}: {e}")
         raise
 
 
-def _describe(e: BaseException) -> str:
-    """Our own one-line errors (bad manifest, storage) as they are; anything else with its type."""
-    from linegen.jobs.manifest import ManifestError
-    from linegen.jobs.storage import StorageError
+@contextmanager
+def local_outcome(storage, job_id: str) -> Iterator[None]:
+    """Around a run on the embedded cluster: an earlier run's marker no longer holds; Ctrl-C and
+    a UserError leave one, so `linegen status` says "interrupted" or why, not "unknown"."""
+    clear_outcome(storage, job_id)
 
-    if isinstance(e, (ManifestError, StorageError)):
-        return str(e)
-    return f"{type(e).__name__}: {e}"
+    def record(write, reason: str) -> None:
+        try:
+            write(storage, job_id, reason)
+        except Exception as e:  # noqa: BLE001 - the interruption or the job's error matters more
+            print(f"linegen: could not record the outcome of job {job_id}: {_one_line(str(e))}",
+                  file=sys.stderr, flush=True)
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        record(write_cancelled, "interrupted (Ctrl-C); run the same command again or `linegen resume` to finish it")
+        raise
+    except UserError as e:
+        record(write_failed, str(e))
+        raise

@@ -123,6 +123,8 @@ def plan_fingerprint(shards: Iterable[Shard]) -> str:
             # so a prompt containing separators cannot collide with another field layout.
             fields = [it.item_id, it.row, it.replica, it.seed, it.class_id, it.prompt,
                       it.user_id, it.cfg_scale, it.temperature, it.top_k, it.top_p]
-            h.update(json.dumps(fields, ensure_ascii=False).encode())
+            # surrogatepass: valid text hashes as before; a lone surrogate (refused by the manifest
+            # rules, but an Item can be built by hand) must not crash the digest.
+            h.update(json.dumps(fields, ensure_ascii=False).encode("utf-8", "surrogatepass"))
             h.update(b"\n")
     return h.hexdigest()

@@ -4,8 +4,8 @@
   ``min(shard_size, items - i * shard_size)`` items (jobs.plan cuts consecutive shards);
 - done = shards with a commit marker (one LIST);
 - device-seconds, per-device time and batch timings from the committed shards' stats Parquet
-  (read once per shard; a `StatsCache` keeps them across refreshes of ``linegen monitor``);
-- cost = device-seconds x the price table (jobs.driver.job_cost), so far and projected;
+  (jobs.stats, read once per shard; a `StatsCache` keeps them across refreshes of ``linegen monitor``);
+- cost = device-seconds x the price table (jobs.cost), so far and projected;
 - ``_SUCCESS`` / ``_FAILED`` / ``_CANCELLED`` markers for how it ended.
 
 Throughput of a running attempt is measured on its own batches: images in stats rows that
@@ -14,66 +14,16 @@ one's end (so model loading is not counted, and a resumed job's earlier shards d
 """
 from __future__ import annotations
 
-import io
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from linegen.jobs import layout
+from linegen.jobs.stats import ShardStats, StatsCache, read_shard_stats
 from linegen.jobs.storage import Storage, StorageNotFound
 
 READ_THREADS = 8
-
-
-@dataclass(frozen=True)
-class ShardStats:
-    images: int
-    device_seconds: dict[str, float]
-    batches: tuple[tuple[float, float, int], ...]  # (started_at, finished_at, images)
-
-
-class StatsCache:
-    """Committed shards' stats never change, so each is read once per process."""
-
-    def __init__(self) -> None:
-        self._data: dict[tuple[str, str, str], ShardStats] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str, str]) -> ShardStats | None:
-        with self._lock:
-            return self._data.get(key)
-
-    def put(self, key: tuple[str, str, str], value: ShardStats) -> None:
-        with self._lock:
-            self._data[key] = value
-
-
-def _epoch(v: Any) -> float:
-    if v is None:
-        return 0.0
-    if hasattr(v, "timestamp"):
-        return float(v.timestamp())
-    return float(v)
-
-
-def read_shard_stats(storage: Storage, job_id: str, shard_id: str) -> ShardStats:
-    import pyarrow.parquet as pq
-
-    # No Arrow thread pools (we parallelise per shard ourselves): Arrow's pool threads still alive
-    # at interpreter exit can abort a short-lived CLI with "terminate called without an active
-    # exception" (apache/arrow#34314).
-    table = pq.read_table(io.BytesIO(storage.get(layout.stats_key(job_id, shard_id))),
-                          columns=["device", "images", "wall_s", "started_at", "finished_at"],
-                          use_threads=False, pre_buffer=False)
-    d = table.to_pydict()
-    devices: dict[str, float] = {}
-    for dev, w in zip(d["device"], d["wall_s"]):
-        devices[dev or "unknown"] = devices.get(dev or "unknown", 0.0) + float(w or 0.0)
-    batches = tuple((_epoch(s), _epoch(f), int(n or 0))
-                    for s, f, n in zip(d["started_at"], d["finished_at"], d["images"]))
-    return ShardStats(images=sum(int(n or 0) for n in d["images"]), device_seconds=devices, batches=batches)
 
 
 @dataclass
@@ -109,31 +59,22 @@ def _shard_size_of(shard_id: str, shard_size: int, items: int) -> int:
     return max(0, min(shard_size, items - index * shard_size))
 
 
-def read_spec(storage: Storage, job_id: str):
-    from linegen.jobs.spec import JobSpec
-
-    try:
-        return JobSpec.from_json(storage.get(layout.spec_key(job_id)))
-    except StorageNotFound:
-        return None
-
-
 def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, since: float | None = None,
                   cache: StatsCache | None = None, spec=None) -> JobProgress:
     """Progress of ``job_id`` under ``storage``. ``since``: start of the running attempt (Unix s),
     for its throughput and ETA. ``with_stats=False`` skips the stats files (counts only)."""
-    from linegen.jobs.driver import plan_key
     from linegen.jobs.outcome import read_outcome
+    from linegen.jobs.spec import read_spec
 
     spec = spec if spec is not None else read_spec(storage, job_id)
     p = JobProgress(job_id=job_id, spec=spec)
     try:
-        plan = json.loads(storage.get(plan_key(job_id)))
+        plan = json.loads(storage.get(layout.plan_key(job_id)))
         p.shards_total, p.images_total = int(plan["shards"]), int(plan["items"])
     except StorageNotFound:
         pass
     except (ValueError, KeyError, TypeError):
-        p.errors.append(f"{plan_key(job_id)} is unreadable")
+        p.errors.append(f"{layout.plan_key(job_id)} is unreadable")
     try:
         p.summary = json.loads(storage.get(layout.success_key(job_id)))
         p.succeeded = True
@@ -148,8 +89,10 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
     if spec is not None and p.images_total is not None:
         p.images_done = sum(_shard_size_of(s, spec.shard_size, p.images_total) for s in committed)
     if p.summary is not None:
-        p.images_done = int(p.summary.get("images", p.images_done))
-        p.shards_done = int(p.summary.get("shards", p.shards_done))
+        from linegen.jobs.summary import count_of
+
+        p.images_done = count_of(p.summary.get("images")) or p.images_done
+        p.shards_done = count_of(p.summary.get("shards")) or p.shards_done
         if p.images_total is None:
             p.images_total, p.shards_total = p.images_done, p.shards_done
 
@@ -196,24 +139,3 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
     elif p.summary is not None:
         p.images_per_s = p.summary.get("images_per_s_this_run")
     return p
-
-
-def cost_of(progress: JobProgress, prices: dict[str, float] | None = None) -> dict:
-    """Cost so far (device-seconds from the stats x $/device-hour) and, if the job is not
-    complete, projected for all its images at the same $/image."""
-    from linegen.jobs.driver import job_cost
-
-    devices = progress.device_seconds
-    if not devices and progress.summary is not None:
-        devices = dict(progress.summary.get("device_seconds_by_device") or {})
-    images = progress.images_done
-    c = job_cost(devices, images, prices or None)
-    c["device_seconds"] = sum(devices.values())
-    c["device_seconds_by_device"] = dict(devices)
-    c["images"] = images
-    if progress.images_total and images and images < progress.images_total:
-        c["projected_usd"] = c["usd"] / images * progress.images_total
-    else:
-        c["projected_usd"] = c["usd"] if progress.succeeded else None
-    return c
-

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from linegen.jobs.errors import UserError
+from linegen.jobs.errors import JobCancelled, UserError
 
 POLL_S = 3.0  # how often a waiting driver looks at the other job's markers
 RAY_CHECK_S = 30.0  # how often it also asks the Jobs API (only the fallback)
@@ -38,10 +38,6 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 AT_HELP = ("HH:MM[:SS] (the next time the local clock shows it), YYYY-MM-DDTHH:MM[:SS] (local time "
            "unless it ends in Z or +HH:MM), or +DURATION such as +90s, +10m, +1h30m")
-
-
-class JobCancelled(UserError):
-    """The job will not run: the job it waits for failed or was cancelled (the message says which)."""
 
 
 def parse_at(text: str, now: float | None = None) -> float:

@@ -1,4 +1,4 @@
-"""An independent, deliberately plain LlamaGen forward written from specs/llamagen.md, used only to
+"""An independent, deliberately plain LlamaGen forward written from docs/llamagen.md, used only to
 check workers/models/gpt.py: explicit loops over layers, explicit 2-D RoPE angles per position,
 explicit softmax attention over the whole sequence. No caches, no shared code with the package."""
 from __future__ import annotations

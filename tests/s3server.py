@@ -1,6 +1,6 @@
 """A real S3-compatible server for tests: SeaweedFS `weed mini` on loopback.
 
-See /work/shared/notes/environment.md for why `weed mini` (and not moto or `weed server -s3`).
+See docs/environment.md for why `weed mini` (and not moto or `weed server -s3`).
 The server enforces SigV4 signatures because AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are set
 in its environment, so wrong-credential paths are tested for real.
 """

@@ -170,9 +170,9 @@ def test_ray_fallback_sees_attempts_that_all_ended(monkeypatch: pytest.MonkeyPat
 
 
 def test_shown_url_hides_credentials() -> None:
-    from linegen.jobs.remote import shown_url
+    from linegen.cluster.address import redact_url as shown_url
 
-    assert shown_url("http://u:secret@proxy:8265/ray") == "http://proxy:8265/ray"
+    assert shown_url("http://u:secret@proxy:8265/ray") == "http://u:***@proxy:8265/ray"
     assert shown_url("http://head:8265") == "http://head:8265"
 
 
@@ -218,7 +218,7 @@ def test_old_job_json_still_loads() -> None:
 
 
 def _prepared(out: Path, job_id: str, **kw):
-    from linegen.jobs.driver import prepare_job
+    from linegen.jobs.prepare import prepare_job
 
     manifest = out.parent / f"{job_id}.jsonl"
     manifest.write_text('{"class_id": 1, "count": 2}\n')
@@ -276,7 +276,7 @@ def _js(sid, status, meta=None, message=""):
 
 
 def test_attempt_ids_and_grouping() -> None:
-    from linegen.jobs.remote import attempt_number, attempts_of, group_attempts
+    from linegen.jobs.remote.attempts import attempt_number, attempts_of, group_attempts
 
     assert attempt_number("j", "j") == 0 and attempt_number("j-resume-12", "j") == 12
     states = [_js("j-resume-2", "RUNNING", {"linegen_job_id": "j"}), _js("j", "STOPPED", {"linegen_job_id": "j"}),
@@ -289,7 +289,7 @@ def test_attempt_ids_and_grouping() -> None:
 def test_derive_state() -> None:
     from linegen.jobs.outcome import Outcome
     from linegen.jobs.progress import JobProgress
-    from linegen.jobs.remote import derive_state
+    from linegen.jobs.remote.attempts import derive_state
 
     now = 1000.0
     spec = _spec("j", "/o", start_at=2000.0)
@@ -325,17 +325,25 @@ def test_parse_headers() -> None:
 
 
 def test_runtime_env_ships_code_and_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    from linegen.jobs.remote import PACKAGES, runtime_env
+    from linegen.jobs.remote.shipping import PACKAGES, runtime_env, staged_code
 
     monkeypatch.setenv("LINEGEN_RAY_TOKEN", "tok-secret-123")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-456")
-    env = runtime_env(ship_code=True, attempt="j", s3_endpoint_url="http://s3:9000")
-    assert [Path(p).name for p in env["py_modules"]] == list(PACKAGES)
+    with staged_code() as code:
+        env = runtime_env(code=code, attempt="j", s3_endpoint_url="http://s3:9000")
+        # One folder named after the namespace, holding every package the driver imports, no caches.
+        assert [Path(p).name for p in env["py_modules"]] == ["linegen"]
+        shipped = Path(env["py_modules"][0])
+        assert (shipped / "__init__.py").is_file() and (shipped / "errors.py").is_file()
+        assert all((shipped / name / "__init__.py").is_file() for name in PACKAGES)
+        assert (shipped / "jobs" / "driver.py").is_file() and (shipped / "jobs" / "storage" / "s3.py").is_file()
+        assert not list(shipped.rglob("__pycache__"))
+        text = json.dumps(env) + "".join(p.read_text(errors="replace") for p in shipped.rglob("*.py"))
+    assert not code.exists()  # the staging folder is gone after the upload
     assert "__pycache__" in env["excludes"]
     assert env["env_vars"]["LINEGEN_S3_ENDPOINT_URL"] == "http://s3:9000"
-    text = json.dumps(env)
     assert "tok-secret-123" not in text and "aws-secret-456" not in text
-    assert "py_modules" not in runtime_env(ship_code=False, attempt="j", s3_endpoint_url=None)
+    assert "py_modules" not in runtime_env(code=None, attempt="j", s3_endpoint_url=None)
 
 
 def test_estimate_from_table_and_no_measurement(tmp_path: Path) -> None:
@@ -347,13 +355,17 @@ def test_estimate_from_table_and_no_measurement(tmp_path: Path) -> None:
              "images_per_s": 300.0, "batch": 64, "source": "test row", "date": "2026-11-22"}]
     doc = estimate(str(manifest), "test-tiny", "H100", cache="linear", cache_ratio="1/6", gpus=2,
                    prices={"H100": 3.6}, table=rows)
-    assert doc["images"] == 1500 and doc["throughput"]["kind"] == "benchmark"
+    assert doc["images"] == {"done": None, "total": 1500} and doc["throughput"]["kind"] == "benchmark"
     assert doc["usd"] == pytest.approx(1500 / 300 / 3600 * 3.6)
     assert doc["wall_hours"] == pytest.approx(1500 / 300 / 3600 / 2)
     assert "benchmark table" in doc["throughput"]["source"]
     none = estimate(str(manifest), "test-tiny", "H100", cache="full", prices={"H100": 3.6}, table=rows)
     assert none["throughput"] is None and none["usd"] is None
     assert "no measured throughput exists for test-tiny on H100 with cache full" in none["reason"]
+    # the missing measurement is found before the manifest is read (issue 15, C8): even a manifest
+    # that does not exist gets the "no measurement" answer, not a manifest error
+    gone = estimate(str(tmp_path / "absent.jsonl"), "test-tiny", "H100", cache="full", table=rows)
+    assert gone["throughput"] is None and "no measured throughput" in gone["reason"]
 
 
 def test_estimate_from_the_shipped_table(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 import jobs_helpers as H
 from linegen.cluster.config import ConfigError, parse_config
 from linegen.cluster.config_write import set_model_keys, write_model_keys
-from linegen.jobs.cache_choice import FALLBACK, resolve_cache
+from linegen.jobs.cache_choice import FALLBACK
 from linegen.workers.models.registry import get_spec
 
 VALUES = {"cache": "linear", "cache_ratio": "1/6", "cache_options": {"anchor_lines": 1, "decay": 1.0, "cfg_shared": True}}
@@ -87,25 +87,35 @@ def test_config_cache_keys_are_checked(entry, match):
         parse_config(f"[models]\nm = {entry}\n")
 
 
-def test_cache_resolution_order():
-    spec, tiny = get_spec("linegen-shapes-c2i"), get_spec("test-tiny")
-    configured = parse_config('[models]\nm = { cache = "h2o", cache_ratio = "1/8", cache_options = { recent_share = 0.25 } }\n').models["m"]
+def test_cache_resolution_order(tmp_path):
+    from linegen.cluster.config import load_config
+    from linegen.jobs.settings import Settings
+
+    path = tmp_path / "c.toml"
+    path.write_text('[models]\nlinegen-shapes-c2i = { cache = "h2o", cache_ratio = "1/8", '
+                    'cache_options = { recent_share = 0.25 } }\n')
+    config, empty = load_config(path), load_config(tmp_path / "none.toml")
+
+    def cache(model="linegen-shapes-c2i", cfg=config, **flags):
+        return Settings.from_flags(model=model, config=cfg, **flags).cache
+
     # flags win over everything
-    r = resolve_cache("streaming", "1/4", None, None, spec, configured)
-    assert (r.choice.policy, r.choice.ratio, r.source) == ("streaming", "1/4", "flags")
-    # no --cache: the config entry (what `tune` wrote); --cache-ratio next to it adjusts it
-    r = resolve_cache(None, None, None, None, spec, configured)
-    assert (r.choice.policy, r.choice.ratio, r.choice.options, r.source) == ("h2o", "1/8", {"recent_share": 0.25}, "config")
-    assert resolve_cache(None, "1/4", None, None, spec, configured).choice.ratio == "1/4"
-    # no --cache and nothing configured: the default
-    assert resolve_cache(None, None, None, None, tiny, None).source == "default"
+    c = cache(cache="streaming", cache_ratio="1/4")
+    assert (c.policy, c.ratio) == ("streaming", "1/4")
+    # no cache flag: the config entry (what `tune` wrote)
+    c = cache()
+    assert (c.policy, c.ratio, c.options) == ("h2o", "1/8", {"recent_share": 0.25})
+    # no cache flag and nothing configured: the full cache
+    assert cache(cfg=empty).policy == "full"
     # auto: config, else the model's shipped setting, else LineAR's defaults at 1/6
-    assert resolve_cache("auto", None, None, None, spec, configured).source == "config"
-    shipped = resolve_cache("auto", None, None, None, spec, None)
-    assert shipped.source == "model" and shipped.choice.policy == spec.recommended_cache.policy
-    assert resolve_cache("auto", None, None, None, tiny, None).choice == FALLBACK
-    opt = resolve_cache("auto", None, None, ["anchors=2"], tiny, None).choice
-    assert opt.policy == "linear" and opt.options == {"anchors": 2}
+    assert cache(cache="auto").policy == "h2o"
+    spec = get_spec("linegen-shapes-c2i")
+    shipped = cache(cache="auto", cfg=empty)
+    assert (shipped.policy, shipped.ratio) == (spec.recommended_cache.policy, spec.recommended_cache.ratio)
+    assert cache(model="test-tiny", cache="auto", cfg=empty) == FALLBACK
+    c = cache(model="test-tiny", cache="auto", cfg=empty, cache_options=["anchors=2"])
+    assert c.policy == "linear" and c.options == {"anchors": 2}
+    assert cache(cache="auto", cache_ratio="1/4").ratio == "1/4"  # a ratio next to auto adjusts it
 
 
 def test_tune_writes_the_config_and_run_uses_it(tmp_path):

@@ -1,5 +1,5 @@
 """VQ tokenizer: architecture/key layout of the official configs, and numerics against a plain
-functional re-implementation written from specs/llamagen.md section 3."""
+functional re-implementation written from docs/llamagen.md ("VQ tokenizer")."""
 from __future__ import annotations
 
 import math
@@ -135,7 +135,7 @@ def conv_keys(p, cout, cin, k):
 
 
 def official_decoder_keys(level_channels: list[int]) -> dict[str, list[int]]:
-    """Decoder-side keys of specs/llamagen.md 3.5; level_channels lowest resolution first."""
+    """Decoder-side keys (docs/llamagen.md, "VQ state-dict keys"); level_channels lowest resolution first."""
     top = level_channels[0]
     keys = {"quantize.embedding.weight": [16384, 8], "quantize.codebook_used": [65536]}
     keys |= conv_keys("post_quant_conv", 256, 8, 1) | conv_keys("decoder.conv_in", top, 256, 3)

@@ -13,7 +13,6 @@ import queue
 import socket
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,19 +119,9 @@ class GenerationActor:
             p.next_item += take
         return wave
 
-    def _requests(self, items: list) -> tuple[list, list]:
-        """GenRequests for a wave's items, and per item (caption tokens, truncated) or None."""
-        from linegen.workers.engine import GenRequest
-
-        if self.text is None:
-            requests = [GenRequest(seed=it.seed, class_id=it.class_id, sampling=it.sampling) for it in items]
-            return requests, [None] * len(items)
-        encoded = self.text.encode([it.prompt for it in items])
-        requests = [GenRequest(seed=it.seed, caption=e.features, caption_mask=e.mask, sampling=it.sampling)
-                    for it, e in zip(items, encoded)]
-        return requests, [(e.tokens, e.truncated) for e in encoded]
-
     def _engine_loop(self) -> None:
+        from linegen.workers.engine import requests_for
+
         pending: list[_Pending] = []
         while not self._stop:
             wave = self._take_wave(pending)
@@ -140,7 +129,7 @@ class GenerationActor:
                 continue
             started = time.time()
             try:
-                requests, prompt_info = self._requests([it for _, it in wave])
+                requests, prompt_info = requests_for([it for _, it in wave], self.text)
                 result = self.engine.run_wave(requests)
                 images = self.engine.decode_images(result.tokens)
             except Exception as e:  # a shard that cannot be generated fails, the actor goes on

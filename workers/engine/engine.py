@@ -34,6 +34,18 @@ class GenRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
+def requests_for(items, text=None) -> tuple[list[GenRequest], list[tuple[int, bool] | None]]:
+    """Engine requests for planned items (anything with seed, class_id, prompt and sampling), and
+    per item (caption tokens, truncated) or None. ``text``: the TextEncoder of a t2i model."""
+    if text is None:
+        requests = [GenRequest(seed=it.seed, class_id=it.class_id, sampling=it.sampling) for it in items]
+        return requests, [None] * len(items)
+    encoded = text.encode([it.prompt for it in items])
+    requests = [GenRequest(seed=it.seed, caption=e.features, caption_mask=e.mask, sampling=it.sampling)
+                for it, e in zip(items, encoded)]
+    return requests, [(e.tokens, e.truncated) for e in encoded]
+
+
 @dataclass
 class WaveStats:
     batch_size: int

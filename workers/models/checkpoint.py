@@ -1,6 +1,6 @@
 """Read official LlamaGen checkpoint files (GPT and VQ) and load them strictly.
 
-Layouts (specs/llamagen.md 1.9, 3.5): a `torch.save` pickle holding either a dict with the state
+Layouts (docs/llamagen.md, "Checkpoint files"): a `torch.save` pickle holding either a dict with the state
 dict under `model` / `module` / `state_dict` / `ema` plus training extras, or the state dict
 itself (FSDP `consolidated.pth`). S3 and other remote sources are resolved to a local file by
 the caller; this module only reads local paths, file objects and already-loaded dicts.

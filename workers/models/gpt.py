@@ -1,4 +1,4 @@
-"""The LlamaGen GPT (class- and text-conditional), computing what specs/llamagen.md §1 describes.
+"""The LlamaGen GPT (class- and text-conditional), computing what docs/llamagen.md describes.
 
 Module and parameter names follow the official checkpoints, so their state dicts load as they are.
 The model itself holds no cache: decoding passes a cache object (workers/cache) into `forward`,
@@ -49,7 +49,7 @@ def precompute_rope_2d(grid: int, head_dim: int, prefix_len: int, base: float = 
     """[prefix_len + grid*grid, head_dim/2, 2] cos/sin table; condition rows are all zero.
 
     The zero rows are deliberate: LlamaGen was trained with them, so q and k at condition
-    positions become zero vectors (specs/llamagen.md §1.4 — do not "fix" them to identity).
+    positions become zero vectors (docs/llamagen.md, "2-D RoPE" — do not "fix" them to identity).
     """
     half = head_dim // 2
     freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))

@@ -1,4 +1,4 @@
-"""The T5 text encoder of LlamaGen's text-to-image models (specs/llamagen.md section 4).
+"""The T5 text encoder of LlamaGen's text-to-image models (docs/llamagen.md, "T5 text conditioning").
 
 A prompt becomes `caption_tokens` (120) rows of T5 features, left-padded: the valid rows come
 last, padded rows are zero, and a bool mask marks the valid ones. That is the layout the t2i GPT

@@ -1,4 +1,4 @@
-"""LlamaGen VQ tokenizer (specs/llamagen.md section 3): codes <-> images.
+"""LlamaGen VQ tokenizer (docs/llamagen.md, "VQ tokenizer"): codes <-> images.
 
 Module and attribute names mirror LlamaGen's `tokenizer/tokenizer_image/vq_model.py`, so that
 the official `vq_ds16_c2i.pt` / `vq_ds8_c2i.pt` state dicts load with their own key names.

@@ -1,0 +1,192 @@
+"""Every flag, declared once, so every command spells and explains it the same way.
+
+Flags that travel together are groups (a dataclass of flags); a command takes a group as one
+parameter annotated with its class, and `@with_flags` turns the group into the command's flags
+and hands the command one filled-in instance. Field names are the keywords of the Python API
+(`linegen.run(..., cache_ratio="1/6")` is `--cache-ratio 1/6`), so `vars(group)` goes straight in.
+An old spelling stays accepted as a hidden alias.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+import typer
+
+from linegen.jobs.cache_choice import POLICY_NAMES
+
+
+def option(default: Any, *names: str, help: str, aliases: tuple[str, ...] = (), **kw: Any) -> Any:
+    """A Typer option; ``aliases``: old spellings, accepted but hidden (used by `@with_flags`)."""
+    info = typer.Option(default, *names, help=help, **kw)
+    info.linegen_aliases = tuple(aliases)
+    return info
+
+
+def flag(default: Any, *names: str, help: str, aliases: tuple[str, ...] = (), **kw: Any) -> Any:
+    """A group field: its value's default, and the option that sets it."""
+    return field(default=default, metadata={"option": option(default, *names, help=help, aliases=aliases, **kw)})
+
+
+def opt(group_cls: type, name: str) -> Any:
+    """One group's option on its own, for a command that takes only that flag of the group."""
+    return next(f.metadata["option"] for f in dataclasses.fields(group_cls) if f.name == name)
+
+
+def group(cls):
+    """Marks a dataclass of flags as a group `@with_flags` expands."""
+    cls = dataclass(cls)
+    cls.__flag_group__ = True
+    return cls
+
+
+def _is_group(t: Any) -> bool:
+    return isinstance(t, type) and getattr(t, "__flag_group__", False)
+
+
+CONFIG_HELP = "Config file (default: $LINEGEN_CONFIG, else ~/.config/linegen/config.toml)."
+
+
+# --------------------------------------------------------------------------- groups
+
+@group
+class ModelFlags:
+    """Which model, its weights, and where it runs."""
+
+    model: Optional[str] = flag(None, "--model", help="Registered model name (see `linegen models`; default: the built-in model).")
+    checkpoint: Optional[str] = flag(None, "--checkpoint", help="GPT checkpoint: local path or s3:// URI (official LlamaGen layout).")
+    vq_checkpoint: Optional[str] = flag(None, "--vq-checkpoint", help="VQ tokenizer checkpoint: local path or s3:// URI.")
+    text_encoder: Optional[str] = flag(None, "--text-encoder", help="Text-to-image models: T5 encoder folder in the Hugging Face layout (config.json, weights, tokenizer), local path or s3:// prefix.")
+    random_weights: bool = flag(False, "--random-weights", help="Run without checkpoints (noise images; for trying the pipeline).")
+    device: str = flag("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+    dtype: Optional[str] = flag(None, "--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on GPU, float32 on CPU).")
+
+
+@group
+class CacheFlags:
+    """The KV cache policy and its memory budget."""
+
+    cache: Optional[str] = flag(None, "--cache", help=f"KV cache policy: {', '.join(POLICY_NAMES)}, or auto (the setting measured for the model: `linegen tune`'s in the config, else the one shipped with it). Default: the config's [models] entry for the model, else full.")
+    cache_ratio: Optional[str] = flag(None, "--cache-ratio", help="Visual cache budget as a fraction of the tokens, e.g. 1/6 or 0.25 (default 1/6).")
+    cache_lines: Optional[int] = flag(None, "--cache-lines", help="Visual cache budget in token lines (instead of --cache-ratio).")
+    cache_options: Optional[List[str]] = flag(None, "--cache-option", help="Policy switch KEY=VALUE, repeatable: preset=NAME picks a named option set (linear: paper, structure, accumulate, ...); linear takes anchors, anchor_lines, recent_lines, aggregate (sum|mean|max), pool_1d, pool_2d, decay, shift_prior, cfg_shared, cfg_rank (cond|sum); streaming sinks; h2o recent_share; snapkv kernel; rkv window, kernel, mix, threshold.")
+
+
+@group
+class SamplingFlags:
+    """The job seed and the sampling defaults (a manifest row's own values win)."""
+
+    seed: int = flag(0, "--seed", help="Job seed; each image's seed derives from (seed, row, replica).")
+    cfg_scale: Optional[float] = flag(None, "--cfg-scale", help="Classifier-free guidance scale (<= 1 disables guidance). Default: the model's.")
+    top_k: Optional[int] = flag(None, "--top-k", help="Top-k filtering (0 = off). Default: the model's.")
+    top_p: Optional[float] = flag(None, "--top-p", help="Nucleus filtering, in (0, 1]. Default: the model's (1 = off).")
+    temperature: Optional[float] = flag(None, "--temperature", help="Sampling temperature, > 0. Default: the model's.")
+
+
+@group
+class BatchFlags:
+    """How many images decode together."""
+
+    batch_size: Optional[int] = flag(None, "--batch-size", aliases=("--batch", "--max-batch"),
+                                     help="Images decoded together; a CFG pair counts once (default: as many as fit --memory-budget).")
+    memory_budget: Optional[str] = flag(None, "--memory-budget", help="Memory for weights + caches per worker, e.g. 20GiB (default: 85% of free memory).")
+
+
+@group
+class JobFlags:
+    """A job's identity and how it is cut into work."""
+
+    job_id: Optional[str] = flag(None, "--job-id", help="Job id (re-run with the same id and --out to resume; on a cluster also the Ray submission id).")
+    shard_size: int = flag(1000, "--shard-size", help="Images per shard (the unit of commit and resume).")
+    workers: Optional[int] = flag(None, "--workers", help="Model-holding actors (default: one per GPU, or 1 on CPU).")
+    format: str = flag("parquet", "--format", help="Image shards: parquet (images/SHARD.parquet, Hugging Face datasets) or webdataset (images/SHARD.tar: KEY.png, KEY.json, KEY.tokens.npy).")
+
+
+@group
+class StoreFlags:
+    """Where S3 is, for S3-compatible stores."""
+
+    s3_endpoint_url: Optional[str] = flag(None, "--s3-endpoint-url", envvar="LINEGEN_S3_ENDPOINT_URL", help="Endpoint of an S3-compatible store.")
+
+
+@group
+class ConnectionFlags:
+    """Where a remote command points: the cluster, its auth, the config file."""
+
+    cluster: Optional[str] = flag(None, "--cluster", help="Ray cluster: its dashboard / Jobs API URL, e.g. http://HEAD:8265 (default: RAY_ADDRESS, or the config's [cluster] address).")
+    token: Optional[str] = flag(None, "--token", help="Ray auth token (better: LINEGEN_RAY_TOKEN, RAY_AUTH_TOKEN, --token-file or RAY_AUTH_MODE=token with Ray's token file; a flag shows in the process list).")
+    token_file: Optional[str] = flag(None, "--token-file", help="File holding the Ray auth token (default: the config's [cluster] token_file).")
+    headers: Optional[List[str]] = flag(None, "--header", help="Extra HTTP header NAME=VALUE sent to the cluster (e.g. for a proxy); repeatable.")
+    config: Optional[str] = flag(None, "--config", help=CONFIG_HELP)
+
+
+@group
+class PriceFlags:
+    """What a device-hour costs, for cost so far and estimates."""
+
+    prices: Optional[List[str]] = flag(None, "--price", help="Price override DEVICE=DOLLARS_PER_HOUR, e.g. H100=3.29; repeatable (default: the config's [prices], else built-in).")
+
+
+# Single flags several commands share.
+Json = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables (errors too).")
+Config = typer.Option(None, "--config", help=CONFIG_HELP)
+JobOut = typer.Option(None, "--out", help="Output root holding the job: a local folder or s3://bucket/prefix (default: from the job's metadata on the cluster, else the config's [output] out, else ./out as for `linegen run`).")
+Manifest = typer.Argument(..., help="Prompt manifest (.jsonl, .csv, .parquet): local path or s3:// URI.")
+Job = typer.Argument(..., help="Job id.")
+
+
+# --------------------------------------------------------------------------- the decorator
+
+def with_flags(fn):
+    """Expand every group-annotated parameter of a command into its flags (and every option's
+    hidden aliases); call the command with one filled-in instance per group."""
+    hints = typing.get_type_hints(fn)
+    params: list[inspect.Parameter] = []
+    groups: dict[str, type] = {}
+    aliased: dict[str, tuple[Any, int]] = {}  # parameter -> (its default, number of aliases)
+
+    def add(name: str, default: Any, annotation: Any) -> None:
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=annotation))
+        for i, alias in enumerate(getattr(default, "linegen_aliases", ())):
+            params.append(inspect.Parameter(f"{name}__alias{i}", inspect.Parameter.KEYWORD_ONLY,
+                                            default=typer.Option(None, alias, hidden=True),
+                                            annotation=Optional[annotation]))
+            aliased[name] = (default.default, i + 1)
+
+    for p in inspect.signature(fn).parameters.values():
+        annotation = hints.get(p.name, p.annotation)
+        if not _is_group(annotation):
+            add(p.name, p.default, annotation)
+            continue
+        groups[p.name] = annotation
+        field_types = typing.get_type_hints(annotation)
+        for f in dataclasses.fields(annotation):
+            add(f.name, f.metadata["option"], field_types[f.name])
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> Any:
+        for name, (default, count) in aliased.items():
+            for i in range(count):
+                value = kwargs.pop(f"{name}__alias{i}")
+                if value is not None and kwargs[name] == default:
+                    kwargs[name] = value
+        for name, cls in groups.items():
+            kwargs[name] = cls(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(cls)})
+        return fn(**kwargs)
+
+    wrapper.__signature__ = inspect.Signature(params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def settings_of(*groups: Any) -> dict[str, Any]:
+    """The keywords of `Settings.from_flags` from filled-in groups."""
+    out: dict[str, Any] = {}
+    for g in groups:
+        out.update(vars(g))
+    return out

@@ -1,0 +1,210 @@
+"""The Python API behind `import linegen` (and the CLI): run, validate, submit, status, read_rows.
+
+Every function takes the same keywords as the CLI's flags (``--cache-ratio`` is ``cache_ratio``);
+settings that decide the images are the keywords of `jobs.settings.Settings.from_flags`. Errors
+are `linegen.UserError` subclasses carrying the one-line message the CLI prints.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from linegen.jobs.errors import UserError
+
+ROWS_MANIFEST = "rows.jsonl"  # how a job made from Python rows names its manifest (its copy keeps them)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job: where it is, and its `_SUCCESS` summary (counts, totals, cost)."""
+
+    job_id: str
+    out: str
+    summary: dict = field(repr=False)
+    s3_endpoint_url: str | None = field(default=None, repr=False)
+    format: str = "parquet"
+
+    @property
+    def images(self) -> int:
+        from linegen.jobs.summary import count_of
+
+        return count_of(self.summary["images"])
+
+    @property
+    def generated_this_run(self) -> int:
+        return int(self.summary["generated_this_run"])
+
+    @property
+    def images_glob(self) -> str:
+        """For ``datasets.load_dataset("parquet", data_files=...)``, ``webdataset.WebDataset`` and
+        other readers: it matches published (committed) shards only."""
+        from linegen.jobs.layout import IMAGE_EXT
+
+        return f"{self.out.rstrip('/')}/{self.job_id}/images/*.{IMAGE_EXT[self.format]}"
+
+    def read_table(self, columns: list[str] | None = None):
+        """Every committed image row as one pyarrow Table, shard order."""
+        return read_images(self.out, self.job_id, columns=columns, s3_endpoint_url=self.s3_endpoint_url)
+
+
+@dataclass(frozen=True)
+class Validation:
+    rows: int
+    items: int
+    truncated: list[dict] = field(default_factory=list)  # t2i with a text encoder: prompts that will be cut
+
+    def to_dict(self) -> dict:
+        return {"valid": True, "rows": self.rows, "items": self.items, "truncated": self.truncated}
+
+
+def _manifest_source(manifest) -> tuple[str, bytes | None]:
+    """(name, bytes) for a path/URI (bytes read later) or a list of row dicts (validated here)."""
+    if isinstance(manifest, str) or hasattr(manifest, "__fspath__"):
+        import os
+
+        return os.fspath(manifest), None
+    if not isinstance(manifest, Sequence):
+        raise UserError(f"manifest must be a path, an s3:// URI or a list of row dicts, got {type(manifest).__name__}")
+    from linegen.jobs.manifest import parse_rows
+
+    parse_rows(manifest)  # every problem, by row index, before anything is written
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in manifest).encode()
+    return ROWS_MANIFEST, data
+
+
+def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: int = 1000,
+        workers: int | None = None, format: str = "parquet", progress: Callable | None = None,
+        num_cpus: int | None = None, **settings) -> JobResult:
+    """Run a job on the embedded local Ray (or the Ray this process already initialised).
+
+    ``manifest``: a path/URI (.jsonl, .csv, .parquet) or a list of row dicts, validated exactly
+    like a file. Re-running with the same ``job_id`` and ``out`` resumes: every item exactly once.
+    ``progress`` receives `jobs.driver.Progress` updates.
+    """
+    from linegen.jobs.prepare import prepare_job
+    from linegen.jobs.run import run_embedded
+    from linegen.jobs.spec import JobSpec
+
+    name, data = _manifest_source(manifest)
+    spec = JobSpec.from_flags(manifest=name, out=out, job_id=job_id, shard_size=shard_size, workers=workers,
+                              format=format, **settings)
+    prepared = prepare_job(spec, manifest_data=data)  # the whole manifest and every setting first
+    summary = run_embedded(spec, progress=progress, prepared=prepared, num_cpus=num_cpus)
+    return JobResult(job_id=spec.job_id, out=spec.out, summary=summary, s3_endpoint_url=spec.s3_endpoint_url,
+                     format=spec.format)
+
+
+def validate(manifest, *, model: str | None = None, text_encoder: str | None = None,
+             s3_endpoint_url: str | None = None) -> Validation:
+    """Check a manifest (path/URI or rows): raises ManifestError naming every bad row and field.
+    With a model, rows are checked against it; with a t2i model and its text encoder, the prompts
+    the tokenizer will cut are listed by line."""
+    from linegen.jobs.manifest import Conditioning, parse_rows, read_manifest, total_items
+    from linegen.jobs.models import ModelChoice
+
+    conditioning = spec = None
+    if model is not None:
+        spec = ModelChoice(name=model, random_weights=True).spec()
+        conditioning = Conditioning.of(spec)
+    if text_encoder is not None and (spec is None or spec.gpt.cond != "t2i"):
+        raise UserError("--text-encoder needs --model with a text-to-image model")
+    name, data = _manifest_source(manifest)
+    rows = (parse_rows(manifest, conditioning=conditioning) if data is not None
+            else read_manifest(name, conditioning, endpoint_url=s3_endpoint_url))
+    truncated = [] if text_encoder is None else _truncated_prompts(rows, text_encoder, spec.gpt.caption_tokens,
+                                                                  s3_endpoint_url)
+    return Validation(rows=len(rows), items=total_items(rows), truncated=truncated)
+
+
+def _truncated_prompts(rows, text_encoder: str, limit: int, endpoint_url: str | None) -> list[dict]:
+    from linegen.jobs.storage import StorageError, fetch_folder_to_local
+    from linegen.workers.models.text import TextEncoderError, load_tokenizer, prepare_texts, token_counts
+
+    try:
+        tokenizer = load_tokenizer(fetch_folder_to_local(text_encoder, endpoint_url=endpoint_url))
+    except (StorageError, TextEncoderError) as e:
+        raise UserError(f"--text-encoder {text_encoder}: {e}") from None
+    prompt_rows = [r for r in rows if r.prompt is not None]
+    counts = token_counts(tokenizer, prepare_texts([r.prompt for r in prompt_rows]))
+    return [{"line": r.line, "tokens": n, "limit": limit} for r, n in zip(prompt_rows, counts) if n > limit]
+
+
+def read_rows(manifest: str, *, model: str | None = None, s3_endpoint_url: str | None = None) -> list[dict]:
+    """A manifest's rows as dicts with their ``row`` index, for `Generator` and Ray Data
+    (``ray.data.from_items(linegen.read_rows(path))``); validated like `linegen run` does."""
+    from linegen.jobs.manifest import Conditioning, read_manifest
+
+    conditioning = None
+    if model is not None:
+        from linegen.jobs.models import ModelChoice
+
+        conditioning = Conditioning.of(ModelChoice(name=model, random_weights=True).spec())
+    rows = read_manifest(manifest, conditioning, endpoint_url=s3_endpoint_url)
+    keys = ("prompt", "class_id", "count", "seed", "id", "cfg_scale", "temperature", "top_k", "top_p")
+    return [{"row": r.index, **{k: getattr(r, k) for k in keys if getattr(r, k) is not None}} for r in rows]
+
+
+def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_endpoint_url: str | None = None):
+    """The image rows of every committed shard of a Parquet job (what a reader may trust)."""
+    import pyarrow as pa
+
+    from linegen.jobs import layout
+    from linegen.jobs.sink import committed_file, read_commit
+    from linegen.jobs.storage import open_storage
+    from linegen.jobs.writer import from_parquet_bytes
+
+    storage = open_storage(out, endpoint_url=s3_endpoint_url)
+    tables = []
+    for sid in sorted(layout.committed_shards(storage, job_id)):
+        marker = read_commit(storage, job_id, sid)
+        if marker.get("format", "parquet") != "parquet":
+            raise UserError(f"job {job_id} is a {marker['format']} job: read {out.rstrip('/')}/{job_id}/images/*.tar "
+                            "with the webdataset library (or tarfile)")
+        tables.append(from_parquet_bytes(committed_file(storage, marker, "images"), columns=columns))
+    if not tables:
+        raise UserError(f"job {job_id} has no committed shards under {out}")
+    return pa.concat_tables(tables)
+
+
+def connect(*, cluster: str | None = None, out: str | None = None, token: str | None = None,
+            token_file: str | None = None, headers: list[str] | None = None, config: str | None = None,
+            prices: list[str] | None = None, s3_endpoint_url: str | None = None, default_out: str | None = None):
+    """Where remote operations point (flags > config file > environment), as `jobs.remote.Context`;
+    ``default_out``: the output root when neither ``out`` nor the config names one."""
+    from linegen.jobs.remote import make_context
+
+    return make_context(cluster=cluster, token=token, headers=headers, out=out, config=config, prices=prices,
+                        s3_endpoint_url=s3_endpoint_url, token_file=token_file, default_out=default_out)
+
+
+def submit(manifest: str, *, cluster: str | None = None, out: str | None = None, job_id: str | None = None,
+           at: str | None = None, after: str | None = None, ship_code: bool = True, driver_cpus: float = 0.1,
+           shard_size: int = 1000, workers: int | None = None, token: str | None = None,
+           token_file: str | None = None, headers: list[str] | None = None, config: str | None = None,
+           prices: list[str] | None = None, **settings):
+    """Submit a job to a Ray cluster and return at once (`jobs.remote.SubmitResult`)."""
+    from linegen.jobs.remote import submit as submit_job
+    from linegen.jobs.spec import JobSpec
+
+    ctx = connect(cluster=cluster, out=out, token=token, token_file=token_file, headers=headers, config=config,
+                  prices=prices, s3_endpoint_url=settings.pop("s3_endpoint_url", None))
+    ctx.require_cluster()
+    if ctx.out is None:
+        raise UserError("no output root: pass --out s3://bucket/prefix or set [output] out in the config file")
+    spec = JobSpec.from_flags(manifest=manifest, out=ctx.out, job_id=job_id, shard_size=shard_size, workers=workers,
+                              s3_endpoint_url=ctx.s3_endpoint_url, config=ctx.config, **settings)
+    return submit_job(ctx, spec, at=at, after=after, ship_code=ship_code, driver_cpus=driver_cpus)
+
+
+def status(job_id: str, **connection):
+    """Where a job stands (`jobs.remote.JobStatus`); ``connection``: the keywords of `connect`
+    (without a cluster or an output root, the job is looked for under `jobs.spec.DEFAULT_OUT`)."""
+    from linegen.jobs.remote import job_status
+    from linegen.jobs.spec import DEFAULT_OUT
+
+    connection.setdefault("default_out", DEFAULT_OUT)
+    return job_status(connect(**connection), job_id)
+
+
+__all__ = ["JobResult", "Validation", "connect", "read_images", "read_rows", "run", "status", "submit", "validate"]

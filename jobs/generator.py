@@ -1,0 +1,146 @@
+"""`linegen.Generator`: a model loaded once, decoding manifest rows into images, tokens and metadata.
+
+It works on its own (`Generator(model=...).generate(rows)`) and as a Ray Data callable class::
+
+    ds = ray.data.from_items(linegen.read_rows("prompts.jsonl"))
+    ds = ds.map_batches(linegen.Generator, fn_constructor_kwargs={"model": "linegen-shapes-c2i"},
+                        concurrency=2, num_gpus=1, batch_size=64)
+
+Rows are validated exactly like a manifest's (errors name the row by its index). An image's seed
+derives from (seed, row, replica) as in `linegen run`, where ``row`` is the row's index in its
+manifest: give it as a ``row`` field (`linegen.read_rows` adds it) to get the images `linegen run`
+makes for the same manifest and seed; without it, a row's position in the call counts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from linegen.jobs.errors import UserError
+from linegen.jobs.manifest import Conditioning, parse_rows
+from linegen.jobs.plan import Item, expand_items
+from linegen.jobs.settings import Settings
+
+
+@dataclass
+class GeneratedImage:
+    item: Item  # row, replica, seed, condition, sampling
+    image: Any  # uint8 [H, W, 3] numpy array
+    tokens: Any  # int32 [N] numpy array, raster order
+    prompt_tokens: int | None = None  # t2i: caption tokens kept
+    prompt_truncated: bool | None = None  # t2i: whether the prompt was cut to the encoder's limit
+
+
+class Generator:
+    def __init__(self, model: str | None = None, *, settings: Settings | None = None, **flags):
+        """``flags``: the keywords of `linegen run` (checkpoint, vq_checkpoint, text_encoder,
+        cache, cache_ratio, cache_options, seed, cfg_scale, top_k, top_p, temperature, batch_size,
+        memory_budget, device, dtype, random_weights, s3_endpoint_url, config); or ready ``settings``."""
+        from linegen.workers.engine import Engine
+        from linegen.workers.sizes import parse_bytes
+
+        self.settings = settings if settings is not None else Settings.from_flags(model=model, **flags)
+        self.settings.check()
+        spec, gpt, vq, device = self.settings.model.load()
+        self.spec = spec
+        self.text = self.settings.model.load_text_encoder(device)
+        policy = self.settings.cache.build(spec.prefix_len, spec.grid)
+        self.engine = Engine(gpt, vq, spec, policy, device=device, max_batch=1)
+        if self.settings.batch_size is not None:
+            self.engine.max_batch = self.settings.batch_size
+        else:
+            budget = parse_bytes(self.settings.memory_budget) if self.settings.memory_budget else None
+            self.engine.max_batch = self.engine.plan_packing(budget).max_sequences
+        self.conditioning = Conditioning.of(spec)
+        self.cache_ratio = self.settings.cache.effective_ratio(spec.prefix_len, spec.grid)
+
+    def items(self, rows: Iterable[dict]) -> list[Item]:
+        """The items (one per image) that `rows` ask for, with `linegen run`'s seeds."""
+        cleaned, indices = [], []
+        for position, row in enumerate(rows):
+            row = dict(row)
+            index = row.pop("row", None)
+            if index is None:
+                index = position
+            elif isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise UserError(f"rows[{position}]: field 'row': must be the row's index in its manifest "
+                                f"(an integer >= 0), got {index!r}")
+            cleaned.append(row)
+            indices.append(index)
+        parsed = parse_rows(cleaned, conditioning=self.conditioning)
+        parsed = [dataclasses.replace(r, index=indices[r.index]) for r in parsed]
+        return expand_items(parsed, job_seed=self.settings.seed, sampling=self.settings.sampling)
+
+    def generate(self, rows: Iterable[dict], progress: Callable[[int, int], None] | None = None
+                 ) -> list[GeneratedImage]:
+        """Images for every item the rows ask for, in row then replica order."""
+        import numpy as np
+
+        from linegen.workers.engine import requests_for
+
+        items = self.items(rows)
+        out: list[GeneratedImage] = []
+        step = self.engine.max_batch
+        for start in range(0, len(items), step):
+            wave = items[start:start + step]
+            requests, prompt_info = requests_for(wave, self.text)
+            result = self.engine.run_wave(requests)
+            images = self.engine.decode_images(result.tokens)
+            tokens = result.tokens.numpy().astype(np.int32)
+            for i, it in enumerate(wave):
+                info = prompt_info[i]
+                out.append(GeneratedImage(item=it, image=images[i], tokens=tokens[i],
+                                          prompt_tokens=None if info is None else int(info[0]),
+                                          prompt_truncated=None if info is None else bool(info[1])))
+            if progress is not None:
+                progress(len(out), len(items))
+        return out
+
+    def __call__(self, batch) -> dict[str, list]:
+        """A Ray Data batch of manifest rows (numpy or pandas format) -> one row per image:
+        PNG bytes in ``image`` and the columns of linegen's image rows."""
+        from linegen.jobs.writer import encode_pngs
+
+        generated = self.generate(_rows_of(batch))
+        return {
+            "image": encode_pngs([g.image for g in generated]),
+            "item_id": [g.item.item_id for g in generated],
+            "row": [g.item.row for g in generated],
+            "replica": [g.item.replica for g in generated],
+            "id": [g.item.user_id for g in generated],
+            "class_id": [g.item.class_id for g in generated],
+            "prompt": [g.item.prompt for g in generated],
+            "prompt_tokens": [g.prompt_tokens for g in generated],
+            "prompt_truncated": [g.prompt_truncated for g in generated],
+            "seed": [g.item.seed for g in generated],
+            "model": [self.spec.name] * len(generated),
+            "cache_policy": [self.settings.cache.policy] * len(generated),
+            "cache_ratio": [self.cache_ratio] * len(generated),
+            "tokens": [g.tokens for g in generated],
+            "width": [int(g.image.shape[1]) for g in generated],
+            "height": [int(g.image.shape[0]) for g in generated],
+        }
+
+
+def _rows_of(batch) -> list[dict]:
+    """Column batch -> row dicts of plain Python values; a missing value (None/NaN) is left out."""
+    if hasattr(batch, "to_dict") and hasattr(batch, "columns"):  # pandas
+        columns = {c: batch[c].tolist() for c in batch.columns}
+    else:
+        columns = {c: (v.tolist() if hasattr(v, "tolist") else list(v)) for c, v in batch.items()}
+    n = len(next(iter(columns.values()))) if columns else 0
+    rows = []
+    for i in range(n):
+        row = {}
+        for name, values in columns.items():
+            value = values[i]
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            row[name] = value
+        rows.append(row)
+    return rows
+
+
+__all__ = ["GeneratedImage", "Generator"]

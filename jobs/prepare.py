@@ -1,0 +1,142 @@
+"""Everything a job needs before any generation: its settings checked, its storage reachable, its
+whole manifest validated and planned, and its identity claimed under the output root.
+
+The identity (job.json) is claimed with a conditional put before any shard work, so of two
+drivers started together with one job id only one job can exist: a driver whose settings differ
+is refused and told which setting differs; drivers with the same settings go on together, and the
+commit protocol (jobs/sink.py) keeps every shard exactly once. The manifest copy and plan.json are
+conditional puts too: the first writer's bytes stay, and everyone else compares against them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+from linegen.jobs import layout
+from linegen.jobs.errors import UserError
+from linegen.jobs.manifest import Conditioning, manifest_extension, parse_manifest
+from linegen.jobs.plan import Shard, expand_items, plan_fingerprint, plan_shards
+from linegen.jobs.spec import JobSpec, read_spec
+from linegen.jobs.storage import Storage, StorageError, StorageNotFound, open_storage, read_uri
+
+
+@dataclass
+class PreparedJob:
+    spec: JobSpec
+    storage: Storage
+    shards: list[Shard]
+    fingerprint: str
+
+    @property
+    def items_total(self) -> int:
+        return sum(len(s.items) for s in self.shards)
+
+
+def prepare_job(spec: JobSpec, manifest_data: bytes | None = None) -> PreparedJob:
+    """Check, validate and plan ``spec``; claim job.json, record the manifest copy and plan.json.
+
+    ``manifest_data``: the manifest's bytes when they come from the caller (the Python API's
+    list of rows) rather than from ``spec.manifest``.
+    """
+    spec.model.check()
+    model = spec.model.spec()
+    spec.cache.build(model.prefix_len, model.grid)
+    if spec.shard_size < 1:
+        raise UserError(f"--shard-size must be >= 1, got {spec.shard_size}")
+    ext = manifest_extension(spec.manifest)
+    if ext is None:
+        raise UserError(f"{spec.manifest}: manifest must be .jsonl, .csv or .parquet")
+    storage = open_storage(spec.out, endpoint_url=spec.s3_endpoint_url)
+    existing = read_spec(storage, spec.job_id)
+    if existing is not None:
+        _refuse_other_job(existing, spec)
+    copy_key = layout.manifest_key(spec.job_id, ext)
+    data, read_error = (manifest_data, None) if manifest_data is not None else _read_manifest_bytes(spec)
+    if existing is not None:
+        try:
+            copy = storage.get(copy_key)
+        except StorageNotFound:
+            copy = None
+        if data is None:  # the user's file is gone (or unreachable here): the job's own copy counts
+            data = copy
+        elif copy is not None and copy != data:
+            raise _manifest_changed(spec)
+    if data is None:
+        raise read_error
+    rows = parse_manifest(data, spec.manifest, Conditioning.of(model))
+    items = expand_items(rows, job_seed=spec.seed, sampling=spec.sampling)
+    shards = plan_shards(items, spec.shard_size)
+    fingerprint = plan_fingerprint(shards)
+    plan_doc = {"fingerprint": fingerprint, "items": len(items), "shards": len(shards)}
+    storage.check()  # only now: a bad manifest or setting leaves nothing behind, not even a folder
+
+    # The claim. Losing it means another driver (now, or in an earlier run) recorded this job id.
+    if not storage.put_if_absent(layout.spec_key(spec.job_id), spec.to_json().encode()):
+        recorded = read_spec(storage, spec.job_id)
+        if recorded is None:
+            raise UserError(f"job {spec.job_id}: {storage.location(layout.spec_key(spec.job_id))} "
+                            "vanished while this run claimed it; run the command again")
+        _refuse_other_job(recorded, spec)
+    if not storage.put_if_absent(copy_key, data) and storage.get(copy_key) != data:
+        raise _manifest_changed(spec)
+    plan_key = layout.plan_key(spec.job_id)
+    if not storage.put_if_absent(plan_key, json.dumps(plan_doc).encode()):
+        recorded_plan = read_plan(storage, spec.job_id)
+        if recorded_plan["fingerprint"] != fingerprint:
+            raise UserError(f"job {spec.job_id}: the plan changed since the job started "
+                            f"({recorded_plan['items']} items then, {len(items)} now); use another --job-id")
+    return PreparedJob(spec=spec, storage=storage, shards=shards, fingerprint=fingerprint)
+
+
+def _refuse_other_job(recorded: JobSpec, spec: JobSpec) -> None:
+    diffs = recorded.differences(spec)
+    if diffs:
+        raise UserError(f"job {spec.job_id} already exists under {spec.out} with different settings: "
+                        f"{'; '.join(diffs)}; run it with the job's settings to resume it, or use another --job-id")
+
+
+def _manifest_changed(spec: JobSpec) -> UserError:
+    return UserError(f"job {spec.job_id}: {spec.manifest} changed since the job started (manifest content "
+                     "differs); resume with the original manifest or use another --job-id")
+
+
+def read_plan(storage: Storage, job_id: str) -> dict:
+    """plan.json ({"fingerprint", "items", "shards"}); a damaged one is a UserError naming it."""
+    key = layout.plan_key(job_id)
+    where = storage.location(key)
+    try:
+        doc = json.loads(storage.get(key))
+    except StorageNotFound:
+        raise UserError(f"{where} is missing; the job folder is damaged") from None
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{where}: not valid JSON ({str(e)[:120]}); the job folder is damaged") from None
+    if not isinstance(doc, dict) or set(doc) != {"fingerprint", "items", "shards"} \
+            or not isinstance(doc["fingerprint"], str) or not all(
+                isinstance(doc[k], int) and not isinstance(doc[k], bool) for k in ("items", "shards")):
+        raise UserError(f"{where}: expected {{\"fingerprint\", \"items\", \"shards\"}}; the job folder is damaged")
+    return doc
+
+
+def _read_manifest_bytes(spec: JobSpec) -> tuple[bytes | None, Exception | None]:
+    """The manifest as the user points to it now, or (None, why) if it cannot be read from here."""
+    try:
+        return read_uri(spec.manifest, endpoint_url=spec.s3_endpoint_url), None
+    except StorageError as e:
+        return None, e
+
+
+def with_endpoint(spec: JobSpec, endpoint_url: str | None) -> JobSpec:
+    """A recorded job with the S3 endpoint as this process knows it: job.json holds the URL with
+    its credentials redacted, the flag or LINEGEN_S3_ENDPOINT_URL holds the real one."""
+    if not endpoint_url:
+        return spec
+    return dataclasses.replace(spec, s3_endpoint_url=endpoint_url,
+                               model=dataclasses.replace(spec.model, s3_endpoint_url=endpoint_url))
+
+
+def load_job(out: str, job_id: str, endpoint_url: str | None = None) -> JobSpec:
+    spec = read_spec(open_storage(out, endpoint_url=endpoint_url), job_id)
+    if spec is None:
+        raise UserError(f"no job {job_id!r} under {out}")
+    return with_endpoint(spec, endpoint_url)

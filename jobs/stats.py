@@ -1,0 +1,74 @@
+"""A committed shard's stats Parquet, summed: images, tokens, device time, memory, batch timings.
+
+One reader for everyone who adds stats up: the driver's `_SUCCESS` summary (jobs.summary) and a
+job's progress and cost (jobs.progress). Committed stats never change, so `StatsCache` keeps
+them across refreshes of `linegen monitor`.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from linegen.jobs import layout
+
+COLUMNS = ["device", "images", "tokens", "wall_s", "peak_memory_bytes", "kv_cache_bytes",
+           "prompts_truncated", "started_at", "finished_at"]
+
+
+@dataclass(frozen=True)
+class ShardStats:
+    images: int
+    tokens: int
+    device_seconds: dict[str, float]  # device name -> seconds (a wave shared by shards is split by items)
+    peak_memory_bytes: int
+    kv_cache_bytes: int
+    prompts_truncated: int
+    batches: tuple[tuple[float, float, int], ...]  # (started_at, finished_at, images)
+
+
+def _epoch(v: Any) -> float:
+    if v is None:
+        return 0.0
+    if hasattr(v, "timestamp"):
+        return float(v.timestamp())
+    return float(v)
+
+
+def read_shard_stats(storage, job_id: str, shard_id: str) -> ShardStats:
+    from linegen.jobs.writer import from_parquet_bytes
+
+    table = from_parquet_bytes(storage.get(layout.stats_key(job_id, shard_id)))
+    present = [c for c in COLUMNS if c in table.column_names]  # prompts_truncated: absent in older files
+    d = table.select(present).to_pydict()
+    n = table.num_rows
+    col = lambda name: d.get(name, [None] * n)  # noqa: E731
+    devices: dict[str, float] = {}
+    for dev, w in zip(col("device"), col("wall_s")):
+        devices[dev or "unknown"] = devices.get(dev or "unknown", 0.0) + float(w or 0.0)
+    return ShardStats(
+        images=sum(int(x or 0) for x in col("images")),
+        tokens=sum(int(x or 0) for x in col("tokens")),
+        device_seconds=devices,
+        peak_memory_bytes=max([0] + [int(x) for x in col("peak_memory_bytes") if x is not None]),
+        kv_cache_bytes=max([0] + [int(x) for x in col("kv_cache_bytes") if x is not None]),
+        prompts_truncated=sum(int(x or 0) for x in col("prompts_truncated")),
+        batches=tuple((_epoch(s), _epoch(f), int(k or 0))
+                      for s, f, k in zip(col("started_at"), col("finished_at"), col("images"))),
+    )
+
+
+class StatsCache:
+    """Committed shards' stats never change, so each is read once per process."""
+
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str, str], ShardStats] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> ShardStats | None:
+        with self._lock:
+            return self._data.get(key)
+
+    def put(self, key: tuple[str, str, str], value: ShardStats) -> None:
+        with self._lock:
+            self._data[key] = value

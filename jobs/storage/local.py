@@ -1,0 +1,156 @@
+"""A local folder as a storage root: atomic renames for writes, hard links for put-if-absent."""
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from pathlib import Path
+
+from linegen.jobs.storage.base import Storage, StorageError, StorageNotFound
+from linegen.jobs.storage.keys import TMP_PREFIX, check_key, check_prefix
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(os.path.expanduser(os.fspath(root))).absolute()
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).split("/"))
+
+    def _write_tmp(self, path: Path, data: bytes) -> Path:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create folder {path.parent}: {e.strerror or e}") from None
+        tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:12]}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # a commit marker must not outlive its data after a crash
+        except OSError as e:
+            _discard(tmp)
+            raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
+        return tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = self._write_tmp(path, data)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            _discard(tmp)
+            raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        tmp = self._write_tmp(path, data)
+        try:
+            # link() fails if the target exists, so the complete file appears atomically and
+            # only the first of several racing writers wins.
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
+            return self._put_exclusive(path, data)  # filesystems without hard links
+        finally:
+            _discard(tmp)
+
+    def _put_exclusive(self, path: Path, data: bytes) -> bool:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise StorageNotFound(f"{path} does not exist") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[str]:
+        prefix = check_prefix(prefix)
+        # Walk only the deepest folder the prefix names, then filter by the string prefix,
+        # so "images/shard-" and "images/" behave as they do on S3.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root.joinpath(*base.split("/")) if base else self.root
+        keys: list[str] = []
+        if not start.is_dir():
+            return keys
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames[:] = [d for d in dirnames if not d.startswith(TMP_PREFIX)]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if name.startswith(TMP_PREFIX):
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StorageError(f"cannot delete {path}: {e.strerror or e}") from None
+
+    def move(self, src: str, dst: str) -> None:
+        source, target = self._path(src), self._path(dst)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)  # a rename: atomic, and no copy of the bytes
+        except FileNotFoundError:
+            if not source.exists():
+                raise StorageNotFound(f"{source} does not exist") from None
+            raise StorageError(f"cannot move {source} to {target}: no such folder") from None
+        except OSError as e:
+            raise StorageError(f"cannot move {source} to {target}: {e.strerror or e}") from None
+        for folder in (source.parent, source.parent.parent):  # an attempt's folders, once empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"output path {self.root} exists and is not a folder")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create output folder {self.root}: {e.strerror or e}") from None
+        probe = self.root / f"{TMP_PREFIX}check-{uuid.uuid4().hex[:12]}"
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as e:
+            _discard(probe)
+            raise StorageError(f"output folder {self.root} is not writable: {e.strerror or e}") from None
+
+
+def _discard(path: Path) -> None:
+    """Remove a work file if it is there. Never raises: it runs while another error is being
+    reported, and on a read-only filesystem even unlinking a missing file fails (EROFS)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
