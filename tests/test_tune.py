@@ -94,7 +94,8 @@ def test_cache_resolution_order(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[models]\nlinegen-shapes-c2i = { cache = "h2o", cache_ratio = "1/8", '
                     'cache_options = { recent_share = 0.25 } }\n')
-    config, empty = load_config(path), load_config(tmp_path / "none.toml")
+    (tmp_path / "empty.toml").write_text("")
+    config, empty = load_config(path), load_config(tmp_path / "empty.toml")
 
     def cache(model="linegen-shapes-c2i", cfg=config, **flags):
         return Settings.from_flags(model=model, config=cfg, **flags).cache
