@@ -1,58 +1,61 @@
-"""LineAR's switches against H2O on the built-in model: teacher-forced fidelity to the full cache.
+"""The cache sweep: every `linegen tune` candidate plus a grid of LineAR's switches, by teacher-forced
+fidelity to the full cache at one ratio.
 
-    python -m linegen.benchmarks.linear_variants --ratio 1/6 --samples 32
+    python -m linegen.benchmarks.linear_variants --ratio 1/6 --samples 32            # calibration seeds
+    python -m linegen.benchmarks.linear_variants --ratio 1/6 --samples 64 --seed 0   # eval seeds
 
-Every row forces the same full-cache samples (the evaluation's requests: classes in turn, the
-model's sampling defaults) and reports the mean KL(full || policy) per step and top-1 agreement
-(workers/engine/fidelity.py), the columns of `linegen eval` that are steady at a few dozen samples.
+Same machinery as `linegen tune` (jobs/tune.py): the full cache's own samples of the requests
+(classes in turn, the model's sampling defaults) are forced through every candidate; the table
+reports mean KL(full || candidate) per step and top-1 agreement. Seed 1 gives the calibration
+items settings are chosen on; `linegen eval` judges on seed 0.
 """
 from __future__ import annotations
 
 import argparse
-import time
 
-import torch
+from linegen.jobs.tune import CALIBRATION_SEED, CANDIDATES, Candidate
 
-VARIANTS: tuple[tuple[str, dict], ...] = (
-    ("h2o", {}), ("streaming", {}), ("snapkv", {}),
-    ("linear", {}),
-    ("linear", {"anchors": 0}), ("linear", {"anchors": 8}), ("linear", {"anchors": 16}), ("linear", {"anchors": 24}),
-    ("linear", {"aggregate": "max"}), ("linear", {"recent_lines": 2}), ("linear", {"pool_2d": 3}),
-    ("linear", {"cfg_shared": True}),
-    ("linear", {"anchors": 16, "cfg_shared": True}),
-    ("linear", {"anchors": 16, "cfg_shared": True, "recent_lines": 2}),
+# Single switches and their neighbours, beyond the named option sets (benchmarks/RESULTS.md).
+GRID: tuple[Candidate, ...] = (
+    Candidate("h2o", None, (("recent_share", 0.25),)), Candidate("h2o", None, (("recent_share", 0.75),)),
+    Candidate("streaming", None, (("sinks", 24),)),
+    Candidate("linear", "paper", (("anchors", 16),)),
+    Candidate("linear", "paper", (("aggregate", "max"),)), Candidate("linear", "paper", (("pool_2d", 3),)),
+    Candidate("linear", "paper", (("decay", 0.5),)), Candidate("linear", "paper", (("decay", 1.0),)),
+    Candidate("linear", "paper", (("cfg_shared", True), ("cfg_rank", "sum"))),
+    Candidate("linear", "paper", (("anchor_lines", 1), ("recent_lines", 3))),
+    Candidate("linear", "accumulate", (("decay", 0.5),)), Candidate("linear", "accumulate", (("decay", 0.8),)),
+    Candidate("linear", "accumulate", (("cfg_rank", "sum"),)),
+    Candidate("linear", "accumulate", (("cfg_shared", False),)),
+    Candidate("linear", "accumulate", (("anchor_lines", 0), ("anchors", 8))),
+    Candidate("linear", "accumulate", (("anchor_lines", 0), ("anchors", 12))),
+    Candidate("linear", "accumulate", (("recent_lines", 1),)),
+    Candidate("linear", "accumulate", (("pool_2d", 3),)),
+    Candidate("linear", "accumulate", (("aggregate", "max"),)),
 )
 
 
 def main(argv: list[str] | None = None) -> None:
-    from linegen.jobs.evaluate import EvalOptions, requests_for
+    import torch
+
     from linegen.jobs.models import ModelChoice
-    from linegen.workers.cache import make_policy
-    from linegen.workers.engine import Engine
-    from linegen.workers.engine.fidelity import fidelity
+    from linegen.jobs.tune import TuneOptions, render_table, tune
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="linegen-shapes-c2i")
     p.add_argument("--ratio", default="1/6")
     p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--seed", type=int, default=CALIBRATION_SEED)
+    p.add_argument("--no-grid", action="store_true", help="only the `linegen tune` candidates")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    choice = ModelChoice(name=args.model, device="cpu")
-    spec, gpt, _vq, device = choice.load()
-    requests = requests_for(EvalOptions(model=choice), spec, args.samples)
-    full = Engine(gpt, None, spec, make_policy("full"), device=device, max_batch=args.samples)
-    tokens = full.run_wave(requests).tokens
-    print(f"model {spec.name}, ratio {args.ratio}, {args.samples} full-cache samples teacher-forced "
-          f"({args.samples * spec.num_tokens} steps per row), {torch.get_num_threads()} threads\n")
-    print("| policy | options | KL (nats) | top-1 agree | s |\n|---|---|---|---|---|")
-    for name, options in VARIANTS:
-        t0 = time.time()
-        engine = Engine(gpt, None, spec, make_policy(name, ratio=args.ratio, **options), device=device,
-                        max_batch=args.samples)
-        f = fidelity(full, engine, requests, tokens)
-        text = ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
-        print(f"| {name} | {text} | {f.kl_mean:.4f} | {f.top1_agreement:.3f} | {time.time() - t0:.0f} |", flush=True)
+    candidates = CANDIDATES + (() if args.no_grid else GRID)
+    result = tune(TuneOptions(model=ModelChoice(name=args.model, device="cpu"), ratio=args.ratio,
+                              samples=args.samples, seed=args.seed, max_batch=args.samples, candidates=candidates),
+                  log=lambda m: print(m, flush=True))
+    print()
+    print(render_table(result))
 
 
 if __name__ == "__main__":

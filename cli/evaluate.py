@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from linegen.cli.flags import POLICY_NAMES, Json, ModelFlags, SamplingFlags, opt, option
+from linegen.cli.flags import Json, ModelFlags, SamplingFlags, opt, option
+from linegen.jobs.evaluate import DEFAULT_POLICIES
 
 
 def _choice(model, checkpoint, vq_checkpoint, device, dtype, compile="off"):
@@ -22,7 +23,7 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 def eval_command(
-    policies: str = typer.Option(",".join(POLICY_NAMES), "--policies", help="Comma-separated cache policies (full is always run: it is the reference)."),
+    policies: str = typer.Option(",".join(DEFAULT_POLICIES), "--policies", help="Comma-separated cache policies, or POLICY/PRESET for a named option set (linear/paper: LineAR as specified); full is always run: it is the reference."),
     ratios: str = option("1/4,1/6,1/8", "--cache-ratio", aliases=("--ratios",), help="Comma-separated cache ratios for the compressing policies."),
     samples: int = typer.Option(500, "--samples", help="Generated images per policy and ratio (classes in turn, same seeds for every policy)."),
     fidelity_samples: int = typer.Option(64, "--fidelity-samples", help="Teacher-forced fidelity (KL, top-1) on the first K samples (0: skip)."),

@@ -71,10 +71,10 @@ class ModelFlags:
 class CacheFlags:
     """The KV cache policy and its memory budget."""
 
-    cache: Optional[str] = flag(None, "--cache", help=f"KV cache policy: {', '.join(POLICY_NAMES)} (default: the config's [models] entry for the model, else full).")
+    cache: Optional[str] = flag(None, "--cache", help=f"KV cache policy: {', '.join(POLICY_NAMES)}, or auto (the setting measured for the model: `linegen tune`'s in the config, else the one shipped with it). Default: the config's [models] entry for the model, else full.")
     cache_ratio: Optional[str] = flag(None, "--cache-ratio", help="Visual cache budget as a fraction of the tokens, e.g. 1/6 or 0.25 (default 1/6).")
     cache_lines: Optional[int] = flag(None, "--cache-lines", help="Visual cache budget in token lines (instead of --cache-ratio).")
-    cache_options: Optional[List[str]] = flag(None, "--cache-option", help="Policy switch KEY=VALUE, repeatable: linear takes anchors, recent_lines, aggregate (sum|mean|max), pool_1d, pool_2d, cfg_shared; streaming sinks; h2o recent_share; snapkv kernel.")
+    cache_options: Optional[List[str]] = flag(None, "--cache-option", help="Policy switch KEY=VALUE, repeatable: preset=NAME picks a named option set (linear: paper, structure, accumulate, ...); linear takes anchors, anchor_lines, recent_lines, aggregate (sum|mean|max), pool_1d, pool_2d, decay, shift_prior, cfg_shared, cfg_rank (cond|sum); streaming sinks; h2o recent_share; snapkv kernel; rkv window, kernel, mix, threshold.")
 
 
 @group

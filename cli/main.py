@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from linegen.cli import bench, cost, evaluate, generate, models, monitor, remote, run
+from linegen.cli import bench, cost, evaluate, generate, models, monitor, remote, run, tune
 from linegen.cli.errors import JsonErrorsGroup, handle_errors
 from linegen.cli.flags import with_flags
 
@@ -32,6 +32,7 @@ COMMANDS = [
     ("bench", bench.bench_command),
     ("eval", evaluate.eval_command),
     ("grid", evaluate.grid_command),
+    ("tune", tune.tune_command),
     ("submit", remote.submit_command),
     ("list", remote.list_command),
     ("status", remote.status_command),

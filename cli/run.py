@@ -40,6 +40,7 @@ def run_command(
 
     console = Console(stderr=True)
     console.print(f"job [bold]{spec.job_id}[/bold] -> {spec.out}/{spec.job_id}")
+    console.print(f"cache {describe_cache(spec.cache)}", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("images", total=None, rate="")
@@ -50,6 +51,17 @@ def run_command(
 
         summary = run_embedded(spec, progress=show, prepared=prepared)
     Console().print(summary_table(summary))
+
+
+def describe_cache(cache) -> str:
+    """'linear 1/6 (anchor_lines=1, ...)' for the line `run` prints before its bar."""
+    from linegen.workers.cache import DEFAULT_RATIO
+
+    if cache.policy == "full":
+        return "full"
+    budget = cache.ratio or (f"{cache.lines} lines" if cache.lines else None) or DEFAULT_RATIO
+    opts = ", ".join(f"{k}={v}" for k, v in cache.options.items())
+    return f"{cache.policy} {budget}" + (f" ({opts})" if opts else "")
 
 
 def validate_command(

@@ -21,6 +21,7 @@ file is an empty config; a missing file that was named explicitly is an error.
 
     [models]
     c2i-xl = { checkpoint = "s3://bucket/c2i_XL_384.pt", vq_checkpoint = "s3://bucket/vq_ds16_c2i.pt" }
+    linegen-shapes-c2i = { cache = "linear", cache_ratio = "1/6", cache_options = { anchor_lines = 1 } }
     llamagen-t2i-xl-256 = { checkpoint = "s3://bucket/t2i_XL_stage1_256.pt", vq_checkpoint = "s3://bucket/vq_ds16_t2i.pt",
                             text_encoder = "s3://bucket/flan-t5-xl/" }
 

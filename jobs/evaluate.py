@@ -22,7 +22,7 @@ from linegen.jobs.cache_choice import POLICY_NAMES
 from linegen.jobs.errors import UserError
 from linegen.jobs.models import ModelChoice
 
-DEFAULT_POLICIES = POLICY_NAMES
+DEFAULT_POLICIES = ("full", "linear", "linear/paper") + tuple(p for p in POLICY_NAMES if p not in ("full", "linear"))
 DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
 
 
@@ -45,12 +45,29 @@ class EvalOptions:
     classifier: str = field(default_factory=default_classifier)
 
 
+def split_entry(entry: str) -> tuple[str, dict]:
+    """'linear/paper' -> ('linear', {'preset': 'paper'}): a policy, or one of its named option sets."""
+    name, _, preset = entry.partition("/")
+    return name, ({"preset": preset} if preset else {})
+
+
+def _build(entry: str, ratio: str | None):
+    from linegen.workers.cache import make_policy
+
+    name, options = split_entry(entry)
+    return make_policy(name, ratio=None if name == "full" else ratio, **options)
+
+
 def _check(opts: EvalOptions, spec) -> None:
-    from linegen.workers.cache import POLICIES
+    from linegen.workers.cache import POLICIES, PRESETS
 
     for p in opts.policies:
-        if p not in POLICIES:
-            raise UserError(f"unknown cache policy {p!r}; choose from {', '.join(POLICIES)}")
+        name, options = split_entry(p)
+        if name not in POLICIES:
+            raise UserError(f"unknown cache policy {name!r}; choose from {', '.join(POLICIES)}")
+        if options and options["preset"] not in PRESETS.get(name, {}):
+            raise UserError(f"cache policy {name!r} has no preset {options['preset']!r} "
+                            f"(presets: {', '.join(PRESETS.get(name, {})) or 'none'})")
     if opts.samples < 2 or opts.max_batch < 1 or opts.fidelity_samples < 0:
         raise UserError("--samples must be >= 2, --max-batch >= 1 and --fidelity-samples >= 0")
     if spec.gpt.cond != "c2i":
@@ -95,7 +112,7 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
 
     from linegen.workers.builtin import shapes
     from linegen.workers.builtin.classifier import classify, frechet_distance, load_classifier
-    from linegen.workers.cache import CacheConfigError, make_policy
+    from linegen.workers.cache import CacheConfigError
     from linegen.workers.engine import Engine
 
     spec = opts.model.spec()
@@ -124,11 +141,11 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
     rows, full = [], {}
     for name, ratio in configs:
         try:
-            policy = make_policy(name, ratio=ratio)
+            policy = _build(name, ratio)
             engine = Engine(gpt, vq, spec, policy, device=device, max_batch=opts.max_batch,
                             compile=opts.model.compile)
         except CacheConfigError as e:
-            raise UserError(str(e)) from None
+            raise UserError(f"{name} at {ratio}: {e}") from None
         t0 = time.perf_counter()
         tokens, decode_s = _generate(engine, requests, opts.max_batch)
         images = engine.decode_images(tokens)
@@ -204,7 +221,7 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from linegen.workers.cache import CacheConfigError, make_policy
+    from linegen.workers.cache import CacheConfigError
     from linegen.workers.engine import Engine
 
     spec = opts.model.spec()
@@ -219,7 +236,7 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
     blocks, labels = [], []
     for name in opts.policies:
         try:
-            policy = make_policy(name, ratio=None if name == "full" else opts.ratio)
+            policy = _build(name, opts.ratio)
             engine = Engine(gpt, vq, spec, policy, device=device, max_batch=opts.max_batch,
                             compile=opts.model.compile)
         except CacheConfigError as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from linegen.jobs.cache_choice import CacheChoice
+from linegen.jobs.cache_choice import AUTO, CacheChoice, recommended
 from linegen.jobs.errors import UserError
 from linegen.jobs.models import ModelChoice
 from linegen.workers.models.config import SamplingParams
@@ -77,7 +77,13 @@ class Settings:
                 parse_bytes(memory_budget)
             except ValueError as e:
                 raise UserError(f"--memory-budget: {e}") from None
-        cache_choice = _cache_choice(cache, cache_ratio, cache_lines, cache_options)
+        if cache == AUTO:  # the setting measured for this model, adjusted by any other cache flag
+            base = recommended(choice.spec(), entry).choice
+            given = _cache_choice(base.policy, None, None, cache_options)
+            cache_choice = CacheChoice(base.policy, cache_ratio if (cache_ratio or cache_lines) else base.ratio,
+                                       cache_lines, {**base.options, **given.options})
+        else:
+            cache_choice = _cache_choice(cache, cache_ratio, cache_lines, cache_options)
         return cls(model=choice, cache=cache_choice, sampling=sampling, seed=seed, batch_size=batch_size,
                    memory_budget=memory_budget, s3_endpoint_url=s3_endpoint_url)
 

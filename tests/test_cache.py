@@ -16,7 +16,7 @@ from linegen.workers.models.gpt import GPT
 from linegen.workers.models.loading import init_random
 from linegen.workers.models.registry import TINY_VQ
 
-POLICIES = ["linear", "streaming", "h2o", "snapkv"]
+POLICIES = ["linear", "streaming", "h2o", "snapkv", "rkv"]
 # 24x24 tokens like LlamaGen-384 (N = 576, w = 24), with a tiny GPT so decoding is quick on a CPU
 SPEC24 = ModelSpec(name="tiny24", gpt=GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=256), image_size=96, vq=TINY_VQ)
 SPEC8 = ModelSpec(name="tiny8", gpt=GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=256), image_size=32, vq=TINY_VQ)
@@ -73,7 +73,7 @@ def _drive(gpt, spec, policy, rows_labels, tokens, observe):
 
 def test_linear_invariants_on_24x24_at_one_sixth(gpt24):
     spec, w = SPEC24, SPEC24.grid
-    policy = make_policy("linear", ratio="1/6")
+    policy = make_policy("linear", ratio="1/6", preset="paper")
     layout = Layout(spec.prefix_len, spec.grid)
     B = policy.budget(layout)
     assert B == 96 and policy.visual_capacity(layout) == B + w
@@ -166,8 +166,8 @@ def test_bad_ratios_are_clear_errors(bad):
 
 
 def test_budget_smaller_than_protected_set_is_an_error(gpt24):
-    policy = make_policy("linear", lines=1)  # 24 tokens < 4 anchors + 1 line
-    with pytest.raises(CacheConfigError, match="smaller than the 28 tokens"):
+    policy = make_policy("streaming", lines=1, sinks=30)  # 24 tokens < 30 sinks
+    with pytest.raises(CacheConfigError, match="smaller than the 30 tokens"):
         Engine(gpt24, None, SPEC24, policy)
     with pytest.raises(CacheConfigError, match="unknown cache policy"):
         make_policy("lru")

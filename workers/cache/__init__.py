@@ -1,4 +1,4 @@
-"""KV cache policies, selectable by name: full, linear (LineAR), streaming, h2o, snapkv.
+"""KV cache policies, selectable by name: full, linear (LineAR), streaming, h2o, snapkv, rkv.
 
 Importing this package (and building a policy) needs no torch; the cache itself
 (workers/cache/kv.py) and the scoring context (workers/cache/context.py) do.
@@ -9,6 +9,8 @@ from linegen.workers.cache.base import DEFAULT_RATIO, CacheConfigError, CachePol
 from linegen.workers.cache.full import FullCache
 from linegen.workers.cache.h2o import H2OCache
 from linegen.workers.cache.linear import LineARCache
+from linegen.workers.cache.presets import PRESETS, expand
+from linegen.workers.cache.rkv import RKVCache
 from linegen.workers.cache.snapkv import SnapKVCache
 from linegen.workers.cache.streaming import StreamingCache
 
@@ -18,12 +20,16 @@ POLICIES: dict[str, type[CachePolicy]] = {
     "streaming": StreamingCache,
     "h2o": H2OCache,
     "snapkv": SnapKVCache,
+    "rkv": RKVCache,
 }
 POLICY_NAMES = tuple(POLICIES)
 
 
 def make_policy(name: str, ratio: float | str | None = None, lines: int | None = None, **options) -> CachePolicy:
-    """Build a policy by name. `full` ignores the budget; the others need a ratio or lines."""
+    """Build a policy by name. `full` ignores the budget; the others need a ratio or lines.
+
+    `preset=NAME` among the options selects a named option set (workers/cache/presets.py).
+    """
     if name not in POLICIES:
         raise CacheConfigError(f"unknown cache policy {name!r}; choose from {', '.join(POLICIES)}")
     if name == "full":
@@ -34,8 +40,8 @@ def make_policy(name: str, ratio: float | str | None = None, lines: int | None =
         ratio = DEFAULT_RATIO
     if ratio is not None:
         ratio = parse_ratio(ratio)
-    return POLICIES[name](ratio=ratio, lines=lines, **options)
+    return POLICIES[name](ratio=ratio, lines=lines, **expand(name, options))
 
 
-__all__ = ["DEFAULT_RATIO", "CacheConfigError", "CachePolicy", "Layout", "POLICIES", "POLICY_NAMES",
+__all__ = ["DEFAULT_RATIO", "CacheConfigError", "CachePolicy", "Layout", "POLICIES", "POLICY_NAMES", "PRESETS",
            "make_policy", "parse_ratio"]

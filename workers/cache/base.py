@@ -3,7 +3,8 @@
 A policy never touches the cache's storage: it answers a few questions and the cache
 (workers/cache/kv.py) does the rest.
   * how many visual entries must a row hold at most (`visual_capacity`),
-  * whether the cache should stash each line's queries (`needs_queries`),
+  * whether the cache should stash each line's queries (`needs_queries`) and show the policy the
+    cached keys (`needs_keys`),
   * which per-entry state it accumulates (`state_names`: fp32 [rows, heads, capacity] tensors the
     cache allocates and keeps aligned with the entries),
   * at a line boundary, a score for every cached visual entry (`score`), where +inf marks an
@@ -63,6 +64,7 @@ def parse_ratio(text: str | float) -> float:
 class CachePolicy(ABC):
     name: str = ""
     needs_queries: bool = False
+    needs_keys: bool = False  # True: LineContext.keys holds the cached visual keys (R-KV's redundancy)
     cfg_shared: bool = False  # True: a CFG pair's null row keeps what its conditional row keeps
     state_names: tuple[str, ...] = ()  # per-entry fp32 state the cache keeps aligned (e.g. H2O's "acc")
 

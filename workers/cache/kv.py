@@ -165,6 +165,8 @@ class KVCache:
         positions = self.positions[layer][:, :, :vl]
         ctx = LineContext(layer=layer, line=line, layout=self.layout, positions=positions,
                           attention=self._line_attention(layer), state=self.state[layer], pairs=self.pairs)
+        if self.policy.needs_keys:  # R-KV's key similarity (workers/cache/rkv.py)
+            ctx.keys = self.k[layer][:, :, p:p + vl]
         scores = self.policy.score(ctx)  # also updates accumulated state
         if not compact:
             return

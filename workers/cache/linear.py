@@ -4,6 +4,16 @@ docs/linear.md: at each line boundary, the just-finished line's post-RoPE querie
 (explicit fp32 softmax, causal inside the line) over every cached key including the prefix; the
 probabilities are aggregated over the line's queries per (row, layer, head), and the top scores
 among the mid-region candidates fill the budget. Evicted tokens never come back.
+
+The switches beyond the paper's description, each off in the `paper` option set
+(workers/cache/presets.py), which reproduces the method as specified:
+  * `anchor_lines`: protect whole first lines, not just `anchors` tokens;
+  * `decay`: rank by the line's attention plus `decay` times the entry's earlier total
+    (0 = the last line only, 1 = every line since the token was written, like H2O);
+  * `shift_prior`: add this weight times the score of the token one row above, the relative
+    position the next line will see it from (see LineContext.from_row_above);
+  * `cfg_shared` with `cfg_rank`: one selection per CFG pair, ranked by the conditional row's
+    scores (`cond`) or by the pair's sum (`sum`).
 """
 from __future__ import annotations
 
@@ -17,30 +27,54 @@ if TYPE_CHECKING:
     from linegen.workers.cache.context import LineContext
 
 AGGREGATIONS = ("sum", "mean", "max")
+CFG_RANKS = ("cond", "sum")
 
 
 class LineARCache(BudgetedPolicy):
     name = "linear"
     needs_queries = True
 
+    # Defaults: the best setting of the sweep on the built-in model (benchmarks/RESULTS.md): the
+    # whole first line as anchors, 2 recent lines, every line's attention since a token was
+    # written, one selection per CFG pair. `preset=paper` is the method as specified.
     def __init__(self, ratio: float | None = None, lines: int | None = None, *, anchors: int = 4,
-                 recent_lines: int = 1, aggregate: str = "sum", pool_1d: int = 0, pool_2d: int = 0,
-                 cfg_shared: bool = False):
+                 anchor_lines: int = 1, recent_lines: int = 2, aggregate: str = "sum", pool_1d: int = 0,
+                 pool_2d: int = 0, decay: float = 1.0, shift_prior: float = 0.0, cfg_shared: bool = True,
+                 cfg_rank: str = "cond"):
         super().__init__(ratio, lines)
-        if anchors < 0 or recent_lines < 0:
-            raise CacheConfigError("anchors and recent lines must be >= 0")
+        if anchors < 0 or anchor_lines < 0 or recent_lines < 0:
+            raise CacheConfigError("anchors, anchor lines and recent lines must be >= 0")
         if aggregate not in AGGREGATIONS:
             raise CacheConfigError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {aggregate!r}")
+        if cfg_rank not in CFG_RANKS:
+            raise CacheConfigError(f"cfg_rank must be one of {', '.join(CFG_RANKS)}, got {cfg_rank!r}")
         if pool_1d and pool_2d:
             raise CacheConfigError("choose 1-D or 2-D pooling, not both")
         for k in (pool_1d, pool_2d):
             if k and (k < 1 or k % 2 == 0):
                 raise CacheConfigError(f"pooling kernel must be an odd number >= 1, got {k}")
-        self.anchors, self.recent_lines, self.aggregate = anchors, recent_lines, aggregate
-        self.pool_1d, self.pool_2d, self.cfg_shared = pool_1d, pool_2d, cfg_shared
+        if not 0.0 <= decay <= 1.0:
+            raise CacheConfigError(f"decay must be in [0, 1], got {decay}")
+        if shift_prior < 0:
+            raise CacheConfigError(f"shift_prior must be >= 0, got {shift_prior}")
+        self.anchors, self.anchor_lines, self.recent_lines = anchors, anchor_lines, recent_lines
+        self.aggregate, self.pool_1d, self.pool_2d = aggregate, pool_1d, pool_2d
+        self.decay, self.shift_prior = float(decay), float(shift_prior)
+        self.cfg_shared, self.cfg_rank = bool(cfg_shared), cfg_rank
+        # Only an accumulating LineAR keeps per-entry state (and so scores before its first eviction).
+        self.state_names = ("acc",) if self.decay > 0 else ()
+
+    # A budget too small for the whole protected set keeps what fits, recent lines first (the
+    # local context every head attends to), then anchors; the mid region is what remains.
+    def recent_tokens(self, layout: Layout) -> int:
+        return min(self.recent_lines * layout.width, self.budget(layout))
+
+    def anchor_tokens(self, layout: Layout) -> int:
+        return min(max(self.anchors, self.anchor_lines * layout.width),
+                   self.budget(layout) - self.recent_tokens(layout))
 
     def protected_tokens(self, layout: Layout) -> int:
-        return self.anchors + self.recent_lines * layout.width
+        return self.anchor_tokens(layout) + self.recent_tokens(layout)
 
     def score(self, ctx: LineContext) -> Tensor:
         attn = ctx.visual_attention()
@@ -50,13 +84,21 @@ class LineARCache(BudgetedPolicy):
             scores = attn.sum(dim=2)  # mean ranks identically; sum keeps the numbers interpretable
             if self.aggregate == "mean":
                 scores = scores / attn.shape[2]
+        if self.decay > 0:
+            scores = ctx.accumulate("acc", scores, self.decay)
+        if self.shift_prior > 0:
+            scores = scores + self.shift_prior * ctx.from_row_above(scores)
         scores = ctx.pool_1d(scores, self.pool_1d)
         scores = ctx.pool_2d(scores, self.pool_2d)
-        first_recent = (ctx.line - self.recent_lines + 1) * ctx.layout.width
-        keep = (ctx.positions < self.anchors) | (ctx.positions >= first_recent)
+        if self.cfg_shared and self.cfg_rank == "sum":
+            scores = ctx.pair_sum(scores)  # the cache then copies the conditional rows' choice
+        newest = (ctx.line + 1) * ctx.layout.width  # visual tokens consumed so far
+        keep = ((ctx.positions < self.anchor_tokens(ctx.layout))
+                | (ctx.positions >= newest - self.recent_tokens(ctx.layout)))
         return ctx.protect(scores, keep)
 
     def describe(self) -> dict:
-        return {**super().describe(), "anchors": self.anchors, "recent_lines": self.recent_lines,
-                "aggregate": self.aggregate, "pool_1d": self.pool_1d, "pool_2d": self.pool_2d,
-                "cfg_shared": self.cfg_shared}
+        return {**super().describe(), "anchors": self.anchors, "anchor_lines": self.anchor_lines,
+                "recent_lines": self.recent_lines, "aggregate": self.aggregate, "pool_1d": self.pool_1d,
+                "pool_2d": self.pool_2d, "decay": self.decay, "shift_prior": self.shift_prior,
+                "cfg_shared": self.cfg_shared, "cfg_rank": self.cfg_rank}

@@ -133,6 +133,15 @@ VQ8 = VQConfig(ch_mult=(1, 2, 2, 4))
 
 
 @dataclass(frozen=True)
+class CacheSetting:
+    """A cache setting measured to keep a model's quality (benchmarks/RESULTS.md): `--cache auto`."""
+
+    policy: str
+    ratio: str
+    preset: str | None = None  # a named option set (workers/cache/presets.py); None: the policy's defaults
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A registered model: which GPT, at which image size, decoded by which VQ."""
 
@@ -147,6 +156,7 @@ class ModelSpec:
     # A model that is random by design (test models): runs without checkpoints or --random-weights.
     random_by_design: bool = False
     default_sampling: SamplingParams = field(default_factory=SamplingParams)
+    recommended_cache: CacheSetting | None = None  # measured on this model; None: not tuned here
     # What each class id means, where the model's training data names its classes (the built-in
     # model); outputs carry them as a Hugging Face ClassLabel.
     class_names: tuple[str, ...] | None = None

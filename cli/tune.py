@@ -1,0 +1,78 @@
+"""`linegen tune`: measure the cache candidates on a model, pick the best at a ratio, record it in the config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from linegen.cli.flags import Config, Json, ModelFlags, SamplingFlags, StoreFlags, opt, option
+from linegen.errors import UserError
+
+
+def tune_command(
+    ratio: str = option("1/6", "--cache-ratio", aliases=("--ratio",), help="Memory ratio to tune for: visual tokens kept / all, e.g. 1/6."),
+    samples: int = typer.Option(32, "--samples", help="Calibration items (classes in turn), teacher-forced on the full cache's samples."),
+    seed: int = typer.Option(1, "--seed", help="Calibration seed (linegen eval judges on seed 0: keep them apart)."),
+    max_batch: int = option(32, "--batch-size", aliases=("--max-batch",), help="Items per engine wave."),
+    write: bool = typer.Option(True, "--write/--no-write", help="Record the choice in the config file's [models] entry."),
+    config: Optional[str] = Config,
+    model: Optional[str] = opt(ModelFlags, "model"),
+    checkpoint: Optional[str] = opt(ModelFlags, "checkpoint"),
+    vq_checkpoint: Optional[str] = opt(ModelFlags, "vq_checkpoint"),
+    cfg_scale: Optional[float] = opt(SamplingFlags, "cfg_scale"),
+    top_k: Optional[int] = opt(SamplingFlags, "top_k"),
+    temperature: Optional[float] = opt(SamplingFlags, "temperature"),
+    device: str = opt(ModelFlags, "device"),
+    dtype: Optional[str] = opt(ModelFlags, "dtype"),
+    s3_endpoint_url: Optional[str] = opt(StoreFlags, "s3_endpoint_url"),
+    as_json: bool = Json,
+) -> None:
+    """Pick the cache setting closest to the full cache at --ratio on this model; `run` and `submit` then use it."""
+    from linegen.cluster.config import Config, ConfigError, default_config_path, load_config
+    from linegen.cluster.config_write import write_model_keys
+    from linegen.jobs.models import ModelChoice
+    from linegen.jobs.tune import TuneOptions, render_table, tune
+    from linegen.workers.models.registry import DEFAULT_MODEL
+
+    name = model or DEFAULT_MODEL
+    target = Path(config).expanduser() if config is not None else default_config_path()
+    try:  # a config file that does not exist yet is created when the choice is written
+        cfg = load_config(target) if target.exists() else Config(path=target)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    configured = cfg.models.get(name)
+    if configured is not None and checkpoint is None:  # tune the weights `run --model NAME` would load
+        checkpoint, vq_checkpoint = configured.checkpoint, vq_checkpoint or configured.vq_checkpoint
+    choice = ModelChoice(name=name, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint, device=device, dtype=dtype,
+                         s3_endpoint_url=s3_endpoint_url or cfg.s3.endpoint_url)
+    opts = TuneOptions(model=choice, ratio=ratio, samples=samples, seed=seed, max_batch=max_batch,
+                       cfg_scale=cfg_scale, top_k=top_k, temperature=temperature)
+    result = tune(opts, log=lambda m: typer.echo(m, err=True))
+    pick = result.choice()
+    doc = result.to_dict()
+    if write:
+        values = {"cache": pick.policy, "cache_ratio": pick.ratio, "cache_options": pick.options}
+        # An entry that names no weights yet gets the ones just tuned, so `run --model NAME` loads them.
+        if checkpoint is not None and (configured is None or configured.checkpoint is None):
+            values["checkpoint"] = checkpoint
+            if vq_checkpoint is not None:
+                values["vq_checkpoint"] = vq_checkpoint
+        try:
+            doc["config"] = str(write_model_keys(target, name, values))
+        except ConfigError as e:
+            raise UserError(str(e)) from None
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    typer.echo(render_table(result))
+    opts_text = " ".join(f"--cache-option {k}={_flag(v)}" for k, v in pick.options.items())
+    typer.echo(f"\nchosen: {result.best.label} at {result.ratio}  (--cache {pick.policy} --cache-ratio {pick.ratio} {opts_text})")
+    if write:
+        typer.echo(f"recorded in {doc['config']} [models] {name}: `linegen run --model {name}` and `submit` use it "
+                   "when no --cache flag is given")
+
+
+def _flag(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -1,0 +1,211 @@
+"""`linegen tune`: which cache setting keeps a model closest to its full cache at a memory ratio.
+
+Every candidate (a policy, or LineAR with a named option set: workers/cache/presets.py) uses the
+same visual budget, so the same cache bytes; they differ only in which tokens they keep. Each is
+teacher-forced on the full cache's own samples of calibration items (classes in turn, the
+model's sampling defaults, seeds disjoint from `linegen eval`'s) and scored by the mean
+KL(full || candidate) of the guided next-token distributions and their top-1 agreement, the
+columns of `linegen eval` that are steady at a few dozen samples (benchmarks/RESULTS.md). The
+lowest KL wins. Nothing here imports torch at module level (jobs/ rule).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from linegen.jobs.cache_choice import CacheChoice
+from linegen.jobs.errors import UserError
+from linegen.jobs.models import ModelChoice
+
+# Request seeds of `linegen eval` derive from its --seed (0 by default); tuning on seed 1's
+# requests keeps the items a setting is chosen on apart from those it is judged on.
+CALIBRATION_SEED = 1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    policy: str
+    preset: str | None = None  # a named option set of the policy; None: its defaults
+    options: tuple[tuple[str, object], ...] = ()  # explicit options over the preset (benchmark grids)
+
+    @property
+    def label(self) -> str:
+        text = self.policy if self.preset is None else f"{self.policy}/{self.preset}"
+        return text + "".join(f" {k}={v}" for k, v in self.options)
+
+    def cache(self, ratio: str) -> CacheChoice:
+        options = {} if self.preset is None else {"preset": self.preset}
+        return CacheChoice(self.policy, ratio, None, {**options, **dict(self.options)})
+
+
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("streaming"), Candidate("h2o"), Candidate("snapkv"), Candidate("rkv"),
+    Candidate("linear", "paper"),
+    Candidate("linear", "anchor-line"), Candidate("linear", "cfg-pair"), Candidate("linear", "recent-2"),
+    Candidate("linear", "decay"), Candidate("linear", "column-prior"),
+    Candidate("linear", "structure"), Candidate("linear", "accumulate"), Candidate("linear", "accumulate-decay"),
+    Candidate("linear", "accumulate-prior"),
+)  # LineAR's defaults are `accumulate` (workers/cache/linear.py), so plain `linear` is not listed twice
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    model: ModelChoice
+    ratio: str = "1/6"
+    samples: int = 32
+    seed: int = CALIBRATION_SEED
+    max_batch: int = 32
+    candidates: tuple[Candidate, ...] = CANDIDATES
+    cfg_scale: float | None = None  # None: the model's defaults
+    top_k: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    label: str
+    policy: str
+    options: dict  # every option of the built policy, explicit (what a config entry records)
+    kl_mean: float | None  # None: the candidate cannot hold this budget (see `error`)
+    top1_agreement: float | None
+    wall_s: float
+    error: str | None = None
+
+    def cache(self, ratio: str) -> CacheChoice:
+        return CacheChoice(self.policy, ratio, None, dict(self.options))
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    model: str
+    ratio: str
+    budget_tokens: int
+    num_tokens: int
+    samples: int
+    seed: int
+    sampling: dict
+    rows: tuple[CandidateScore, ...]
+    best: CandidateScore
+    wall_s: float
+    device: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def choice(self) -> CacheChoice:
+        return self.best.cache(self.ratio)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "choice": self.choice().to_json()}
+
+
+def _explicit_options(policy) -> dict:
+    """The policy's own options (ratio and budget are recorded separately)."""
+    return {k: v for k, v in policy.describe().items() if k not in ("policy", "ratio", "lines")}
+
+
+def _check(opts: TuneOptions, spec) -> None:
+    from linegen.workers.cache import CacheConfigError, parse_ratio
+
+    if spec.gpt.cond != "c2i":
+        raise UserError(f"model {spec.name} is text-conditional; `tune` calibrates on class-conditional "
+                        "models for now (tune a c2i model of the same family, or set the cache by hand)")
+    if opts.samples < 1 or opts.max_batch < 1:
+        raise UserError("--samples and --max-batch must be >= 1")
+    try:
+        if parse_ratio(opts.ratio) >= 1:
+            raise UserError("--ratio must be below 1: at 1 every policy keeps the full cache")
+    except CacheConfigError as e:
+        raise UserError(str(e)) from None
+    if not opts.candidates:
+        raise UserError("no candidates to measure")
+
+
+def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> TuneResult:
+    """Measure every candidate on the calibration items and pick the lowest KL."""
+    import torch
+
+    from linegen.jobs.evaluate import EvalOptions, requests_for
+    from linegen.workers.cache import make_policy
+    from linegen.workers.engine import Engine
+
+    spec = opts.model.spec()
+    _check(opts, spec)
+    t_start = time.perf_counter()
+    spec, gpt, _vq, device = opts.model.load()
+    ev = EvalOptions(model=opts.model, seed=opts.seed, cfg_scale=opts.cfg_scale, top_k=opts.top_k)
+    requests = requests_for(ev, spec, opts.samples)
+    if opts.temperature is not None:
+        from dataclasses import replace
+
+        requests = [replace(r, sampling=r.sampling.with_overrides(temperature=opts.temperature)) for r in requests]
+    batch = min(opts.max_batch, opts.samples)
+    full = Engine(gpt, None, spec, make_policy("full"), device=device, max_batch=batch)
+
+    # Build every candidate first: one that cannot hold the budget is a row, not a failure.
+    engines, rows_by_label, budget = {}, {}, None
+    for cand in opts.candidates:
+        try:
+            policy = cand.cache(opts.ratio).build(spec.prefix_len, spec.grid)
+        except UserError as e:
+            rows_by_label[cand.label] = CandidateScore(cand.label, cand.policy, {}, None, None, 0.0, str(e))
+            continue
+        engines[cand.label] = (cand, policy, Engine(gpt, None, spec, policy, device=device, max_batch=batch))
+        budget = policy.budget(engines[cand.label][2].layout)
+    if not engines:
+        raise UserError(f"no candidate fits a budget of {opts.ratio} on {spec.name}: "
+                        + "; ".join(r.error for r in rows_by_label.values()))
+
+    kl_sum = {label: 0.0 for label in engines}
+    agree = {label: 0.0 for label in engines}
+    spent = {label: 0.0 for label in engines}
+    steps = 0
+    for w0 in range(0, len(requests), batch):
+        wave = requests[w0:w0 + batch]
+        ref: list = []
+        # The full cache's own sample; its guided distributions at each step are the reference.
+        tokens = full.run_wave(wave, on_logits=lambda _s, g: ref.append(torch.log_softmax(g.float(), -1))).tokens
+        steps += tokens.numel()
+        for label, (_cand, _policy, engine) in engines.items():
+            t0 = time.perf_counter()
+            acc: dict = {"kl": 0.0, "agree": 0.0}  # device tensors after the first step: no sync per step
+
+            def compare(step, g, acc=acc):
+                r, got = ref[step], torch.log_softmax(g.float(), -1)
+                acc["kl"] = acc["kl"] + (r.exp() * (r - got)).sum()
+                acc["agree"] = acc["agree"] + (r.argmax(-1) == got.argmax(-1)).sum()
+
+            engine.run_wave(wave, forced=tokens, on_logits=compare)
+            kl_sum[label] += float(acc["kl"])
+            agree[label] += float(acc["agree"])
+            spent[label] += time.perf_counter() - t0
+            log(f"{label:24s} KL {kl_sum[label] / steps:.4g} top-1 {agree[label] / steps:.3f} "
+                f"(items {w0 + len(wave)}/{len(requests)}, {spent[label]:.0f}s)")
+        del ref
+    for label, (cand, policy, _engine) in engines.items():
+        rows_by_label[label] = CandidateScore(label, cand.policy, _explicit_options(policy), kl_sum[label] / steps,
+                                              agree[label] / steps, round(spent[label], 2))
+    rows = tuple(rows_by_label[c.label] for c in opts.candidates)
+    best = min((r for r in rows if r.kl_mean is not None), key=lambda r: (r.kl_mean, -r.top1_agreement))
+    sp = requests[0].sampling
+    return TuneResult(model=spec.name, ratio=opts.ratio, budget_tokens=budget, num_tokens=spec.num_tokens,
+                      samples=opts.samples, seed=opts.seed,
+                      sampling={"cfg_scale": sp.cfg_scale, "top_k": sp.top_k, "temperature": sp.temperature},
+                      rows=rows, best=best, wall_s=round(time.perf_counter() - t_start, 1), device=str(device))
+
+
+def render_table(result: TuneResult) -> str:
+    """Markdown table, best first is not imposed: rows stay in candidate order, the choice is marked."""
+    s = result.sampling
+    head = (f"model {result.model}, ratio {result.ratio} ({result.budget_tokens} of {result.num_tokens} visual "
+            f"tokens kept by every candidate), {result.samples} calibration items (seed {result.seed}) "
+            f"teacher-forced on the full cache's samples, cfg {s['cfg_scale']}, top-k {s['top_k']}, "
+            f"temperature {s['temperature']}; {result.device}, {result.wall_s:.0f} s")
+    lines = [head, "", "| candidate | KL (nats) | top-1 agree | s | |", "|---|---|---|---|---|"]
+    for r in result.rows:
+        if r.kl_mean is None:
+            lines.append(f"| {r.label} | - | - | - | does not fit: {r.error} |")
+            continue
+        mark = "**chosen**" if r.label == result.best.label else ""
+        kl = f"{r.kl_mean:.4f}" if r.kl_mean >= 1e-3 else f"{r.kl_mean:.2e}"
+        lines.append(f"| {r.label} | {kl} | {r.top1_agreement:.3f} | {r.wall_s:.0f} | {mark} |")
+    return "\n".join(lines)
