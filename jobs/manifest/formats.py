@@ -50,6 +50,7 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_jsonl(data: bytes, v: Validator) -> None:
+    decode = json.JSONDecoder(object_pairs_hook=_unique_object).decode  # one decoder, not one per line
     for number, raw in enumerate(data.split(b"\n"), start=1):
         raw = raw.rstrip(b"\r")
         if number == 1 and raw.startswith(_BOM.encode()):
@@ -63,7 +64,7 @@ def parse_jsonl(data: bytes, v: Validator) -> None:
             continue
         text = raw.decode("utf-8")
         try:
-            obj = json.loads(text, object_pairs_hook=_unique_object)
+            obj = decode(text)
         except _DuplicateKey as e:
             v.skip_record()
             v.issue(number, str(e), "field appears more than once in the object")

@@ -155,20 +155,22 @@ def _show(v: Any) -> str:
 def _coerce(name: str, raw: Any, from_text: bool) -> Any:
     """Turn a raw cell into the field's Python type, or raise _Bad with the user-facing reason."""
     rule = RULES[name]
-    expect = f"must be {rule.expect}"
-    got = f"{expect}, got {_show(raw)}"
+
+    def got() -> str:  # only on the error path: rendering the value costs as much as the check
+        return f"must be {rule.expect}, got {_show(raw)}"
+
     if from_text:  # CSV: every cell is a string
         if rule.kind == "str":
             value: Any = raw
         elif rule.kind == "int":
             if not _INT_TEXT.fullmatch(raw.strip()):
-                raise _Bad(got)
+                raise _Bad(got())
             value = int(raw.strip())
         else:
             try:
                 value = float(raw.strip())
             except ValueError:
-                raise _Bad(got) from None
+                raise _Bad(got()) from None
     else:
         # bool is an int subclass in Python, but `true` is never a count or a class.
         if rule.kind == "str":
@@ -178,10 +180,10 @@ def _coerce(name: str, raw: Any, from_text: bool) -> Any:
         else:
             ok_type = isinstance(raw, (int, float)) and not isinstance(raw, bool)
         if not ok_type:
-            raise _Bad(f"{got} ({json_kind(raw)})")
+            raise _Bad(f"{got()} ({json_kind(raw)})")
         value = float(raw) if rule.kind == "float" else raw
     if not rule.ok(value):
-        raise _Bad(got)
+        raise _Bad(got())
     return value
 
 
