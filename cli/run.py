@@ -95,11 +95,13 @@ def _dry_run(prepared, as_json: bool) -> None:
                f"{doc['shard_size']} (plan {doc['fingerprint']}); nothing written")
     if c["shards"]:
         typer.echo(f"  {doc['out']}: {c['shards']} shards committed; {c['images_left']} images left")
+    from linegen.cli.jobview import duration, money
+
     for e in doc["estimates"]:
-        cost = f"${e['usd']:,.2f}" if e["usd"] is not None else "no price"
-        wall = f", {e['wall_hours']:.2f} h with {e['workers']} workers" if e["wall_hours"] is not None else ""
+        cost = money(e["usd"]) if e["usd"] is not None else "no price"
+        wall = f", {duration(e['wall_hours'] * 3600)} with {e['workers']} workers" if e["wall_hours"] is not None else ""
         typer.echo(f"  {e['device']}: {e['images_per_device_s']:.3g} images/s per device -> "
-                   f"{e['device_hours']:.2f} device-hours{wall}, {cost} ({e['source']})")
+                   f"{duration(e['device_hours'] * 3600)} of device time{wall}, {cost} ({e['source']})")
     if doc["estimate_note"]:
         typer.echo(f"  {doc['estimate_note']}")
 

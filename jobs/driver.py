@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 from linegen.jobs import layout
 from linegen.jobs.errors import JobFailed, UserError
-from linegen.jobs.plan import Plan, shard_index
+from linegen.jobs.plan import Plan, shard_id, shard_index
 from linegen.jobs.pool import POLL_S, PREFETCH, Pool, Run, Shape, Worker, pool_shape
 from linegen.jobs.prepare import PreparedJob, load_job, prepare_job
 from linegen.jobs.progress import LIVE_EVERY_S, clear_live, write_live
@@ -72,11 +72,12 @@ class _Todo:
         self.fresh_left -= 1
         return Run(self.plan[next(self._fresh)])
 
-    def clear(self) -> list[Run]:
-        runs = list(self.retry) + [Run(self.plan[i]) for i in self._fresh]
+    def clear(self) -> list[str]:
+        """Give up on every shard left; their ids."""
+        ids = [run.shard.shard_id for run in self.retry] + [shard_id(i) for i in self._fresh]
         self.retry.clear()
         self.fresh_left = 0
-        return runs
+        return ids
 
 
 class _Tally:
@@ -307,11 +308,13 @@ def _generate(job: PreparedJob, todo: _Todo, tally: _Tally, shape: Shape) -> Non
         budget_left = crashes < spec.max_attempts * max(1, shape.min_workers, peak)
         cap = shape.max_workers if shape.max_workers is not None else remaining
         want = min(cap, remaining) if budget_left else 0
-        extra = want - len(placed)
+        # a new worker is of use only with a shard to hand it; without --max-workers, grow as fast
+        # as the cluster places them (as many pending as placed)
+        extra = min(want - len(placed), len(todo))
         if shape.max_workers is None:
-            extra = min(extra, max(1, len(placed)))  # grow as fast as the cluster places them
-        if budget_left:
-            extra = max(extra, shape.min_workers - len(placed)) if remaining else extra
+            extra = min(extra, max(1, len(placed)))
+        if budget_left and len(todo):
+            extra = max(extra, shape.min_workers - len(placed))
         extra = max(0, extra)
         for _ in range(extra - len(pending)):
             pool.request()
@@ -343,8 +346,8 @@ def _generate(job: PreparedJob, todo: _Todo, tally: _Tally, shape: Shape) -> Non
                             f"{shape.min_workers} worker(s) placed (each needs {shape.needs()}; "
                             f"{pool.cluster_text()}); --wait-for-resources bounds this")
         if not pool.workers:  # no worker and none may be requested: crashes used up the budget
-            for run in todo.clear():
-                tally.failed[run.shard.shard_id] = last_death or "no worker left"
+            for sid in todo.clear():
+                tally.failed[sid] = last_death or "no worker left"
             break
         metrics.set("linegen_workers_placed", len(placed))
         metrics.set("linegen_workers_pending", len(pool.pending()))

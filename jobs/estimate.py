@@ -89,11 +89,13 @@ def from_job(storage, job_id: str, device: str, cache: CacheChoice, model: str) 
                       + (f"; note: {'; '.join(notes)}" if notes else ""), "row": None}
 
 
-def from_finished_jobs(storage, model: str, device: str, cache: CacheChoice) -> dict | None:
+def finished_job_rates(storage, model: str, cache: CacheChoice) -> dict[str, dict]:
+    """Device -> the throughput of the most recent finished job under the output root with this
+    model and cache that ran on that one device (one listing of the root)."""
     from linegen.jobs import layout
     from linegen.jobs.spec import read_spec
 
-    found = []
+    found: dict[str, tuple] = {}
     for key in storage.list(""):
         if key.count("/") != 1 or not key.endswith("/_SUCCESS"):
             continue
@@ -107,16 +109,19 @@ def from_finished_jobs(storage, model: str, device: str, cache: CacheChoice) -> 
             continue
         if not cache.same_budget(spec.cache):
             continue
-        devices = summary.get("device_seconds_by_device") or {}
-        if _device_of(devices) != device or not summary.get("images_per_device_s"):
+        device = _device_of(summary.get("device_seconds_by_device") or {})
+        if device is None or not summary.get("images_per_device_s"):
             continue
-        found.append((summary.get("finished_at") or 0, job_id, summary))
-    if not found:
-        return None
-    _, job_id, s = max(found)
-    return {"images_per_device_s": float(s["images_per_device_s"]), "kind": "job-stats",
-            "source": f"measured: job {job_id} ({s.get('images')} images, {float(s.get('device_seconds') or 0):.1f} "
-                      "device-seconds)", "row": None}
+        entry = (summary.get("finished_at") or 0, job_id, summary)
+        found[device] = max(found.get(device, entry), entry)
+    return {device: {"images_per_device_s": float(s["images_per_device_s"]), "kind": "job-stats",
+                     "source": f"measured: job {job_id} ({s.get('images')} images, "
+                               f"{float(s.get('device_seconds') or 0):.1f} device-seconds)", "row": None}
+            for device, (_, job_id, s) in found.items()}
+
+
+def from_finished_jobs(storage, model: str, device: str, cache: CacheChoice) -> dict | None:
+    return finished_job_rates(storage, model, cache).get(device)
 
 
 def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_ratio: str | None = None,
@@ -183,18 +188,11 @@ def measured_rates(model: str, cache: CacheChoice, storage=None, table: list[dic
     from linegen.cluster.prices import canonical_device
 
     rows = load_table() if table is None else table
-    devices = {canonical_device(str(r.get("device"))) for r in rows if r.get("device")}
-    found: dict[str, dict] = {}
-    if storage is not None:
-        for dev in sorted(devices):
-            tp = from_finished_jobs(storage, model, dev, cache)
-            if tp is not None:
-                found[dev] = tp
-    for dev in sorted(devices):
-        if dev not in found:
-            tp = from_table(model, dev, cache, rows)
-            if tp is not None:
-                found[dev] = tp
+    found = finished_job_rates(storage, model, cache) if storage is not None else {}
+    for dev in sorted({canonical_device(str(r.get("device"))) for r in rows if r.get("device")} - set(found)):
+        tp = from_table(model, dev, cache, rows)
+        if tp is not None:
+            found[dev] = tp
     return [{"device": dev, **tp} for dev, tp in sorted(found.items())]
 
 

@@ -19,6 +19,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import accumulate
+from operator import attrgetter
 from typing import Iterable, Iterator, Sequence
 
 from linegen.jobs.manifest import MAX_SEED, ManifestRow
@@ -30,6 +31,7 @@ _SEED_DOMAIN = b"linegen/seed/v1"
 _FINGERPRINT_DOMAIN = b"linegen/plan/v1"  # the item-by-item digest of plan.json files before version 2
 _FINGERPRINT_DOMAIN_V2 = b"linegen/plan/v2"
 FINGERPRINT_VERSION = 2
+_FINGERPRINT_CHUNK = 65536  # rows per repr() in Plan.fingerprint; part of the digest's definition
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,16 +223,20 @@ class Plan(Sequence[Shard]):
         A resumed job compares it with the one recorded at submission; if the manifest, the job
         seed, the sampling defaults, the seed derivation or the shard size changed, committed
         shards no longer mean what they meant, so resuming must refuse. Every item is a pure
-        function of what goes in here (its row, its replica, the job seed, the defaults).
+        function of what goes in here: its row (a field left out means the job's default, which
+        is hashed too), its replica, the job seed.
         """
         h = hashlib.blake2b(digest_size=8, person=_FINGERPRINT_DOMAIN_V2)
-        h.update(repr((_SEED_DOMAIN, self.shard_size, self.items, len(self), self.job_seed)).encode())
-        for row in self.rows:
-            # repr gives one exact text per value (floats round-trip, strings are quoted), so a
-            # prompt containing separators cannot collide with another field layout.
-            h.update(repr((row.index, row.count, row.seed, row.class_id, row.prompt, row.id,
-                           _row_sampling(row, self.sampling))).encode())
-            h.update(b"\n")
+        s = self.sampling
+        h.update(repr((_SEED_DOMAIN, self.shard_size, self.items, len(self), self.job_seed,
+                       (s.cfg_scale, s.temperature, s.top_k, s.top_p))).encode())
+        # repr gives one exact text per value (floats round-trip, strings are quoted), so a prompt
+        # containing separators cannot collide with another field layout; a chunk at a time, as
+        # one repr of a list is far cheaper than one per row.
+        fields = attrgetter("index", "count", "seed", "class_id", "prompt", "id", "cfg_scale", "temperature",
+                            "top_k", "top_p")
+        for start in range(0, len(self.rows), _FINGERPRINT_CHUNK):
+            h.update(repr(list(map(fields, self.rows[start:start + _FINGERPRINT_CHUNK]))).encode())
         return h.hexdigest()
 
     def doc(self) -> dict:

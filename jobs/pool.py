@@ -89,7 +89,6 @@ class Run:
 class Worker:
     name: str
     actor: object
-    requested_at: float
     placed_at: float | None = None
     node_id: str | None = None
     host: str | None = None
@@ -133,7 +132,7 @@ class Pool:
                 worker_name=name, cpu_threads=self.shape.cpu_threads, job_id=spec.job_id)
         except ValueError as e:  # e.g. a resource request Ray rejects outright
             raise UserError(f"cannot request a worker ({self.shape.needs()}): {e}") from None
-        w = Worker(name=name, actor=actor, requested_at=time.time())
+        w = Worker(name=name, actor=actor)
         w.where_ref = actor.where.remote()
         self.workers[name] = w
         return w

@@ -155,10 +155,6 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
         if p.live_fresh:  # this run's waves, committed or not: cost so far without reading stats
             _add(p.device_seconds, p.live.get("device_seconds_by_device"))
         return p
-    if not committed:
-        if p.live_fresh:
-            _add(p.device_seconds, p.live.get("uncommitted_device_seconds_by_device"))
-        return p
 
     cache = cache or StatsCache()
     root = repr(storage)
@@ -175,8 +171,10 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
         cache.put(key, st)
         return st
 
-    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(committed))) as pool:
-        stats = [s for s in pool.map(load, committed) if s is not None]
+    stats = []
+    if committed:
+        with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(committed))) as pool:
+            stats = [s for s in pool.map(load, committed) if s is not None]
     for st in stats:
         _add(p.device_seconds, st.device_seconds)
     if p.live_fresh:  # and the waves of shards not committed yet

@@ -135,3 +135,20 @@ def test_no_process_of_the_embedded_cluster_outlives_linegen_run(how: str, tmp_p
         lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
         assert lines[-1] == INTERRUPTED and len(lines) == 2, result.describe()
         assert "Traceback" not in result.stderr and "SIGTERM received" not in result.stderr
+
+
+def test_a_gpu_run_without_gpus_waits_then_fails_naming_the_resources(tmp_path: Path) -> None:
+    """Never a CPU fallback: workers that ask for a GPU the embedded cluster does not have stay
+    pending; after --wait-for-resources the job fails with that reason, and `status --out` says so."""
+    manifest = H.write_manifest(tmp_path / "m.jsonl", [{"class_id": 1, "count": 4}])
+    out, job = tmp_path / "out", "no-gpu"
+    result = H.run_linegen(run_args(manifest, out, job, 4, "--device", "cpu", "--gpus-per-worker", "1",
+                                    "--wait-for-resources", "5s"), env=WIDE, timeout=180, cwd=tmp_path,
+                           log_dir=tmp_path / "logs")
+    assert result.returncode == 1, result.describe()
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: waited 5 s for resources: 0 of at least 1 worker(s) placed"), result.describe()
+    assert "1 GPU" in lines[-1] and "0 GPU" in lines[-1] and "--wait-for-resources" in lines[-1]
+    assert not (out / job / "images").exists() and not (out / job / "_commits").exists()  # nothing ran on CPU
+    doc = lg_json("status", job, "--out", str(out))
+    assert doc["state"] == "FAILED" and "waited 5 s for resources" in doc["reason"], doc

@@ -155,6 +155,13 @@ def _show(v: Any) -> str:
 def _coerce(name: str, raw: Any, from_text: bool) -> Any:
     """Turn a raw cell into the field's Python type, or raise _Bad with the user-facing reason."""
     rule = RULES[name]
+    if not from_text:  # the common case first: a JSON/Parquet value of the right type (bool is not int)
+        kind, t = rule.kind, type(raw)
+        if (t is int and kind == "int") or (t is str and kind == "str"):
+            if rule.ok(raw):
+                return raw
+        elif kind == "float" and (t is float or t is int) and rule.ok(float(raw)):
+            return float(raw)
 
     def got() -> str:  # only on the error path: rendering the value costs as much as the check
         return f"must be {rule.expect}, got {_show(raw)}"
@@ -236,13 +243,9 @@ class Validator:
         self._check_id(line, values.get("id"))
         if len(self.issues) != n_before:
             return
-        self.rows.append(ManifestRow(
-            index=index, line=line,
-            prompt=values.get("prompt"), class_id=values.get("class_id"),
-            count=values.get("count", 1), seed=values.get("seed"), id=values.get("id"),
-            cfg_scale=values.get("cfg_scale"), temperature=values.get("temperature"),
-            top_k=values.get("top_k"), top_p=values.get("top_p"),
-        ))
+        get = values.get  # positional: a million rows should not pay for keyword matching
+        self.rows.append(ManifestRow(index, line, get("prompt"), get("class_id"), get("count", 1), get("seed"),
+                                     get("id"), get("cfg_scale"), get("temperature"), get("top_k"), get("top_p")))
 
     def _check_conditioning(self, line: int, raw: dict[str, Any], values: dict[str, Any]) -> None:
         has_prompt, has_class = "prompt" in values, "class_id" in values

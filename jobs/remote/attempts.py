@@ -117,6 +117,8 @@ def derive_state(attempts: list, progress, spec, *, dep_succeeded=None, now: flo
         return _live_state(progress) or ("RUNNING", "")
     if not cluster_known and progress is not None and progress.live_fresh:
         return _live_state(progress)  # the driver reported a moment ago: it runs (e.g. `linegen run`)
+    if not cluster_known and progress is not None and (progress.live or {}).get("state") == "failed":
+        return "FAILED", str(progress.live.get("message") or "failed")  # its driver said why, last
     if progress is not None and progress.outcome is not None:
         state = "CANCELLED" if progress.outcome.state == "cancelled" else "FAILED"
         return state, progress.outcome.reason
