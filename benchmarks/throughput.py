@@ -43,7 +43,7 @@ def measure(model: str, policy: str, ratio: str | None, images: int, batch: int,
     devices = summary["device_seconds_by_device"]
     return {"model": model, "device": ", ".join(sorted(devices)), "cache_policy": policy,
             "ratio": ratio if policy != "full" else None, "images_per_s": round(summary["images_per_device_s"], 3),
-            "batch": batch, "images": summary["images"], "device_seconds": round(summary["device_seconds"], 3)}
+            "batch": batch, "images": summary["images"]["done"], "device_seconds": round(summary["device_seconds"], 3)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from linegen.cli.errors import fail
+from linegen.errors import UserError
 from linegen.cli.flags import POLICY_NAMES, Json, ModelFlags, opt, option
 
 
@@ -37,9 +37,11 @@ def bench_command(
     from linegen.benchmarks.report import render_bench
     from linegen.jobs.models import ModelChoice
 
-    ModelChoice(name=model, random_weights=True, device=device).resolve_device()
+    choice = ModelChoice(name=model, random_weights=True, device=device)
+    choice.spec()  # an unknown model is a one-line error before anything is built
+    choice.resolve_device()
     if not random_weights and checkpoint is None:
-        fail("--weights needs --checkpoint")
+        raise UserError("--weights needs --checkpoint")
     overrides = {k: v for k, v in (("dim", dim), ("n_layer", layers), ("n_head", heads)) if v is not None}
     opts = BenchOptions(model=model, checkpoint=None if random_weights else checkpoint,
                         policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
@@ -51,7 +53,7 @@ def bench_command(
     try:
         report = run_bench(opts, log=(lambda m: None) if as_json else (lambda m: typer.echo(m, err=True)))
     except ValueError as e:  # cache settings, memory budget, model size
-        fail(str(e))
+        raise UserError(str(e)) from None
     if as_json:
         typer.echo(json.dumps(report["results"], indent=2))
         return

@@ -16,7 +16,7 @@ def cost_command(
     model: Optional[str] = typer.Option(None, "--model", help="Model for --estimate."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Device for --estimate: H100, A100-80GB, L4, CPU, ..."),
     gpus: int = typer.Option(1, "--gpus", help="Devices working in parallel (--estimate: wall time)."),
-    cache: str = opt(CacheFlags, "cache"),
+    cache: Optional[str] = opt(CacheFlags, "cache"),
     cache_ratio: Optional[str] = opt(CacheFlags, "cache_ratio"),
     from_job: Optional[str] = typer.Option(None, "--from-job", help="--estimate from this job's measured throughput."),
     out: Optional[str] = JobOut,
@@ -28,7 +28,10 @@ def cost_command(
     """A job's cost (device-seconds from its stats x $/device-hour, $/1k images), or --estimate a manifest's."""
     from linegen.jobs.api import connect
 
-    ctx = connect(**vars(conn), out=out, prices=price.prices, s3_endpoint_url=store.s3_endpoint_url)
+    from linegen.jobs.spec import DEFAULT_OUT
+
+    ctx = connect(**vars(conn), out=out, prices=price.prices, s3_endpoint_url=store.s3_endpoint_url,
+                  default_out=DEFAULT_OUT)
     if estimate_manifest is not None:
         if job is not None:
             fail("give either a job id or --estimate MANIFEST, not both", as_json=as_json)
@@ -73,6 +76,7 @@ def cost_command(
 def _estimate(ctx, manifest, model, gpu, gpus, cache, cache_ratio, from_job, as_json) -> None:
     from linegen.jobs.estimate import estimate
 
+    cache = cache or "full"
     storage = None
     if ctx.out is not None:
         from linegen.jobs.storage import open_storage
@@ -87,11 +91,11 @@ def _estimate(ctx, manifest, model, gpu, gpus, cache, cache_ratio, from_job, as_
             raise typer.Exit(1)
         return
     if doc["throughput"] is None:
-        fail(doc["reason"])
+        fail(doc["reason"], as_json=as_json)
     from linegen.cli.jobview import duration, money
 
     tp = doc["throughput"]
-    typer.echo(f"{doc['images']} images with {model} on {doc['device']} (cache {cache}"
+    typer.echo(f"{doc['images']['total']} images with {model} on {doc['device']} (cache {cache}"
                f"{' ' + doc['cache_ratio'] if doc['cache_ratio'] else ''})")
     typer.echo(f"  throughput  {tp['images_per_device_s']:.3f} images per device-second ({tp['source']})")
     typer.echo(f"  price       ${doc['price']['usd_per_hour']:g} per {doc['price']['unit']} ({doc['price']['source']})")

@@ -70,7 +70,7 @@ class ModelFlags:
 class CacheFlags:
     """The KV cache policy and its memory budget."""
 
-    cache: str = flag("full", "--cache", help=f"KV cache policy: {', '.join(POLICY_NAMES)}.")
+    cache: Optional[str] = flag(None, "--cache", help=f"KV cache policy: {', '.join(POLICY_NAMES)} (default: the config's [models] entry for the model, else full).")
     cache_ratio: Optional[str] = flag(None, "--cache-ratio", help="Visual cache budget as a fraction of the tokens, e.g. 1/6 or 0.25 (default 1/6).")
     cache_lines: Optional[int] = flag(None, "--cache-lines", help="Visual cache budget in token lines (instead of --cache-ratio).")
     cache_options: Optional[List[str]] = flag(None, "--cache-option", help="Policy switch KEY=VALUE, repeatable: linear takes anchors, recent_lines, aggregate (sum|mean|max), pool_1d, pool_2d, cfg_shared; streaming sinks; h2o recent_share; snapkv kernel.")
@@ -108,6 +108,7 @@ class JobFlags:
     gpus_per_worker: Optional[float] = flag(None, "--gpus-per-worker", help="GPUs each worker asks Ray for (default 1 for a GPU run, 0 with --device cpu). Pending workers are the autoscaler's demand; a GPU run never falls back to CPU.")
     wait_for_resources: Optional[str] = flag(None, "--wait-for-resources", help="How long the job may wait with fewer than --min-workers placed before it fails, e.g. 10m, 1h or forever (default: forever when submitted, 5m for `linegen run`).")
     max_attempts: int = flag(3, "--max-attempts", help="Attempts per shard; a lost node (preemption) does not spend one, a crash or error does.")
+    format: str = flag("parquet", "--format", help="Image shards: parquet (images/SHARD.parquet, Hugging Face datasets) or webdataset (images/SHARD.tar: KEY.png, KEY.json, KEY.tokens.npy).")
 
 
 @group
@@ -121,9 +122,9 @@ class StoreFlags:
 class ConnectionFlags:
     """Where a remote command points: the cluster, its auth, the config file."""
 
-    cluster: Optional[str] = flag(None, "--cluster", help="Ray cluster: its dashboard / Jobs API URL, e.g. http://HEAD:8265 (default: RAY_ADDRESS, or the config's cluster address).")
+    cluster: Optional[str] = flag(None, "--cluster", help="Ray cluster: its dashboard / Jobs API URL, e.g. http://HEAD:8265 (default: RAY_ADDRESS, or the config's [cluster] address).")
     token: Optional[str] = flag(None, "--token", help="Ray auth token (better: LINEGEN_RAY_TOKEN, RAY_AUTH_TOKEN, --token-file or RAY_AUTH_MODE=token with Ray's token file; a flag shows in the process list).")
-    token_file: Optional[str] = flag(None, "--token-file", help="File holding the Ray auth token (default: the config's cluster token_file).")
+    token_file: Optional[str] = flag(None, "--token-file", help="File holding the Ray auth token (default: the config's [cluster] token_file).")
     headers: Optional[List[str]] = flag(None, "--header", help="Extra HTTP header NAME=VALUE sent to the cluster (e.g. for a proxy); repeatable.")
     config: Optional[str] = flag(None, "--config", help=CONFIG_HELP)
 
@@ -132,13 +133,13 @@ class ConnectionFlags:
 class PriceFlags:
     """What a device-hour costs, for cost so far and estimates."""
 
-    prices: Optional[List[str]] = flag(None, "--price", help="Price override DEVICE=DOLLARS_PER_HOUR, e.g. H100=3.29; repeatable (default: the config's prices, else built-in).")
+    prices: Optional[List[str]] = flag(None, "--price", help="Price override DEVICE=DOLLARS_PER_HOUR, e.g. H100=3.29; repeatable (default: the config's [prices], else built-in).")
 
 
 # Single flags several commands share.
 Json = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables (errors too).")
 Config = typer.Option(None, "--config", help=CONFIG_HELP)
-JobOut = typer.Option(None, "--out", help="Output root holding the job: a local folder or s3://bucket/prefix (default: from the job's metadata on the cluster, else the config's output out).")
+JobOut = typer.Option(None, "--out", help="Output root holding the job: a local folder or s3://bucket/prefix (default: from the job's metadata on the cluster, else the config's [output] out, else ./out as for `linegen run`).")
 Manifest = typer.Argument(..., help="Prompt manifest (.jsonl, .csv, .parquet): local path or s3:// URI.")
 Job = typer.Argument(..., help="Job id.")
 

@@ -24,12 +24,13 @@ def generate_command(
 ) -> None:
     """Generate --count images for each --class-id with one model, into --out."""
     from linegen.cluster.config import load_config
-    from linegen.jobs.generate import check_request, generate_to_folder
+    from linegen.jobs.generate import check_out_folder, check_request, generate_to_folder
     from linegen.jobs.generator import Generator
     from linegen.jobs.settings import Settings
 
     settings = Settings.from_flags(**settings_of(model, cache, sampling, batch, store), config=load_config(config))
     check_request(settings.model.spec(), class_id, count)
+    check_out_folder(out)  # before the weights load
     settings.check()  # files, device and cache on the model's grid, before the weights load
     settings.model.resolve_device()
     generator = Generator(settings=settings)
@@ -45,5 +46,5 @@ def generate_command(
         task = bar.add_task("generating", total=len(class_id) * count)
         summary = generate_to_folder(generator, class_id, count, out,
                                      progress=lambda done, total: bar.update(task, completed=done))
-    console.print(f"[green]{summary['images']} images[/green] -> {summary['out']} "
+    console.print(f"[green]{summary['images']['done']} images[/green] -> {summary['out']} "
                   f"({summary['images_per_s']} images/s, {summary['tokens_per_s']} tokens/s, {summary['device']})")

@@ -130,8 +130,12 @@ def status_table(doc: dict):
 def jobs_table(docs: list[dict], title: str | None = None):
     from rich.table import Table
 
+    from linegen.cli.render import whole_column
+
     t = Table(title=title, expand=False)
-    for name in ("job", "state", "progress", "done", "speed", "ETA", "cost", "note"):
+    whole_column(t, "job", [d["job_id"] for d in docs])
+    whole_column(t, "state", [d["state"] for d in docs])
+    for name in ("progress", "done", "speed", "ETA", "cost", "note"):
         t.add_column(name, overflow="fold")
     for d in docs:
         note = d.get("reason") or ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from linegen.cli import bench, cost, evaluate, generate, models, monitor, remote, run
-from linegen.cli.errors import handle_errors
+from linegen.cli.errors import JsonErrorsGroup, handle_errors
 from linegen.cli.flags import with_flags
 
 app = typer.Typer(
@@ -19,6 +19,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help text: with rich markup, "[output] out" (a config section) would vanish as a tag.
+    rich_markup_mode=None,
+    cls=JsonErrorsGroup,
 )
 
 COMMANDS = [

@@ -16,14 +16,17 @@ def models_command(as_json: bool = Json) -> None:
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
+    from linegen.cli.render import print_whole, whole_column
+
     table = Table(title="linegen models")
-    for col in ("name", "conditioning", "layers", "dim", "image_size", "tokens", "weights", "description"):
-        table.add_column(col)
-    for r in rows:
-        name = r["name"] + (" (default)" if r["default"] else "")
+    names = [r["name"] + (" (default)" if r["default"] else "") for r in rows]
+    whole_column(table, "name", names)
+    for col in ("conditioning", "layers", "dim", "image_size", "tokens", "weights"):
+        whole_column(table, col, [r[col] for r in rows])
+    table.add_column("description", min_width=20)
+    for name, r in zip(names, rows):
         table.add_row(name, r["conditioning"], str(r["layers"]), str(r["dim"]), str(r["image_size"]),
                       str(r["tokens"]), r["weights"], r["description"])
-    Console().print(table)
+    print_whole(table)

@@ -6,24 +6,29 @@ import time
 import typer
 
 from linegen.cli.flags import ConnectionFlags, Json, PriceFlags, StoreFlags
+from linegen.errors import UserError
 
 NA = "n/a"
 
 
 def _num(x, unit: str = "", digits: int = 0) -> str:
-    if x is None or x == NA:
+    if x is None:
         return NA
     return f"{float(x):.{digits}f}{unit}"
 
 
 def _gib(x) -> str:
-    if x is None or x == NA:
+    if x is None:
         return NA
     return f"{float(x) / 2**30:.1f} GiB"
 
 
+def _txt(x) -> str:
+    return NA if x is None else str(x)  # JSON keeps unknowns as null; a person reads "n/a"
+
+
 def _used(pair: dict) -> str:
-    return f"{pair.get('in_use', NA)}/{pair.get('total', NA)}"
+    return f"{_txt(pair.get('in_use'))}/{_txt(pair.get('total'))}"
 
 
 def render(snap: dict):
@@ -36,7 +41,7 @@ def render(snap: dict):
     cpus, gpus = snap.get("cpus") or {}, snap.get("gpus") or {}
     head = Text.assemble(
         ("linegen monitor ", "bold"), (str(snap.get("cluster") or ""), "cyan"),
-        f"  Ray {snap.get('ray_version', NA)}  ",
+        f"  Ray {_txt(snap.get('ray_version'))}  ",
         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snap.get("time") or time.time())),
     )
     totals = Text(
@@ -52,8 +57,8 @@ def render(snap: dict):
             ("head " if n.get("is_head") else "") + str(n.get("hostname") or n.get("node_id") or "")[:24],
             str(n.get("address") or ""),
             "alive" if n.get("alive") else "dead",
-            f"{n.get('cpus_in_use', NA)}/{n.get('cpus_total', NA)}",
-            f"{n.get('gpus_in_use', NA)}/{n.get('gpus_total', NA)}",
+            f"{_txt(n.get('cpus_in_use'))}/{_txt(n.get('cpus_total'))}",
+            f"{_txt(n.get('gpus_in_use'))}/{_txt(n.get('gpus_total'))}",
             _num(n.get("gpu_utilisation_percent"), "%"),
             f"{_gib(n.get('gpu_memory_used_bytes'))} / {_gib(n.get('gpu_memory_total_bytes'))}",
         )
@@ -95,14 +100,12 @@ def monitor_command(
             Console().print(render(snap))
         return
     if interval <= 0:
-        raise typer.BadParameter("--interval must be > 0")
+        raise UserError("--interval must be > 0")
     from rich.console import Console
     from rich.live import Live
 
     from rich.console import Group
     from rich.text import Text
-
-    from linegen.errors import UserError
 
     console = Console()
     view = render(monitor_snapshot(ctx, cache=cache))  # a first failure is an error, as for --once

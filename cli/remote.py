@@ -18,11 +18,14 @@ NoShipCode = typer.Option(False, "--no-ship-code", help="Do not ship linegen's c
 
 
 def _connect(conn: ConnectionFlags, store: StoreFlags | None = None, out: str | None = None,
-             price: PriceFlags | None = None):
+             price: PriceFlags | None = None, *, local_default: bool = False):
+    """Where the command points; ``local_default``: without --out or a config, the output root is
+    the one `linegen run` writes to."""
     from linegen.jobs.api import connect
+    from linegen.jobs.spec import DEFAULT_OUT
 
     return connect(**vars(conn), out=out, s3_endpoint_url=store.s3_endpoint_url if store else None,
-                   prices=price.prices if price else None)
+                   prices=price.prices if price else None, default_out=DEFAULT_OUT if local_default else None)
 
 
 def _echo_json(doc) -> None:
@@ -37,7 +40,7 @@ def _err_console():
 
 def submit_command(
     manifest: str = Manifest,
-    out: str = typer.Option(None, "--out", help="Output root the cluster writes to: s3://bucket/prefix (or a folder the cluster's nodes share). Default: the config's output out."),
+    out: str = typer.Option(None, "--out", help="Output root the cluster writes to: s3://bucket/prefix (or a folder the cluster's nodes share). Default: the config's [output] out."),
     at: str = typer.Option(None, "--at", help="Start at this local time: 02:00 (next time the clock shows it), 2026-11-23T02:00, or +30m. Waits without holding GPUs."),
     after: str = typer.Option(None, "--after", help="Start when job JOB_ID (same --out) has succeeded; cancelled with the reason if it fails."),
     no_ship_code: bool = NoShipCode,
@@ -87,20 +90,19 @@ def list_command(
     """Scheduled, running and finished jobs with progress (the cluster's, or those under --out)."""
     from linegen.jobs.remote import list_jobs
 
-    ctx = _connect(conn, store, out, price)
+    ctx = _connect(conn, store, out, price, local_default=True)
     docs = [d.to_dict() for d in list_jobs(ctx)]
     if as_json:
         _echo_json(docs)
         return
-    from rich.console import Console
-
     from linegen.cli.jobview import jobs_table
+    from linegen.cli.render import print_whole
 
     where = ctx.cluster_text() or ctx.out
     if not docs:
         typer.echo(f"no linegen jobs on {where}")
         return
-    Console().print(jobs_table(docs, title=f"linegen jobs on {where}"))
+    print_whole(jobs_table(docs, title=f"linegen jobs on {where}"))
 
 
 def status_command(
@@ -114,7 +116,7 @@ def status_command(
     """State, shards and images done/total, images/s, ETA, errors and cost so far of one job."""
     from linegen.jobs.remote import job_status
 
-    doc = job_status(_connect(conn, store, out, price), job).to_dict()
+    doc = job_status(_connect(conn, store, out, price, local_default=True), job).to_dict()
     if as_json:
         _echo_json(doc)
         return
@@ -176,14 +178,22 @@ def resume_command(
     store: StoreFlags = None,
     as_json: bool = Json,
 ) -> None:
-    """Run the rest of a cancelled, failed or interrupted job (committed shards are skipped)."""
+    """Run the rest of a cancelled, failed or interrupted job (committed shards are skipped): as a
+    new attempt on the cluster, or, with no cluster given, here on the embedded local Ray."""
     from linegen.jobs.remote import resume
 
-    result = resume(_connect(conn, store, out), job, now=now, ship_code=not no_ship_code, driver_cpus=driver_cpus)
+    result = resume(_connect(conn, store, out, local_default=True), job, now=now, ship_code=not no_ship_code,
+                    driver_cpus=driver_cpus)
     if as_json:
         _echo_json(result.to_dict())
         return
-    if result.status == "submitted":
+    if result.status == "finished":
+        from rich.console import Console
+
+        from linegen.cli.render import summary_table
+
+        Console().print(summary_table(result.summary))
+    elif result.status == "submitted":
         typer.echo(f"job {job} resumed as attempt {result.submission_id} on {result.cluster}")
     elif result.status == "already running":
         typer.echo(f"job {job} is already running (attempt {result.submission_id}); not resubmitted")

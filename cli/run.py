@@ -11,7 +11,7 @@ from linegen.cli.flags import (BatchFlags, CacheFlags, Config, Json, JobFlags, M
 
 def run_command(
     manifest: str = Manifest,
-    out: str = typer.Option("out", "--out", help="Output root: a local folder or s3://bucket/prefix."),
+    out: str = typer.Option(None, "--out", help="Output root: a local folder or s3://bucket/prefix (default: the config's [output] out, else ./out)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan only, write nothing: items, shards, what is committed, and time and cost where a throughput was measured."),
     job: JobFlags = None,
     model: ModelFlags = None,

@@ -21,10 +21,12 @@ This module imports nothing from Ray, so the CLI stays fast.
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 AUTH_HEADER = "Authorization"
 BEARER_PREFIX = "Bearer "
@@ -57,21 +59,47 @@ def read_token_file(path: str | os.PathLike[str]) -> str:
     return token
 
 
+REDACTED = "***"
+
+
+def _mask_userinfo(userinfo: str) -> str:
+    # "user:password" keeps the user; a lone part may itself be a token, so it goes entirely.
+    user, sep, _ = userinfo.partition(":")
+    return f"{user}:{REDACTED}" if sep and user else REDACTED
+
+
 def redact_url(url: str) -> str:
-    """A URL as it may be printed or stored: without any ``user:password@`` part."""
+    """A URL as it may be printed or stored: ``user:password@`` becomes ``user:***@``.
+
+    The one redaction helper: every URL that may hold credentials (``--cluster``,
+    ``--s3-endpoint-url``, ``RAY_ADDRESS``) is shown, stored and logged through it (or through
+    `redact_text` for free text).
+    """
     try:
         parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
+        parts.port  # noqa: B018 - validates the port
+    except (ValueError, TypeError, AttributeError):
         return "<invalid URL>"
-    if not (parts.username or parts.password):
+    if "@" not in parts.netloc:
         return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if port:
-        host += f":{port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit((parts.scheme, f"{_mask_userinfo(userinfo)}@{hostport}", parts.path, parts.query,
+                       parts.fragment))
+
+
+# scheme://userinfo@ in free text; userinfo runs to the last "@" before the host (a raw "@" in a
+# password still belongs to it, as urlsplit reads it).
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s/?#'\"<>]*)@")
+
+
+def redact_text(text: str) -> str:
+    """Any text (an error message, a reason) with every URL's credentials redacted as in `redact_url`."""
+    return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{_mask_userinfo(m.group(2))}@", str(text))
+
+
+def is_redacted(url: str | None) -> bool:
+    """Whether ``url`` is a redacted form (its credentials are no longer there to use)."""
+    return bool(url) and (f":{REDACTED}@" in url or f"//{REDACTED}@" in url)
 
 
 def mask(secret: str | None) -> str:
@@ -118,24 +146,37 @@ class ClusterAddress:
     (an argument, an environment variable's name, or a file path) so errors can point at it.
     """
 
-    url: str
+    url: str  # without credentials: a ``user:password@`` part moves to `basic_auth`
     token: str | None = field(default=None, repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     token_source: str | None = None
+    basic_auth: str | None = field(default=None, repr=False)  # "user:password" from the URL
+    display: str = field(default="", init=False)  # the URL as shown: `redact_url` of what was given
 
     def __post_init__(self) -> None:
-        self.url = normalise_url(self.url)
+        given = normalise_url(self.url)
+        self.display = redact_url(given)
+        parts = urlsplit(given)
+        if "@" in parts.netloc:
+            userinfo, _, hostport = parts.netloc.rpartition("@")
+            self.basic_auth = self.basic_auth or unquote(userinfo)
+            given = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
+        self.url = given
         if self.token is not None:
             self.token = self.token.strip() or None
 
     def request_headers(self) -> dict[str, str]:
-        """Headers for every request: the extra headers plus ``Authorization: Bearer <token>``.
+        """Headers for every request: the extra headers plus ``Authorization: Bearer <token>``, or
+        basic auth from the URL's ``user:password@`` when no token is given.
 
-        An ``Authorization`` header given explicitly in ``headers`` wins over the token.
+        An ``Authorization`` header given explicitly in ``headers`` wins over both.
         """
         out = dict(self.headers)
-        if self.token and not any(k.lower() == "authorization" for k in out):
-            out[AUTH_HEADER] = BEARER_PREFIX + self.token
+        if not any(k.lower() == "authorization" for k in out):
+            if self.token:
+                out[AUTH_HEADER] = BEARER_PREFIX + self.token
+            elif self.basic_auth:
+                out[AUTH_HEADER] = "Basic " + base64.b64encode(self.basic_auth.encode()).decode()
         return out
 
     def masked_headers(self) -> dict[str, str]:
@@ -143,7 +184,7 @@ class ClusterAddress:
 
     def __repr__(self) -> str:
         return (
-            f"ClusterAddress(url={self.url!r}, token={mask(self.token)}, "
+            f"ClusterAddress(url={self.display!r}, token={mask(self.token)}, "
             f"token_source={self.token_source!r}, headers={self.masked_headers()!r})"
         )
 

@@ -24,8 +24,15 @@ file is an empty config; a missing file that was named explicitly is an error.
     llamagen-t2i-xl-256 = { checkpoint = "s3://bucket/t2i_XL_stage1_256.pt", vq_checkpoint = "s3://bucket/vq_ds16_t2i.pt",
                             text_encoder = "s3://bucket/flan-t5-xl/" }
 
-Secrets do not belong here: a literal token or AWS key is refused with an error that says where
-to put it instead (a token file, an environment variable, or the AWS credential chain).
+    [models.linegen-shapes-c2i]                  # a model's cache when no --cache flag is given
+    cache = "linear"
+    cache_ratio = "1/6"
+    cache_options = { anchors = 8 }
+
+Every key is checked: an unknown section or key, also inside a ``[models]`` entry, is an error
+naming the key and its line, and so is a value of the wrong type. Secrets do not belong here: a
+literal token or AWS key is refused with an error that says where to put it instead (a token
+file, an environment variable, or the AWS credential chain).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from linegen.cluster.address import redact_url
 from linegen.cluster.prices import parse_price
 from linegen.errors import UserError
 
@@ -58,18 +66,24 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class S3Config:
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
+    endpoint_url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """A ``[models]`` entry: the model's files, and the cache `run`/`submit` use when no cache flag
+    is given (what `linegen tune` writes)."""
+
     name: str
     checkpoint: str | None = None
     vq_checkpoint: str | None = None
     text_encoder: str | None = None  # t2i models: a T5 folder (Hugging Face layout)
-    options: dict[str, Any] = field(default_factory=dict)
+    cache: str | None = None  # a cache policy name (checked against the policies where it is used)
+    cache_ratio: str | None = None  # "1/6" or "0.25"; a number in the file is kept as its text
+    cache_options: dict[str, Any] | list[str] = field(default_factory=dict)  # a table, or KEY=VALUE strings
+
+
+MODEL_KEYS = ("checkpoint", "vq_checkpoint", "text_encoder", "cache", "cache_ratio", "cache_options")
 
 
 @dataclass(frozen=True)
@@ -85,7 +99,7 @@ class Config:
 _SECTIONS = {
     "cluster": {"address", "token_file"},
     "output": {"out"},
-    "s3": {"endpoint_url", "region", "profile"},
+    "s3": {"endpoint_url"},  # region and profile come from the AWS chain (AWS_REGION, AWS_PROFILE)
 }
 _TOKEN_KEYS = {"token", "auth_token", "ray_token", "ray_auth_token", "password", "secret"}
 _AWS_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token",
@@ -102,17 +116,26 @@ def default_config_path() -> Path:
 
 
 def _line_of(text: str, section: str | None, key: str | None) -> int | None:
-    """Best-effort line number of ``key`` inside ``[section]`` (or of the section header)."""
+    """Best-effort line number of ``key`` inside ``[section]`` (or of the section header).
+
+    A section ``models.NAME`` is found either as its own table (``[models.NAME]``, then the key
+    in it) or as an inline table (``NAME = { ... key = ... }`` under ``[models]``)."""
     current: str | None = None
     header = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
+    parent, _, child = (section or "").partition(".")
     for i, line in enumerate(text.splitlines(), start=1):
         m = header.match(line)
         if m:
-            current = m.group(1).strip().strip('"')
+            current = re.sub(r"\s*\.\s*", ".", m.group(1).strip()).replace('"', "").replace("'", "")
             if key is None and current == section:
                 return i
             continue
-        if key is not None and (section is None or current == section or current is None):
+        if key is None:
+            continue
+        if child and current == parent and re.match(rf"^\s*[\"']?{re.escape(child)}[\"']?\s*=", line) \
+                and re.search(rf"[{{,]\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+            return i
+        if section is None or current == section or current is None:
             if re.match(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
                 return i
             if section and re.match(rf"^\s*{re.escape(section)}\s*\.\s*{re.escape(key)}\s*=", line):
@@ -196,6 +219,9 @@ def parse_config(text: str, path: str | os.PathLike[str] = "<config>") -> Config
                 raise r.error(
                     f"unknown key [{section}] {key} (known: {', '.join(sorted(known))})", section, key)
             values[section][key] = r.string(section, key, value)
+            if key in ("address", "endpoint_url", "out") and redact_url(values[section][key]) != values[section][key]:
+                raise r.error(f"[{section}] {key}: a URL with credentials (user:password@) is a secret and is not "
+                              "stored in the config file; give it with the flag or the environment", section, key)
 
     cl = values.get("cluster", {})
     token_file = None
@@ -221,16 +247,40 @@ def _model(r: _Reader, name: str, spec: Any) -> ModelConfig:
         raise r.error(
             f"[models] {name} must be a table, e.g. {name} = {{ checkpoint = \"...\", "
             "vq_checkpoint = \"...\" }", "models", name)
-    options = dict(spec)
-    for key in list(options):
-        r.check_secret(f"models.{name}", key)
-    ckpt = options.pop("checkpoint", None)
-    vq = options.pop("vq_checkpoint", None)
-    text = options.pop("text_encoder", None)
-    for key, value in (("checkpoint", ckpt), ("vq_checkpoint", vq), ("text_encoder", text)):
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise r.error(f"[models] {name}.{key} must be a non-empty string", "models", name)
-    return ModelConfig(name=name, checkpoint=ckpt, vq_checkpoint=vq, text_encoder=text, options=options)
+    section = f"models.{name}"
+    values: dict[str, Any] = {}
+    for key, value in spec.items():
+        r.check_secret(section, key)
+        if key not in MODEL_KEYS:
+            raise r.error(f"unknown key [models] {name}.{key} (known: {', '.join(MODEL_KEYS)})", section, key)
+        if key == "cache_ratio":
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
+                raise r.error(f"[models] {name}.cache_ratio must be a fraction such as \"1/6\" or 0.25",
+                              section, key)
+            values[key] = str(value).strip()
+        elif key == "cache_options":
+            values[key] = _cache_options(r, name, value)
+        else:
+            if not isinstance(value, str) or not value.strip():
+                raise r.error(f"[models] {name}.{key} must be a non-empty string", section, key)
+            values[key] = value.strip()
+    return ModelConfig(name=name, **values)
+
+
+def _cache_options(r: _Reader, name: str, value: Any) -> dict[str, Any] | list[str]:
+    """A table of switches (``{ anchors = 8 }``) or ``["anchors=8"]`` as --cache-option gives them."""
+    where = f"models.{name}", "cache_options"
+    if isinstance(value, list):
+        for item in value:
+            if not isinstance(item, str) or "=" not in item or not item.partition("=")[0].strip():
+                raise r.error(f"[models] {name}.cache_options entries must look like KEY=VALUE", *where)
+        return list(value)
+    if not isinstance(value, dict):
+        raise r.error(f"[models] {name}.cache_options must be a table, e.g. {{ anchors = 8 }}", *where)
+    for k, v in value.items():
+        if isinstance(v, (dict, list)) or v is None:
+            raise r.error(f"[models] {name}.cache_options.{k} must be a number, a boolean or a string", *where)
+    return dict(value)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from linegen.cluster.address import ClusterAddress
+from linegen.cluster.address import ClusterAddress, redact_text
 from linegen.errors import UserError
 
 TERMINAL_STATUSES = frozenset({"STOPPED", "SUCCEEDED", "FAILED"})
@@ -110,16 +110,17 @@ def _network_reason(exc: BaseException) -> str:
 
 
 def unreachable(address: ClusterAddress, exc: BaseException | str) -> ClusterError:
-    reason = exc if isinstance(exc, str) else _network_reason(exc)
-    return ClusterError(f"cannot reach Ray cluster at {address.url}: {reason}")
+    reason = redact_text(exc if isinstance(exc, str) else _network_reason(exc))
+    return ClusterError(f"cannot reach Ray cluster at {address.display}: {reason}")
 
 
 def auth_rejected(address: ClusterAddress, status: int | None = None) -> ClusterError:
-    base = f"the Ray cluster at {address.url} rejected the token (missing or wrong)"
+    base = f"the Ray cluster at {address.display} rejected the token (missing or wrong)"
     if not address.token:
         hint = (
-            "no token was sent; set LINEGEN_RAY_TOKEN or RAY_AUTH_TOKEN, pass --token, "
-            "or set [cluster] token_file in the config"
+            "no token was sent; set LINEGEN_RAY_TOKEN or RAY_AUTH_TOKEN, use --token-file or "
+            "[cluster] token_file in the config, or set RAY_AUTH_MODE=token to use Ray's own token file "
+            "(~/.ray/auth_token)"
         )
     else:
         hint = f"the token from {address.token_source or 'the argument'} was not accepted"
@@ -128,11 +129,11 @@ def auth_rejected(address: ClusterAddress, status: int | None = None) -> Cluster
 
 
 def not_a_dashboard(address: ClusterAddress, detail: str) -> ClusterError:
-    return ClusterError(f"{address.url} does not look like a Ray dashboard ({detail})")
+    return ClusterError(f"{address.display} does not look like a Ray dashboard ({detail})")
 
 
 def no_job(address: ClusterAddress, job: str) -> ClusterError:
-    return ClusterError(f"no job '{job}' on cluster {address.url}")
+    return ClusterError(f"no job '{job}' on cluster {address.display}")
 
 
 # --------------------------------------------------------------------------- raw HTTP
@@ -218,7 +219,7 @@ def translate(exc: BaseException, address: ClusterAddress, job: str | None = Non
         return unreachable(address, exc)
     if job and ("status code 404" in text or "does not exist" in text):
         return no_job(address, job)
-    return ClusterError(f"Ray Jobs API at {address.url} failed: {one_line(text) or name}")
+    return ClusterError(f"Ray Jobs API at {address.display} failed: {one_line(redact_text(text)) or name}")
 
 
 def connect(address: ClusterAddress, *, timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
@@ -458,6 +459,6 @@ def wait(
             return state
         if time.monotonic() >= deadline:
             raise ClusterError(
-                f"job '{submission_id}' on {addr.url} is still {state.status} after {timeout:g} s"
+                f"job '{submission_id}' on {addr.display} is still {state.status} after {timeout:g} s"
             )
         time.sleep(poll)

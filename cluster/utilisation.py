@@ -15,7 +15,7 @@ The embedded local cluster (address None) is read in-process with ``ray.nodes()`
 ``ray.cluster_resources()`` and ``ray.available_resources()``; it has no dashboard, so no GPU
 hardware stats and no Jobs API.
 
-A number Ray does not report is the string ``"n/a"``, never a guess. Reservations are what Ray
+A number Ray does not report is ``None`` (JSON ``null``, shown as "n/a"), never a guess. Reservations are what Ray
 counts as "in use" (a GPU reserved by an idle actor is in use); GPU utilisation is the hardware
 counter the dashboard agent reads from the driver (NVML), where it reports one.
 """
@@ -28,7 +28,7 @@ from typing import Any
 from linegen.cluster.address import ClusterAddress
 from linegen.cluster.jobs_api import ClusterError, http_get_json, ray_version
 
-NA = "n/a"
+NA = None  # not reported (JSON null): the one spelling of "unknown" in every JSON document
 MIB = 1024 * 1024
 
 
@@ -60,9 +60,9 @@ def _gpu_entry(g: dict) -> dict[str, Any]:
 
 
 def _gpu_aggregate(gpus: list[dict[str, Any]]) -> dict[str, Any]:
-    utils = [g["utilisation_percent"] for g in gpus if g["utilisation_percent"] != NA]
-    used = [g["memory_used_bytes"] for g in gpus if g["memory_used_bytes"] != NA]
-    total = [g["memory_total_bytes"] for g in gpus if g["memory_total_bytes"] != NA]
+    utils = [g["utilisation_percent"] for g in gpus if g["utilisation_percent"] is not NA]
+    used = [g["memory_used_bytes"] for g in gpus if g["memory_used_bytes"] is not NA]
+    total = [g["memory_total_bytes"] for g in gpus if g["memory_total_bytes"] is not NA]
     return {
         "gpu_utilisation_percent": _clean(sum(utils) / len(utils)) if utils else NA,
         "gpu_memory_used_bytes": sum(used) if used else NA,
@@ -92,7 +92,7 @@ def _totals(nodes: list[dict[str, Any]], usage: dict | None) -> dict[str, Any]:
     for key, name in (("CPU", "cpus"), ("GPU", "gpus")):
         total = sum(n[f"{name}_total"] for n in alive)
         in_use = _in_use(usage, key, total)
-        if in_use == NA and alive and all(n[f"{name}_in_use"] != NA for n in alive):
+        if in_use is NA and alive and all(n[f"{name}_in_use"] is not NA for n in alive):
             in_use = _clean(sum(n[f"{name}_in_use"] for n in alive))
         out[name] = {"total": _clean(total), "in_use": in_use}
     gpus = [g for n in alive for g in (n["gpus"] if isinstance(n["gpus"], list) else [])]
@@ -130,7 +130,7 @@ def _remote(address: ClusterAddress, timeout: float) -> dict[str, Any]:
     try:
         node_rows = raw["data"]["result"]["result"]
     except (KeyError, TypeError):
-        raise ClusterError(f"unexpected answer from {address.url}/api/v0/nodes") from None
+        raise ClusterError(f"unexpected answer from {address.display}/api/v0/nodes") from None
 
     def best_effort(path: str) -> Any:
         try:
@@ -197,7 +197,7 @@ def _remote(address: ClusterAddress, timeout: float) -> dict[str, Any]:
     jobs = [_job_entry(j) for j in jobs_raw] if isinstance(jobs_raw, list) else NA
 
     snap = {
-        "cluster": address.url,
+        "cluster": address.display,
         "ray_version": version,
         "time": time.time(),
         "nodes": nodes,

@@ -22,11 +22,14 @@ class JobResult:
     job_id: str
     out: str
     summary: dict = field(repr=False)
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = field(default=None, repr=False)
+    format: str = "parquet"
 
     @property
     def images(self) -> int:
-        return int(self.summary["images"])
+        from linegen.jobs.summary import count_of
+
+        return count_of(self.summary["images"])
 
     @property
     def generated_this_run(self) -> int:
@@ -34,8 +37,11 @@ class JobResult:
 
     @property
     def images_glob(self) -> str:
-        """For ``datasets.load_dataset("parquet", data_files=...)`` and other readers."""
-        return f"{self.out.rstrip('/')}/{self.job_id}/images/*.parquet"
+        """For ``datasets.load_dataset("parquet", data_files=...)``, ``webdataset.WebDataset`` and
+        other readers: it matches published (committed) shards only."""
+        from linegen.jobs.layout import IMAGE_EXT
+
+        return f"{self.out.rstrip('/')}/{self.job_id}/images/*.{IMAGE_EXT[self.format]}"
 
     def read_table(self, columns: list[str] | None = None):
         """Every committed image row as one pyarrow Table, shard order."""
@@ -54,10 +60,10 @@ class Validation:
 
 def _manifest_source(manifest) -> tuple[str, bytes | None]:
     """(name, bytes) for a path/URI (bytes read later) or a list of row dicts (validated here)."""
-    if isinstance(manifest, (str, bytes)) or hasattr(manifest, "__fspath__"):
+    if isinstance(manifest, str) or hasattr(manifest, "__fspath__"):
         import os
 
-        return os.fspath(manifest) if not isinstance(manifest, bytes) else manifest.decode(), None
+        return os.fspath(manifest), None
     if not isinstance(manifest, Sequence):
         raise UserError(f"manifest must be a path, an s3:// URI or a list of row dicts, got {type(manifest).__name__}")
     from linegen.jobs.manifest import parse_rows
@@ -68,8 +74,8 @@ def _manifest_source(manifest) -> tuple[str, bytes | None]:
 
 
 def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: int = 1000,
-        workers: int | None = None, progress: Callable | None = None, num_cpus: int | None = None,
-        **settings) -> JobResult:
+        workers: int | None = None, format: str = "parquet", progress: Callable | None = None,
+        num_cpus: int | None = None, **settings) -> JobResult:
     """Run a job on the embedded local Ray (or the Ray this process already initialised).
 
     ``manifest``: a path/URI (.jsonl, .csv, .parquet) or a list of row dicts, validated exactly
@@ -82,10 +88,11 @@ def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: in
 
     name, data = _manifest_source(manifest)
     spec = JobSpec.from_flags(manifest=name, out=out, job_id=job_id, shard_size=shard_size, workers=workers,
-                              **settings)
+                              format=format, **settings)
     prepared = prepare_job(spec, manifest_data=data)  # the whole manifest and every setting first
     summary = run_embedded(spec, progress=progress, prepared=prepared, num_cpus=num_cpus)
-    return JobResult(job_id=spec.job_id, out=spec.out, summary=summary, s3_endpoint_url=spec.s3_endpoint_url)
+    return JobResult(job_id=spec.job_id, out=spec.out, summary=summary, s3_endpoint_url=spec.s3_endpoint_url,
+                     format=spec.format)
 
 
 def validate(manifest, *, model: str | None = None, text_encoder: str | None = None,
@@ -139,16 +146,22 @@ def read_rows(manifest: str, *, model: str | None = None, s3_endpoint_url: str |
 
 
 def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_endpoint_url: str | None = None):
-    """The image rows of every committed shard of a job (what a reader may trust)."""
+    """The image rows of every committed shard of a Parquet job (what a reader may trust)."""
     import pyarrow as pa
 
     from linegen.jobs import layout
+    from linegen.jobs.sink import committed_file, read_commit
     from linegen.jobs.storage import open_storage
     from linegen.jobs.writer import from_parquet_bytes
 
     storage = open_storage(out, endpoint_url=s3_endpoint_url)
-    tables = [from_parquet_bytes(storage.get(layout.image_key(job_id, sid)), columns=columns)
-              for sid in sorted(layout.committed_shards(storage, job_id))]
+    tables = []
+    for sid in sorted(layout.committed_shards(storage, job_id)):
+        marker = read_commit(storage, job_id, sid)
+        if marker.get("format", "parquet") != "parquet":
+            raise UserError(f"job {job_id} is a {marker['format']} job: read {out.rstrip('/')}/{job_id}/images/*.tar "
+                            "with the webdataset library (or tarfile)")
+        tables.append(from_parquet_bytes(committed_file(storage, marker, "images"), columns=columns))
     if not tables:
         raise UserError(f"job {job_id} has no committed shards under {out}")
     return pa.concat_tables(tables)
@@ -156,12 +169,13 @@ def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_e
 
 def connect(*, cluster: str | None = None, out: str | None = None, token: str | None = None,
             token_file: str | None = None, headers: list[str] | None = None, config: str | None = None,
-            prices: list[str] | None = None, s3_endpoint_url: str | None = None):
-    """Where remote operations point (flags > config file > environment), as `jobs.remote.Context`."""
+            prices: list[str] | None = None, s3_endpoint_url: str | None = None, default_out: str | None = None):
+    """Where remote operations point (flags > config file > environment), as `jobs.remote.Context`;
+    ``default_out``: the output root when neither ``out`` nor the config names one."""
     from linegen.jobs.remote import make_context
 
     return make_context(cluster=cluster, token=token, headers=headers, out=out, config=config, prices=prices,
-                        s3_endpoint_url=s3_endpoint_url, token_file=token_file)
+                        s3_endpoint_url=s3_endpoint_url, token_file=token_file, default_out=default_out)
 
 
 def submit(manifest: str, *, cluster: str | None = None, out: str | None = None, job_id: str | None = None,
@@ -184,9 +198,12 @@ def submit(manifest: str, *, cluster: str | None = None, out: str | None = None,
 
 
 def status(job_id: str, **connection):
-    """Where a job stands (`jobs.remote.JobStatus`); ``connection``: the keywords of `connect`."""
+    """Where a job stands (`jobs.remote.JobStatus`); ``connection``: the keywords of `connect`
+    (without a cluster or an output root, the job is looked for under `jobs.spec.DEFAULT_OUT`)."""
     from linegen.jobs.remote import job_status
+    from linegen.jobs.spec import DEFAULT_OUT
 
+    connection.setdefault("default_out", DEFAULT_OUT)
     return job_status(connect(**connection), job_id)
 
 

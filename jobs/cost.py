@@ -32,7 +32,7 @@ def cost_of(progress, prices: dict[str, float] | None = None) -> dict:
     c = job_cost(devices, images, prices or None)
     c["device_seconds"] = sum(devices.values())
     c["device_seconds_by_device"] = dict(devices)
-    c["images"] = images
+    c["images"] = {"done": images, "total": progress.images_total}  # one shape everywhere (jobs.summary)
     if progress.images_total and images and images < progress.images_total:
         c["projected_usd"] = c["usd"] / images * progress.images_total
     else:

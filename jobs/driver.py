@@ -257,9 +257,7 @@ def _generate(job: PreparedJob, todo: _Todo, tally: _Tally, shape: Shape) -> Non
     from linegen.workers.metrics import DRIVER_SERIES, Recorder
 
     spec = job.spec
-    model = spec.model.spec()
-    sink = ShardSink(job.storage, spec.job_id, model.name, spec.cache.policy,
-                     spec.cache.effective_ratio(model.prefix_len, model.grid))
+    sink = ShardSink.for_job(job)
     pool = Pool(job, sink, shape)
     tally.pool, tally.shape, tally.state = pool, shape, "waiting"
     metrics = Recorder(DRIVER_SERIES, job_id=spec.job_id)
@@ -452,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
 
             summary = run_job(spec, progress=show, submitted=True)
         except UserError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            from linegen.cluster.address import redact_text
+
+            print(f"error: {redact_text(e)}", file=sys.stderr, flush=True)
             return outcome.failed(e)
     print(json.dumps({"summary": summary}), flush=True)
     return 0

@@ -7,9 +7,10 @@ found, from:
 2. finished jobs under the output root (``--out`` / config) with the same model, cache policy and
    ratio that ran on the same device (their ``_SUCCESS`` summaries), the most recent first;
 3. ``benchmarks/throughput.json``: rows measured by our benchmarks (model, device, cache policy,
-   ratio, images/s, batch, source, date);
+   ratio, images/s, batch, source, date); a row is only ever written by a measured run;
 
-and the answer says which. Without any of them there is no estimate: the answer says that no
+and the answer says which. The throughput is looked up before the manifest is read, so a missing
+measurement is reported at once, however large the manifest. Without any of them there is no estimate: the answer says that no
 measurement exists for that model/device/cache instead of guessing one.
 """
 from __future__ import annotations
@@ -94,6 +95,7 @@ def finished_job_rates(storage, model: str, cache: CacheChoice) -> dict[str, dic
     model and cache that ran on that one device (one listing of the root)."""
     from linegen.jobs import layout
     from linegen.jobs.spec import read_spec
+    from linegen.jobs.summary import count_of
 
     found: dict[str, tuple] = {}
     for key in storage.list(""):
@@ -104,7 +106,10 @@ def finished_job_rates(storage, model: str, cache: CacheChoice) -> dict[str, dic
             summary = json.loads(storage.get(layout.success_key(job_id)))
         except Exception:  # noqa: BLE001 - a broken summary is simply not used
             continue
-        spec = read_spec(storage, job_id)
+        try:
+            spec = read_spec(storage, job_id)
+        except UserError:  # a damaged job folder is simply not used
+            continue
         if spec is None or spec.model.name != model:
             continue
         if not cache.same_budget(spec.cache):
@@ -115,7 +120,7 @@ def finished_job_rates(storage, model: str, cache: CacheChoice) -> dict[str, dic
         entry = (summary.get("finished_at") or 0, job_id, summary)
         found[device] = max(found.get(device, entry), entry)
     return {device: {"images_per_device_s": float(s["images_per_device_s"]), "kind": "job-stats",
-                     "source": f"measured: job {job_id} ({s.get('images')} images, "
+                     "source": f"measured: job {job_id} ({count_of(s.get('images'))} images, "
                                f"{float(s.get('device_seconds') or 0):.1f} device-seconds)", "row": None}
             for device, (_, job_id, s) in found.items()}
 
@@ -136,8 +141,6 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
     if gpus < 1:
         raise UserError(f"--gpus must be >= 1, got {gpus}")
     spec = ModelChoice(name=model, random_weights=True).spec()
-    rows = read_manifest(manifest, Conditioning.of(spec), endpoint_url=s3_endpoint_url)
-    images = total_items(rows)
     device = canonical_device(gpu)
     choice = CacheChoice(cache, cache_ratio)
     choice.build()  # a bad policy or ratio is an error before anything is looked up
@@ -146,7 +149,7 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
     if price is None:
         price_table.usd_per_hour(device)  # raises the "no price for device" message
     doc: dict[str, Any] = {
-        "manifest": manifest, "images": images, "model": model, "device": device, "gpus": gpus,
+        "manifest": manifest, "images": {"done": None, "total": None}, "model": model, "device": device, "gpus": gpus,
         "cache_policy": cache, "cache_ratio": (cache_ratio or DEFAULT_RATIO) if cache != "full" else None,
         "price": {"usd_per_hour": price.usd_per_hour, "unit": price.unit, "source": price.source, "note": price.note},
         "throughput": None, "reason": None, "device_hours": None, "usd": None, "usd_per_1k_images": None,
@@ -170,6 +173,9 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
                          "--device cuda --write`, or a small `linegen submit` there and then "
                          "`--from-job JOB`) rather than trust a guess")
         return doc
+    # Only now the manifest: a million rows take seconds to read, wasted if nothing was measured.
+    images = total_items(read_manifest(manifest, Conditioning.of(spec), endpoint_url=s3_endpoint_url))
+    doc["images"] = {"done": None, "total": images}  # the shape of every count (jobs.summary)
     rate = tp["images_per_device_s"]
     device_s = images / rate
     usd = device_s / 3600 * price.usd_per_hour

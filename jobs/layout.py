@@ -5,9 +5,10 @@ Every reader and writer builds keys through these functions, so the layout lives
     <job_id>/job.json                      spec as submitted
     <job_id>/manifest.<ext>                copy of the submitted manifest
     <job_id>/plan.json                     the plan's fingerprint, items and shards (resume checks it)
-    <job_id>/images/<shard_id>.parquet     one row per image
+    <job_id>/images/<shard_id>.parquet     one row per image (--format webdataset: <shard_id>.tar)
     <job_id>/stats/<shard_id>.parquet      one row per engine batch
-    <job_id>/_commits/<shard_id>.json      written last; presence means the shard is complete
+    <job_id>/_attempts/<shard_id>/<token>/ an attempt's files before its commit (jobs/sink.py)
+    <job_id>/_commits/<shard_id>.json      the commit: presence means the shard is complete
     <job_id>/_SUCCESS                      job summary
     <job_id>/_FAILED                       why the job's driver failed (JSON; jobs.outcome)
     <job_id>/_CANCELLED                    why it was cancelled or stopped (JSON; jobs.outcome)
@@ -46,12 +47,28 @@ def plan_key(job_id: str) -> str:
     return f"{_component(job_id, 'job id')}/plan.json"
 
 
-def image_key(job_id: str, shard_id: str) -> str:
-    return f"{_component(job_id, 'job id')}/images/{_component(shard_id, 'shard id')}.parquet"
+IMAGE_EXT = {"parquet": "parquet", "webdataset": "tar"}  # an image shard's file type per --format
+
+
+def image_key(job_id: str, shard_id: str, fmt: str = "parquet") -> str:
+    return f"{_component(job_id, 'job id')}/images/{_component(shard_id, 'shard id')}.{IMAGE_EXT[fmt]}"
 
 
 def stats_key(job_id: str, shard_id: str) -> str:
     return f"{_component(job_id, 'job id')}/stats/{_component(shard_id, 'shard id')}.parquet"
+
+
+def attempts_prefix(job_id: str) -> str:
+    return f"{_component(job_id, 'job id')}/_attempts/"
+
+
+def attempt_key(job_id: str, shard_id: str, token: str, published_key: str) -> str:
+    """Where one attempt writes a file before it commits: outside images/ and stats/, so no reader
+    (and no ``images/*.parquet`` glob) ever sees it; named by the attempt's own ``token``, so no
+    other attempt ever writes it."""
+    folder, _, name = published_key.rpartition("/")  # "<job>/images", "shard-00000.parquet"
+    kind, ext = folder.rsplit("/", 1)[-1], name.rsplit(".", 1)[-1]  # "images", "parquet"
+    return f"{attempts_prefix(job_id)}{_component(shard_id, 'shard id')}/{_component(token, 'attempt token')}/{kind}.{ext}"
 
 
 def commits_prefix(job_id: str) -> str:

@@ -6,7 +6,7 @@ turns every loading failure into a one-line `UserError`.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from linegen.jobs.errors import UserError
 
@@ -21,7 +21,7 @@ class ModelChoice:
     random_weights: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str | None = None  # None: bfloat16 on GPU, float32 on CPU
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
     random_seed: int = 0
     text_encoder: str | None = None  # t2i: T5 folder (Hugging Face layout), local path or s3:// prefix
 

@@ -13,7 +13,10 @@ Writers:
   -> ``_CANCELLED``, any other exception -> ``_FAILED`` with its last line;
 - ``linegen cancel`` writes ``_CANCELLED`` ("cancelled by user") before it stops the Ray job, so
   its reason wins (the driver writes its own only if none exists: a conditional put);
-- ``linegen resume`` removes both before it submits the next attempt.
+- ``linegen resume`` removes both before it submits the next attempt;
+- a local run (`local_outcome` around `linegen run` and a local `linegen resume`): Ctrl-C ->
+  ``_CANCELLED`` ("interrupted"), a UserError -> ``_FAILED``; each run first removes both, since
+  running again resumes the job.
 
 Reasons are one line and never contain credentials (they come from our own one-line errors).
 """
@@ -48,7 +51,9 @@ class Outcome:
 
 
 def _one_line(text: str) -> str:
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    from linegen.cluster.address import redact_text
+
+    lines = [ln.strip() for ln in redact_text(text).splitlines() if ln.strip()]
     line = " | ".join(lines) if len(lines) <= 3 else " | ".join(lines[:3]) + f" | ... ({len(lines) - 3} more lines)"
     return line[:MAX_REASON]
 
@@ -166,4 +171,27 @@ def driver_outcome(out: str, job_id: str, endpoint_url: str | None = None) -> It
         raise
     except Exception as e:
         guard._record("failed", f"{type(e).__name__}: {e}")
+        raise
+
+
+@contextmanager
+def local_outcome(storage, job_id: str) -> Iterator[None]:
+    """Around a run on the embedded cluster: an earlier run's marker no longer holds; Ctrl-C and
+    a UserError leave one, so `linegen status` says "interrupted" or why, not "unknown"."""
+    clear_outcome(storage, job_id)
+
+    def record(write, reason: str) -> None:
+        try:
+            write(storage, job_id, reason)
+        except Exception as e:  # noqa: BLE001 - the interruption or the job's error matters more
+            print(f"linegen: could not record the outcome of job {job_id}: {_one_line(str(e))}",
+                  file=sys.stderr, flush=True)
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        record(write_cancelled, "interrupted (Ctrl-C); run the same command again or `linegen resume` to finish it")
+        raise
+    except UserError as e:
+        record(write_failed, str(e))
         raise

@@ -73,32 +73,6 @@ def item_id(row: int, replica: int) -> str:
     return f"r{row:07d}-{replica:05d}"
 
 
-def expand_items(rows: Iterable[ManifestRow], *, job_seed: int,
-                 sampling: SamplingParams) -> list[Item]:
-    """One item per (row, replica), in row order then replica order.
-
-    Seeds: a row that gives `seed` uses `seed + replica` for replica r, so `seed: 42` with
-    `count: 1` reproduces exactly seed 42 (and the manifest check keeps seed + count - 1 within
-    63 bits). Otherwise the seed is derive_seed(job_seed, row.index, replica).
-    """
-    items: list[Item] = []
-    for row in rows:
-        cfg_scale = sampling.cfg_scale if row.cfg_scale is None else row.cfg_scale
-        temperature = sampling.temperature if row.temperature is None else row.temperature
-        top_k = sampling.top_k if row.top_k is None else row.top_k
-        top_p = sampling.top_p if row.top_p is None else row.top_p
-        for replica in range(row.count):
-            seed = (row.seed + replica if row.seed is not None
-                    else derive_seed(job_seed, row.index, replica))
-            items.append(Item(
-                item_id=item_id(row.index, replica), row=row.index, replica=replica, seed=seed,
-                class_id=row.class_id, prompt=row.prompt, user_id=row.id,
-                cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=int(top_k),
-                top_p=float(top_p),
-            ))
-    return items
-
-
 def shard_id(index: int) -> str:
     return f"shard-{index:05d}"
 
@@ -262,6 +236,8 @@ def legacy_fingerprint(shards: Iterable[Shard]) -> str:
         for it in shard.items:
             fields = [it.item_id, it.row, it.replica, it.seed, it.class_id, it.prompt,
                       it.user_id, it.cfg_scale, it.temperature, it.top_k, it.top_p]
-            h.update(json.dumps(fields, ensure_ascii=False).encode())
+            # surrogatepass: valid text hashes as before; a lone surrogate (refused by the manifest
+            # rules, but an Item can be built by hand) must not crash the digest.
+            h.update(json.dumps(fields, ensure_ascii=False).encode("utf-8", "surrogatepass"))
             h.update(b"\n")
     return h.hexdigest()

@@ -1,11 +1,15 @@
 """Everything a job needs before any generation: its settings checked, its storage reachable, its
-whole manifest validated and planned, and its identity recorded under the output root.
+whole manifest validated and planned, and its identity claimed under the output root.
 
-A job folder that already exists must hold the same job (resume); the manifest is copied into it
-at first run, so a resume reads exactly the manifest the job started with.
+The identity (job.json) is claimed with a conditional put before any shard work, so of two
+drivers started together with one job id only one job can exist: a driver whose settings differ
+is refused and told which setting differs; drivers with the same settings go on together, and the
+commit protocol (jobs/sink.py) keeps every shard exactly once. The manifest copy and plan.json are
+conditional puts too: the first writer's bytes stay, and everyone else compares against them.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -30,7 +34,7 @@ class PreparedJob:
 
 
 def prepare_job(spec: JobSpec, manifest_data: bytes | None = None, *, record: bool = True) -> PreparedJob:
-    """Check, validate and plan ``spec``; record job.json, the manifest copy and plan.json.
+    """Check, validate and plan ``spec``; claim job.json, record the manifest copy and plan.json.
 
     ``manifest_data``: the manifest's bytes when they come from the caller (the Python API's
     list of rows) rather than from ``spec.manifest``. ``record=False`` (``--dry-run``): every
@@ -46,9 +50,8 @@ def prepare_job(spec: JobSpec, manifest_data: bytes | None = None, *, record: bo
         raise UserError(f"{spec.manifest}: manifest must be .jsonl, .csv or .parquet")
     storage = open_storage(spec.out, endpoint_url=spec.s3_endpoint_url)
     existing = read_spec(storage, spec.job_id)
-    if existing is not None and not existing.same_work(spec):
-        raise UserError(f"job {spec.job_id} already exists under {spec.out} with different settings "
-                        "(manifest, model, cache, sampling, seed or shard size); use another --job-id")
+    if existing is not None:
+        _refuse_other_job(existing, spec)
     copy_key = layout.manifest_key(spec.job_id, ext)
     data, read_error = (manifest_data, None) if manifest_data is not None else _read_manifest_bytes(spec)
     if existing is not None:
@@ -59,8 +62,7 @@ def prepare_job(spec: JobSpec, manifest_data: bytes | None = None, *, record: bo
         if data is None:  # the user's file is gone (or unreachable here): the job's own copy counts
             data = copy
         elif copy is not None and copy != data:
-            raise UserError(f"job {spec.job_id}: {spec.manifest} changed since the job started; "
-                            "resume with the original manifest or use another --job-id")
+            raise _manifest_changed(spec)
     if data is None:
         raise read_error
     rows = parse_manifest(data, spec.manifest, Conditioning.of(model))
@@ -72,20 +74,55 @@ def prepare_job(spec: JobSpec, manifest_data: bytes | None = None, *, record: bo
             _check_recorded_plan(storage, spec, plan)
         return PreparedJob(spec=spec, storage=storage, shards=plan, fingerprint=fingerprint)
     storage.check()  # only now: a bad manifest or setting leaves nothing behind, not even a folder
-    if existing is None:
-        storage.put(copy_key, data)
-        storage.put(layout.spec_key(spec.job_id), spec.to_json().encode())
-        storage.put(layout.plan_key(spec.job_id), json.dumps(plan_doc).encode())
-    else:
+
+    # The claim. Losing it means another driver (now, or in an earlier run) recorded this job id.
+    if not storage.put_if_absent(layout.spec_key(spec.job_id), spec.to_json().encode()):
+        recorded = read_spec(storage, spec.job_id)
+        if recorded is None:
+            raise UserError(f"job {spec.job_id}: {storage.location(layout.spec_key(spec.job_id))} "
+                            "vanished while this run claimed it; run the command again")
+        _refuse_other_job(recorded, spec)
+    if not storage.put_if_absent(copy_key, data) and storage.get(copy_key) != data:
+        raise _manifest_changed(spec)
+    if not storage.put_if_absent(layout.plan_key(spec.job_id), json.dumps(plan_doc).encode()):
         _check_recorded_plan(storage, spec, plan)
     return PreparedJob(spec=spec, storage=storage, shards=plan, fingerprint=fingerprint)
 
 
 def _check_recorded_plan(storage: Storage, spec: JobSpec, plan: Plan) -> None:
-    recorded = json.loads(storage.get(layout.plan_key(spec.job_id)))
+    recorded = read_plan(storage, spec.job_id)
     if not plan.matches(recorded):
         raise UserError(f"job {spec.job_id}: the plan changed since the job started "
                         f"({recorded['items']} items then, {plan.items} now); use another --job-id")
+
+
+def _refuse_other_job(recorded: JobSpec, spec: JobSpec) -> None:
+    diffs = recorded.differences(spec)
+    if diffs:
+        raise UserError(f"job {spec.job_id} already exists under {spec.out} with different settings: "
+                        f"{'; '.join(diffs)}; run it with the job's settings to resume it, or use another --job-id")
+
+
+def _manifest_changed(spec: JobSpec) -> UserError:
+    return UserError(f"job {spec.job_id}: {spec.manifest} changed since the job started (manifest content "
+                     "differs); resume with the original manifest or use another --job-id")
+
+
+def read_plan(storage: Storage, job_id: str) -> dict:
+    """plan.json ({"fingerprint", "items", "shards"}); a damaged one is a UserError naming it."""
+    key = layout.plan_key(job_id)
+    where = storage.location(key)
+    try:
+        doc = json.loads(storage.get(key))
+    except StorageNotFound:
+        raise UserError(f"{where} is missing; the job folder is damaged") from None
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{where}: not valid JSON ({str(e)[:120]}); the job folder is damaged") from None
+    if not isinstance(doc, dict) or set(doc) - {"fingerprint_version"} != {"fingerprint", "items", "shards"} \
+            or not isinstance(doc["fingerprint"], str) or not all(
+                isinstance(doc[k], int) and not isinstance(doc[k], bool) for k in ("items", "shards")):
+        raise UserError(f"{where}: expected {{\"fingerprint\", \"items\", \"shards\"}}; the job folder is damaged")
+    return doc
 
 
 def _read_manifest_bytes(spec: JobSpec) -> tuple[bytes | None, Exception | None]:
@@ -96,8 +133,17 @@ def _read_manifest_bytes(spec: JobSpec) -> tuple[bytes | None, Exception | None]
         return None, e
 
 
+def with_endpoint(spec: JobSpec, endpoint_url: str | None) -> JobSpec:
+    """A recorded job with the S3 endpoint as this process knows it: job.json holds the URL with
+    its credentials redacted, the flag or LINEGEN_S3_ENDPOINT_URL holds the real one."""
+    if not endpoint_url:
+        return spec
+    return dataclasses.replace(spec, s3_endpoint_url=endpoint_url,
+                               model=dataclasses.replace(spec.model, s3_endpoint_url=endpoint_url))
+
+
 def load_job(out: str, job_id: str, endpoint_url: str | None = None) -> JobSpec:
     spec = read_spec(open_storage(out, endpoint_url=endpoint_url), job_id)
     if spec is None:
         raise UserError(f"no job {job_id!r} under {out}")
-    return spec
+    return with_endpoint(spec, endpoint_url)

@@ -139,8 +139,10 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
     if spec is not None and p.images_total is not None:
         p.images_done = sum(_shard_size_of(s, spec.shard_size, p.images_total) for s in committed)
     if p.summary is not None:
-        p.images_done = int(p.summary.get("images", p.images_done))
-        p.shards_done = int(p.summary.get("shards", p.shards_done))
+        from linegen.jobs.summary import count_of
+
+        p.images_done = count_of(p.summary.get("images")) or p.images_done
+        p.shards_done = count_of(p.summary.get("shards")) or p.shards_done
         if p.images_total is None:
             p.images_total, p.shards_total = p.images_done, p.shards_done
     p.images_committed = p.images_done

@@ -75,14 +75,21 @@ def interruptible(on_second: Callable[[], None] | None = None) -> Iterator[_Guar
 def run_embedded(spec: JobSpec, progress: Callable[[Progress], None] | None = None,
                  num_cpus: int | None = None, prepared: PreparedJob | None = None) -> dict:
     prepared = prepared or prepare_job(spec)  # every check and the whole manifest before Ray starts
+    from linegen.jobs.summary import finished_summary
+
+    done = finished_summary(prepared)  # every shard already committed: the markers answer, no Ray
+    if done is not None:
+        return done
     import logging
 
     from linegen.cluster.local import LocalCluster
+    from linegen.jobs.outcome import local_outcome
 
     # A private in-process cluster: no token file to write, no Ray banner on the user's terminal.
     cluster = LocalCluster(num_cpus=num_cpus, auth_mode="disabled", log_to_driver=False,
                            init_kwargs={"logging_level": logging.ERROR})
-    with interruptible(on_second=cluster.kill) as guard:
+    # local_outcome outside: an interruption is recorded after the cluster is gone
+    with local_outcome(prepared.storage, spec.job_id), interruptible(on_second=cluster.kill) as guard:
         try:
             cluster.start()
             guard.arm()  # ray.init installed its own SIGTERM handler

@@ -22,13 +22,13 @@ class Settings:
     seed: int = 0  # each image's seed derives from (seed, row, replica) unless its row gives one
     batch_size: int | None = None  # None: as many as fit the memory budget
     memory_budget: str | None = None  # e.g. "20GiB"; None: a fraction of free device memory
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
 
     @classmethod
     def from_flags(cls, *, model: str | None = None, checkpoint: str | None = None,
                    vq_checkpoint: str | None = None, text_encoder: str | None = None,
                    random_weights: bool = False, device: str = "auto", dtype: str | None = None,
-                   cache: str = "full", cache_ratio: str | float | None = None, cache_lines: int | None = None,
+                   cache: str | None = None, cache_ratio: str | float | None = None, cache_lines: int | None = None,
                    cache_options: Mapping[str, Any] | Sequence[str] | None = None, seed: int = 0,
                    cfg_scale: float | None = None, top_k: int | None = None, top_p: float | None = None,
                    temperature: float | None = None, batch_size: int | None = None,
@@ -38,7 +38,8 @@ class Settings:
 
         ``cache_options``: a dict, or ``KEY=VALUE`` strings as `--cache-option` gives them.
         ``config``: a loaded config (cluster.config.Config) whose ``[models]`` entry for the
-        model supplies checkpoints the flags leave out.
+        model supplies checkpoints the flags leave out, and the cache when no cache flag is given
+        (``cache`` None means "the entry's cache, else full").
         """
         from linegen.workers.models.registry import DEFAULT_MODEL
 
@@ -49,6 +50,14 @@ class Settings:
             vq_checkpoint = vq_checkpoint or entry.vq_checkpoint
         if entry is not None and text_encoder is None:
             text_encoder = entry.text_encoder
+        no_cache_flags = cache is None and cache_ratio is None and cache_lines is None and not cache_options
+        if no_cache_flags and entry is not None and entry.cache is not None:
+            cache, cache_ratio, cache_options = entry.cache, entry.cache_ratio, entry.cache_options
+            try:
+                _cache_choice(cache, cache_ratio, None, cache_options).build()
+            except UserError as e:
+                raise UserError(f"{config.path}: [models] {name}: {e}") from None
+        cache = cache or "full"
         choice = ModelChoice(name=name, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint,
                              random_weights=random_weights, device=device, dtype=dtype,
                              s3_endpoint_url=s3_endpoint_url, text_encoder=text_encoder)
@@ -67,12 +76,7 @@ class Settings:
                 parse_bytes(memory_budget)
             except ValueError as e:
                 raise UserError(f"--memory-budget: {e}") from None
-        if isinstance(cache_options, Mapping):
-            cache_choice = CacheChoice(cache, None if cache_ratio is None else str(cache_ratio), cache_lines,
-                                       dict(cache_options))
-        else:
-            cache_choice = CacheChoice.from_flags(cache, None if cache_ratio is None else str(cache_ratio),
-                                                  cache_lines, list(cache_options or []))
+        cache_choice = _cache_choice(cache, cache_ratio, cache_lines, cache_options)
         return cls(model=choice, cache=cache_choice, sampling=sampling, seed=seed, batch_size=batch_size,
                    memory_budget=memory_budget, s3_endpoint_url=s3_endpoint_url)
 
@@ -81,3 +85,11 @@ class Settings:
         self.model.check()
         spec = self.model.spec()
         self.cache.build(spec.prefix_len, spec.grid)
+
+
+def _cache_choice(cache: str, ratio, lines: int | None, options) -> CacheChoice:
+    """``options``: a dict, or ``KEY=VALUE`` strings as `--cache-option` gives them."""
+    ratio = None if ratio is None else str(ratio)
+    if isinstance(options, Mapping):
+        return CacheChoice(cache, ratio, lines, dict(options))
+    return CacheChoice.from_flags(cache, ratio, lines, list(options or []))

@@ -1,14 +1,19 @@
 """What a job is: everything needed to (re)run it, stored as OUT/<job_id>/job.json.
 
 The spec never holds credentials: S3 access comes from the standard credential chain wherever
-the job runs; only a non-secret endpoint URL is recorded.
+the job runs, and an endpoint URL is recorded with any ``user:password@`` part redacted
+(`cluster.address.redact_url`); the real URL stays in memory, from the flag or the environment.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from linegen.jobs import layout
 from linegen.jobs.cache_choice import CacheChoice
@@ -16,11 +21,20 @@ from linegen.jobs.errors import UserError
 from linegen.jobs.models import ModelChoice
 from linegen.workers.models.config import SamplingParams
 
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+DEFAULT_OUT = "out"  # the output root of `linegen run` (and the local commands) when none is given
+ROWS_MANIFEST = "rows.jsonl"  # what a job made from Python rows records as its manifest (its copy keeps them)
+FORMATS = ("parquet", "webdataset")  # image shards: images/<shard>.parquet or images/<shard>.tar
+
+# The settings that decide which images a job holds: a job id reused with any of them different
+# is another job (`JobSpec.differences`). The rest (workers, batch size, schedule, prices) may
+# change between runs of one job.
+IDENTITY = ("manifest", "model", "cache", "sampling", "seed", "shard_size", "format")
 
 
 def check_job_id(job_id: str) -> str:
-    if not JOB_ID.match(job_id) or ".." in job_id:
+    # fullmatch: `$` in match() also accepts a trailing newline
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id) or ".." in job_id:
         raise UserError(f"job id {job_id!r} must be 1-128 characters of letters, digits, '.', '_' or '-' "
                         "and start with a letter or digit")
     return job_id
@@ -46,7 +60,8 @@ class JobSpec:
     batch_size: int | None = None  # None: as many as the memory budget allows
     memory_budget: str | None = None  # e.g. "20GiB"; None: a fraction of free device memory
     max_attempts: int = 3
-    s3_endpoint_url: str | None = None
+    # In memory the URL as given; job.json holds it redacted (to_json), and so does repr.
+    s3_endpoint_url: str | None = field(default=None, repr=False)
     created_at: float = field(default_factory=time.time)
     # Scheduling (`linegen submit --at/--after`); the driver waits for both before starting Ray
     # work. Defaults keep job.json files written before these fields existed loadable.
@@ -58,17 +73,28 @@ class JobSpec:
     min_workers: int | None = None  # None: 1 (or --workers)
     max_workers: int | None = None  # None: as many as the cluster places (GPU runs), 1 on CPU (or --workers)
     wait_for_resources: str | None = None  # a duration ("10m", "forever"); None: forever when submitted, 5m embedded
+    format: str = "parquet"  # one of FORMATS
 
     @classmethod
-    def from_flags(cls, *, manifest: str, out: str = "out", job_id: str | None = None, shard_size: int = 1000,
+    def from_flags(cls, *, manifest: str, out: str | None = None, job_id: str | None = None, shard_size: int = 1000,
                    workers: int | None = None, min_workers: int | None = None, max_workers: int | None = None,
                    gpus_per_worker: float | None = None, wait_for_resources: str | None = None,
-                   max_attempts: int = 3, **settings) -> "JobSpec":
-        """A job from flag values; ``settings`` are the keywords of `Settings.from_flags`."""
+                   max_attempts: int = 3, format: str = "parquet", config: Any = None,
+                   **settings) -> "JobSpec":
+        """A job from flag values; ``settings`` are the keywords of `Settings.from_flags`.
+
+        ``out`` and the S3 endpoint default to the config file's (``[output] out``, ``[s3]
+        endpoint_url``), then to `DEFAULT_OUT`. A local manifest path is recorded absolute, so a
+        relative and an absolute spelling of one file are the same job.
+        """
         from linegen.jobs.schedule import parse_duration
         from linegen.jobs.settings import Settings
+        from linegen.jobs.storage import absolute_uri
 
-        s = Settings.from_flags(**settings)
+        if config is not None:
+            out = out or config.output.out
+            settings["s3_endpoint_url"] = settings.get("s3_endpoint_url") or config.s3.endpoint_url
+        s = Settings.from_flags(config=config, **settings)
         if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
             raise UserError(f"--shard-size must be an integer >= 1, got {shard_size!r}")
         for flag, value in (("--workers", workers), ("--min-workers", min_workers), ("--max-workers", max_workers),
@@ -88,35 +114,135 @@ class JobSpec:
             gpus_per_worker = float(gpus_per_worker)
         if wait_for_resources is not None:
             parse_duration(wait_for_resources, "--wait-for-resources")
-        return cls(job_id=check_job_id(job_id) if job_id else new_job_id(), manifest=manifest, out=out,
-                   model=s.model, cache=s.cache, sampling=s.sampling, seed=s.seed, shard_size=shard_size,
-                   workers=workers, batch_size=s.batch_size, memory_budget=s.memory_budget,
+        if format not in FORMATS:
+            raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+        if manifest != ROWS_MANIFEST:
+            manifest = absolute_uri(manifest)
+        return cls(job_id=check_job_id(job_id) if job_id else new_job_id(), manifest=manifest,
+                   out=out or DEFAULT_OUT, model=s.model, cache=s.cache, sampling=s.sampling, seed=s.seed,
+                   shard_size=shard_size, workers=workers, batch_size=s.batch_size, memory_budget=s.memory_budget,
                    max_attempts=max_attempts, s3_endpoint_url=s.s3_endpoint_url, gpus_per_worker=gpus_per_worker,
-                   min_workers=min_workers, max_workers=max_workers, wait_for_resources=wait_for_resources)
+                   min_workers=min_workers, max_workers=max_workers, wait_for_resources=wait_for_resources,
+                   format=format)
 
     def to_json(self) -> str:
+        """job.json: every field, with the endpoint URLs redacted (never a credential)."""
+        from linegen.cluster.address import redact_url
+
         d = asdict(self)
+        for holder in (d, d["model"]):
+            if holder.get("s3_endpoint_url"):
+                holder["s3_endpoint_url"] = redact_url(holder["s3_endpoint_url"])
         return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "JobSpec":
-        d = json.loads(text)
-        d["model"] = ModelChoice(**d["model"])
-        d["cache"] = CacheChoice(**d["cache"])
-        d["sampling"] = SamplingParams(**d["sampling"])
-        return cls(**d)  # fields added later have defaults, so older job.json files load
+    def from_json(cls, text: str | bytes, where: str = "job.json") -> "JobSpec":
+        """Parse job.json strictly: anything unreadable, unknown or of the wrong type is a one-line
+        UserError naming ``where`` (a job folder from another tool, or one edited by hand)."""
+        try:
+            d = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise UserError(f"{where}: not valid JSON ({str(e)[:120]}); the job folder is damaged") from None
+        d = _fields_of(cls, d, where)
+        d["model"] = _nested(ModelChoice, d.get("model"), f"{where}: model")
+        d["cache"] = _nested(CacheChoice, d.get("cache", {}), f"{where}: cache")
+        d["sampling"] = _nested(SamplingParams, d.get("sampling", {}), f"{where}: sampling")
+        return _build(cls, d, where)
+
+    def differences(self, other: "JobSpec") -> list[str]:
+        """The identity settings in which ``other`` differs, as `name: X here, Y in the job` (empty:
+        the same job). ``self`` is the recorded job. The manifest compares by where it is (relative
+        and absolute spellings agree); endpoint URLs are never part of a job's identity."""
+        out = []
+        for name in IDENTITY:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name == "manifest":
+                mine, theirs = _where(mine), _where(theirs)
+            if dataclasses.is_dataclass(mine):
+                for f in dataclasses.fields(mine):
+                    if f.name == "s3_endpoint_url":
+                        continue
+                    a, b = getattr(mine, f.name), getattr(theirs, f.name)
+                    if f.name in ("checkpoint", "vq_checkpoint", "text_encoder"):
+                        a, b = _where(a), _where(b)
+                    if a != b:
+                        out.append(f"{name}.{f.name}: {b!r} here, {a!r} in the job")
+            elif mine != theirs:
+                out.append(f"{name}: {theirs!r} here, {mine!r} in the job")
+        return out
 
     def same_work(self, other: "JobSpec") -> bool:
         """Whether `other` would produce the same images (resume must not mix two jobs)."""
-        keys = ("manifest", "model", "cache", "sampling", "seed", "shard_size")
-        return all(getattr(self, k) == getattr(other, k) for k in keys)
+        return not self.differences(other)
+
+
+def _where(uri: str | None) -> str | None:
+    from linegen.jobs.storage import absolute_uri
+
+    return None if uri is None or uri == ROWS_MANIFEST else absolute_uri(uri)
+
+
+def _fields_of(cls: type, d: Any, where: str) -> dict:
+    if not isinstance(d, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(d).__name__}; the job folder is damaged")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown field {unknown[0]!r} (written by a newer linegen, or edited by hand)")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise UserError(f"{where}: field {missing[0]!r} is missing; the job folder is damaged")
+    return dict(d)
+
+
+def _nested(cls: type, d: Any, where: str):
+    return _build(cls, _fields_of(cls, d, where), where)
+
+
+def _build(cls: type, d: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    for name, value in d.items():
+        if dataclasses.is_dataclass(value):
+            continue
+        if not _matches(value, hints[name]):
+            raise UserError(f"{where}: field {name!r} has the wrong type ({type(value).__name__})")
+    try:
+        return cls(**d)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{where}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's annotation (str, int, float, bool, None, dicts and
+    tuples of those, and unions of them)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if origin is tuple or hint is tuple:
+        return isinstance(value, list)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
 
 
 def read_spec(storage, job_id: str) -> JobSpec | None:
-    """The job.json under ``storage`` for ``job_id``, or None when the job does not exist there."""
+    """The job.json under ``storage`` for ``job_id``, or None when the job does not exist there.
+    A damaged job.json is a UserError naming it."""
     from linegen.jobs.storage import StorageNotFound
 
+    key = layout.spec_key(job_id)
     try:
-        return JobSpec.from_json(storage.get(layout.spec_key(job_id)))
+        data = storage.get(key)
     except StorageNotFound:
         return None
+    return JobSpec.from_json(data, where=storage.location(key))

@@ -1,5 +1,10 @@
 """`_SUCCESS`: a finished job's counts and totals over every committed shard's stats (this run's
-and earlier runs'), and its cost."""
+and earlier runs'), and its cost.
+
+Counts have one shape in every document linegen writes or prints (`_SUCCESS`, `run --json`,
+`status`, `list`, `monitor`, `cost`): ``images`` and ``shards`` are ``{"done": N, "total": M}``;
+`count_of` also reads the plain integers of summaries written before.
+"""
 from __future__ import annotations
 
 import json
@@ -9,6 +14,7 @@ from linegen.jobs import layout
 from linegen.jobs.cost import job_cost
 from linegen.jobs.errors import UserError
 from linegen.jobs.plan import shard_id
+from linegen.jobs.schedule import utc_iso
 from linegen.jobs.stats import read_shard_stats
 
 
@@ -16,12 +22,15 @@ def write_success(job, wall_s: float, generated: int, recovery: dict | None = No
     """Check that every planned shard is committed and the stats add up to the plan, then write
     and return the summary. ``recovery``: what this run survived (nodes lost, shards requeued,
     failed attempts), as the driver counted it."""
+    from linegen.jobs.sink import publish_pending
+
     storage, job_id = job.storage, job.spec.job_id
     committed = layout.committed_shards(storage, job_id)
     ids = [shard_id(i) for i in range(len(job.shards))]
     missing = [sid for sid in ids if sid not in committed]
     if missing:
         raise UserError(f"job {job_id}: {len(missing)} shard(s) have no commit marker: {', '.join(missing[:5])}")
+    publish_pending(storage, job_id)  # a commit cut off before its move; losers' staged files
     images = tokens = truncated = peak = kv = 0
     devices: dict[str, float] = {}
     for sid in ids:
@@ -35,16 +44,49 @@ def write_success(job, wall_s: float, generated: int, recovery: dict | None = No
     if images != job.items_total:
         raise UserError(f"job {job_id}: stats count {images} images, the plan has {job.items_total}")
     device_s = sum(devices.values())
+    finished_at = time.time()
     summary = {
-        "job_id": job_id, "shards": len(job.shards), "images": images, "tokens": tokens,
+        "job_id": job_id, "shards": {"done": len(job.shards), "total": len(job.shards)},
+        "images": {"done": images, "total": job.items_total}, "tokens": tokens,
         "generated_this_run": generated, "plan_fingerprint": job.fingerprint,
         "model": job.spec.model.name, "cache_policy": job.spec.cache.policy,
         "device_seconds": device_s, "device_seconds_by_device": devices,
         "images_per_device_s": images / device_s if device_s else None,
         "wall_s_this_run": wall_s, "images_per_s_this_run": generated / wall_s if wall_s > 0 else None,
         "peak_memory_bytes": peak, "kv_cache_bytes": kv, "prompts_truncated": truncated,
-        "finished_at": time.time(), "recovery_this_run": dict(recovery or {}),
+        "finished_at": finished_at, "finished_at_utc": utc_iso(finished_at),
+        "recovery_this_run": dict(recovery or {}),
     }
     summary["cost"] = job_cost(devices, images, job.spec.prices)  # prices: `submit --price`
     storage.put(layout.success_key(job_id), json.dumps(summary, indent=2).encode())
     return summary
+
+
+def finished_summary(job) -> dict | None:
+    """For a job whose every planned shard is committed, its summary without any generation (no
+    Ray needed): the recorded `_SUCCESS` as it stands (not rewritten, so ``finished_at`` stays
+    when the job finished), or one written now from the markers if the last run stopped just
+    before writing it. None while any shard is missing."""
+    from linegen.jobs.storage import StorageNotFound
+
+    from linegen.jobs.sink import publish_pending
+
+    committed = layout.committed_shards(job.storage, job.spec.job_id)
+    if any(s.shard_id not in committed for s in job.shards):
+        return None
+    publish_pending(job.storage, job.spec.job_id)
+    try:
+        recorded = json.loads(job.storage.get(layout.success_key(job.spec.job_id)))
+    except (StorageNotFound, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict) or recorded.get("plan_fingerprint") != job.fingerprint:
+        return write_success(job, 0.0, 0)
+    return {**recorded, "generated_this_run": 0, "wall_s_this_run": 0.0, "images_per_s_this_run": None}
+
+
+def count_of(value) -> int | None:
+    """The done count of an ``images``/``shards`` entry: ``{"done", "total"}``, or a plain integer
+    (a `_SUCCESS` written by an older linegen)."""
+    if isinstance(value, dict):
+        value = value.get("done")
+    return None if value is None or isinstance(value, bool) else int(value)

@@ -39,6 +39,7 @@ def _value(dtype: str) -> dict[str, Any]:
 _IMAGE_COLUMNS: tuple[tuple[str, pa.DataType, dict[str, Any]], ...] = (
     ("image", _IMAGE_TYPE, {"_type": "Image"}),
     ("item_id", pa.string(), _value("string")),
+    ("job_id", pa.string(), _value("string")),
     ("row", pa.int64(), _value("int64")),
     ("replica", pa.int32(), _value("int32")),
     ("id", pa.string(), _value("string")),
@@ -55,11 +56,20 @@ _IMAGE_COLUMNS: tuple[tuple[str, pa.DataType, dict[str, Any]], ...] = (
     ("height", pa.int32(), _value("int32")),
 )
 
-IMAGE_SCHEMA = pa.schema(
-    [pa.field(name, typ) for name, typ, _ in _IMAGE_COLUMNS],
-    metadata={"huggingface": json.dumps(
-        {"info": {"features": {name: feature for name, _, feature in _IMAGE_COLUMNS}}})},
-)
+def image_schema(class_names: Sequence[str] | None = None) -> pa.Schema:
+    """The image Parquet schema. With the model's class names, `class_id` is a Hugging Face
+    `ClassLabel` (its Arrow type is int64, as `datasets` declares it), so a dataset shows names."""
+    columns = list(_IMAGE_COLUMNS)
+    if class_names:
+        at = [name for name, _, _ in columns].index("class_id")
+        columns[at] = ("class_id", pa.int64(), {"names": list(class_names), "_type": "ClassLabel"})
+    return pa.schema(
+        [pa.field(name, typ) for name, typ, _ in columns],
+        metadata={"huggingface": json.dumps({"info": {"features": {name: feature for name, _, feature in columns}}})},
+    )
+
+
+IMAGE_SCHEMA = image_schema()
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -121,31 +131,14 @@ def encode_pngs(images: Iterable[np.ndarray], workers: int = 4, compress_level: 
 
 def _tokens_array(tokens: np.ndarray) -> pa.ListArray:
     n, per_image = tokens.shape
-    if tokens.size and (tokens.min() < np.iinfo(np.int32).min or tokens.max() > np.iinfo(np.int32).max):
-        raise ValueError("token ids do not fit in int32")
     values = pa.array(tokens.astype(np.int32, copy=False).reshape(-1), type=pa.int32())
     offsets = pa.array(np.arange(n + 1, dtype=np.int32) * per_image, type=pa.int32())
     return pa.ListArray.from_arrays(offsets, values)
 
 
-def image_table(
-    items: Sequence[Item],
-    images: np.ndarray,
-    tokens: np.ndarray,
-    *,
-    model: str,
-    cache_policy: str,
-    cache_ratio: float,
-    png_workers: int = 4,
-    prompt_info: Sequence[tuple[int, bool] | None] | None = None,
-) -> pa.Table:
-    """One row per image, in `items` order; `images[i]` and `tokens[i]` belong to `items[i]`.
-
-    `prompt_info[i]`: (caption tokens kept, whether the prompt was cut) for text items; the
-    columns are null for class items.
-    """
-    images = np.asarray(images)
-    tokens = np.asarray(tokens)
+def check_shard_arrays(items: Sequence[Item], images: np.ndarray, tokens: np.ndarray,
+                       prompt_info: Sequence[tuple[int, bool] | None] | None) -> list:
+    """The shapes every image file format needs; returns prompt_info as one entry per item."""
     n = len(items)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"images must be uint8 [n, H, W, 3], got {images.dtype} {list(images.shape)}")
@@ -153,36 +146,65 @@ def image_table(
         raise ValueError(f"tokens must be an integer [n, N] array, got {tokens.dtype} {list(tokens.shape)}")
     if images.shape[0] != n or tokens.shape[0] != n:
         raise ValueError(f"{n} items but {images.shape[0]} images and {tokens.shape[0]} token grids")
-    height, width = int(images.shape[1]), int(images.shape[2])
+    if tokens.size and (tokens.min() < np.iinfo(np.int32).min or tokens.max() > np.iinfo(np.int32).max):
+        raise ValueError("token ids do not fit in int32")
     info = list(prompt_info) if prompt_info is not None else [None] * n
     if len(info) != n:
         raise ValueError(f"{n} items but {len(info)} prompt_info entries")
+    return info
 
+
+def item_records(items: Sequence[Item], images: np.ndarray, *, job_id: str, model: str, cache_policy: str,
+                 cache_ratio: float, prompt_info: list) -> list[dict[str, Any]]:
+    """Every scalar column of each image row, by name (the Parquet columns between `image` and
+    `tokens`, and what a WebDataset sample's JSON holds)."""
+    height, width = int(images.shape[1]), int(images.shape[2])
+    return [{"item_id": it.item_id, "job_id": job_id, "row": it.row, "replica": it.replica, "id": it.user_id,
+             "class_id": it.class_id, "prompt": it.prompt,
+             "prompt_tokens": None if x is None else int(x[0]), "prompt_truncated": None if x is None else bool(x[1]),
+             "seed": it.seed, "model": model, "cache_policy": cache_policy, "cache_ratio": float(cache_ratio),
+             "width": width, "height": height} for it, x in zip(items, prompt_info)]
+
+
+def image_table(
+    items: Sequence[Item],
+    images: np.ndarray,
+    tokens: np.ndarray,
+    *,
+    job_id: str,
+    model: str,
+    cache_policy: str,
+    cache_ratio: float,
+    class_names: Sequence[str] | None = None,
+    png_workers: int = 4,
+    prompt_info: Sequence[tuple[int, bool] | None] | None = None,
+) -> pa.Table:
+    """One row per image, in `items` order; `images[i]` and `tokens[i]` belong to `items[i]`.
+
+    `prompt_info[i]`: (caption tokens kept, whether the prompt was cut) for text items; the
+    columns are null for class items. `class_names`: the model's, for a `ClassLabel` class_id.
+    """
+    images = np.asarray(images)
+    tokens = np.asarray(tokens)
+    info = check_shard_arrays(items, images, tokens, prompt_info)
+    records = item_records(items, images, job_id=job_id, model=model, cache_policy=cache_policy,
+                           cache_ratio=cache_ratio, prompt_info=info)
+    schema = image_schema(class_names)
     pngs = encode_pngs(images, workers=png_workers)
     image_col = pa.StructArray.from_arrays(
         [pa.array(pngs, type=pa.binary()),
          pa.array([f"{it.item_id}.png" for it in items], type=pa.string())],
         fields=list(_IMAGE_TYPE),
     )
-    columns = [
-        image_col,
-        pa.array([it.item_id for it in items], type=pa.string()),
-        pa.array([it.row for it in items], type=pa.int64()),
-        pa.array([it.replica for it in items], type=pa.int32()),
-        pa.array([it.user_id for it in items], type=pa.string()),
-        pa.array([it.class_id for it in items], type=pa.int32()),
-        pa.array([it.prompt for it in items], type=pa.string()),
-        pa.array([None if x is None else int(x[0]) for x in info], type=pa.int32()),
-        pa.array([None if x is None else bool(x[1]) for x in info], type=pa.bool_()),
-        pa.array([it.seed for it in items], type=pa.int64()),
-        pa.array([model] * n, type=pa.string()),
-        pa.array([cache_policy] * n, type=pa.string()),
-        pa.array([float(cache_ratio)] * n, type=pa.float64()),
-        _tokens_array(tokens),
-        pa.array([width] * n, type=pa.int32()),
-        pa.array([height] * n, type=pa.int32()),
-    ]
-    return pa.Table.from_arrays(columns, schema=IMAGE_SCHEMA)
+    columns = []
+    for field in schema:
+        if field.name == "image":
+            columns.append(image_col)
+        elif field.name == "tokens":
+            columns.append(_tokens_array(tokens))
+        else:
+            columns.append(pa.array([r[field.name] for r in records], type=field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 # --------------------------------------------------------------------------- stats rows

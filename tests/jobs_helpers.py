@@ -200,13 +200,25 @@ def s3_files(client: Any, bucket: str, prefix: str) -> dict[str, bytes]:
             for k in s3_keys(client, bucket, root)}
 
 
-def expected_layout(job_id: str, n_shards: int, manifest_ext: str = "jsonl") -> set[str]:
+def expected_layout(job_id: str, n_shards: int, manifest_ext: str = "jsonl", image_ext: str = "parquet") -> set[str]:
     keys = {f"{job_id}/{name}" for name in ("job.json", f"manifest.{manifest_ext}", "plan.json", "_SUCCESS")}
     for i in range(n_shards):
         sid = f"shard-{i:05d}"
-        keys |= {f"{job_id}/images/{sid}.parquet", f"{job_id}/stats/{sid}.parquet",
+        keys |= {f"{job_id}/images/{sid}.{image_ext}", f"{job_id}/stats/{sid}.parquet",
                  f"{job_id}/_commits/{sid}.json"}
     return keys
+
+
+def tar_item_ids(data: bytes) -> list[str]:
+    """The sample keys of a WebDataset tar shard, in member order (plain tarfile)."""
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [m.name[: -len(".json")] for m in tar.getmembers() if m.name.endswith(".json")]
+
+
+def image_item_ids(data: bytes, key: str) -> list[str]:
+    return tar_item_ids(data) if key.endswith(".tar") else read_parquet(data).column("item_id").to_pylist()
 
 
 def read_parquet(data: bytes):
@@ -229,7 +241,8 @@ def marker_problems(files: Mapping[str, bytes], job_id: str) -> list[str]:
             problems.append(f"{sid}: marker names {m.get('job_id')}/{m.get('shard_id')}")
         for kind in ("images", "stats"):
             info = m["files"][kind]
-            expected_key = f"{job_id}/{kind}/{sid}.parquet"
+            ext = "tar" if kind == "images" and m.get("format") == "webdataset" else "parquet"
+            expected_key = f"{job_id}/{kind}/{sid}.{ext}"
             if info["key"] != expected_key:
                 problems.append(f"{sid}: {kind} key {info['key']!r}, expected {expected_key!r}")
             data = files.get(info["key"])
@@ -240,7 +253,7 @@ def marker_problems(files: Mapping[str, bytes], job_id: str) -> list[str]:
                                 f"its marker ({info['bytes']} bytes, sha256 {info['sha256'][:12]})")
         image_data = files.get(m["files"]["images"]["key"])
         if image_data is not None:
-            ids = read_parquet(image_data).column("item_id").to_pylist()
+            ids = image_item_ids(image_data, m["files"]["images"]["key"])
             if len(ids) != m["images"] or (ids and (ids[0], ids[-1]) != (m["first_item_id"], m["last_item_id"])):
                 problems.append(f"{sid}: marker says {m['images']} images {m['first_item_id']}..{m['last_item_id']}, "
                                 f"file has {len(ids)}")
@@ -251,8 +264,13 @@ def committed_item_ids(files: Mapping[str, bytes], job_id: str) -> list[str]:
     """item_id of every row of every committed shard's image file (what a reader trusts)."""
     ids: list[str] = []
     for sid, m in sorted(markers(files, job_id).items()):
-        ids += read_parquet(files[m["files"]["images"]["key"]]).column("item_id").to_pylist()
+        ids += image_item_ids(files[m["files"]["images"]["key"]], m["files"]["images"]["key"])
     return ids
+
+
+def published_images(files: Mapping[str, bytes], job_id: str) -> list[str]:
+    """What a reader's glob over images/ sees (every file there, hidden names included)."""
+    return sorted(k for k in files if k.startswith(f"{job_id}/images/"))
 
 
 @dataclass

@@ -95,7 +95,7 @@ def test_generate_random_weights_and_seeds(tmp_path):
     (["--model", "llamagen-c2i-b-256"], "needs --checkpoint"),
     (["--class-id", "1000"], "--class-id 1000 is outside 0..999"),
     (["--class-id", "-1"], "outside 0..999"),
-    (["--count", "0"], "--count must be >= 1"),
+    (["--count", "0"], "--count must be in 1..1,000,000,000"),
     (["--top-p", "0"], "top_p"),
     (["--top-p", "1.5"], "top_p"),
     (["--temperature", "0"], "temperature"),

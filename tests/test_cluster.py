@@ -195,12 +195,12 @@ def test_snapshot_remote(ray_head) -> None:
     alive = [n for n in snap["nodes"] if n["alive"]]
     assert len(alive) >= 1 and alive[0]["is_head"]
     assert alive[0]["cpus_total"] == 1 and snap["cpus"]["total"] >= 1
-    assert snap["cpus"]["in_use"] == "n/a" or snap["cpus"]["in_use"] >= 0
-    assert snap["gpus"]["total"] == 0 and snap["gpus"]["in_use"] in (0, "n/a")
-    assert snap["gpus"]["utilisation_percent"] == "n/a"
+    assert snap["cpus"]["in_use"] is None or snap["cpus"]["in_use"] >= 0
+    assert snap["gpus"]["total"] == 0 and snap["gpus"]["in_use"] in (0, None)
+    assert snap["gpus"]["utilisation_percent"] is None
     for node in alive:
-        assert node["gpu_utilisation_percent"] == "n/a"
-        assert node["gpu_memory_used_bytes"] == "n/a"
+        assert node["gpu_utilisation_percent"] is None
+        assert node["gpu_memory_used_bytes"] is None
     assert isinstance(snap["jobs"], list)
     for job in snap["jobs"]:
         assert job["status"] in jobs_api.ALL_STATUSES
@@ -255,7 +255,7 @@ def test_local_cluster_snapshot(tmp_path: Path) -> None:
         snap = snapshot(None)
         assert snap["cluster"] == "local" and snap["cpus"]["total"] >= 1
         assert snap["nodes"] and snap["nodes"][0]["alive"]
-        assert snap["gpus"]["utilisation_percent"] == "n/a"
+        assert snap["gpus"]["utilisation_percent"] is None
     assert ray.is_initialized() is already
 
 

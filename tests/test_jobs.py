@@ -133,8 +133,8 @@ def test_e2e_layout_and_summary(job_output: H.JobOutput) -> None:
     # exactly the documented layout: no temp files, no extra keys, nothing missing
     assert set(files) == H.expected_layout(job, job_output.n_shards), sorted(files)
     success = json.loads(files[f"{job}/_SUCCESS"])
-    assert success["images"] == job_output.n_items == 17
-    assert success["shards"] == job_output.n_shards == 5
+    assert success["images"] == {"done": job_output.n_items, "total": 17}
+    assert success["shards"] == {"done": job_output.n_shards, "total": 5}
     assert success["generated_this_run"] == 17
     assert success["job_id"] == job and success["model"] == "test-tiny"
     assert success["cache_policy"] == "linear"
@@ -379,7 +379,7 @@ def test_resume_after_sigkill_of_the_process_group(tmp_path: Path) -> None:
     assert second.returncode == 0, second.describe()
     files = H.local_files(out)
     success = json.loads(files[f"{job}/_SUCCESS"])
-    assert success["images"] == 40
+    assert success["images"] == {"done": 40, "total": 40}
     assert success["generated_this_run"] == 40 - 4 * len(committed)
     for name, (data, mtime) in committed.items():  # the committed shards were not redone
         p = commits / name
@@ -395,10 +395,11 @@ def test_resume_after_sigkill_of_the_process_group(tmp_path: Path) -> None:
     assert len(ids) == len(set(ids)) == 40
 
     markers_after_second = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in commits.glob("*.json")}
+    success_after_second = (out / job / "_SUCCESS").read_bytes()
     third = H.run_linegen(args, timeout=RUN_TIMEOUT, cwd=tmp_path, log_dir=logs)
     assert third.returncode == 0, third.describe()
-    assert third.json["generated_this_run"] == 0 and third.json["images"] == 40
-    assert json.loads((out / job / "_SUCCESS").read_bytes())["generated_this_run"] == 0
+    assert third.json["generated_this_run"] == 0 and third.json["images"] == {"done": 40, "total": 40}
+    assert (out / job / "_SUCCESS").read_bytes() == success_after_second  # answered from it, not rewritten
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in commits.glob("*.json")} == markers_after_second
 
 
@@ -487,7 +488,7 @@ def test_actor_killed_mid_job_is_replaced_and_items_stay_exactly_once(ray_local,
     assert len(committed_at_kill) < 5, committed_at_kill
 
     summary = outcome["summary"]
-    assert summary["images"] == 17 and summary["shards"] == 5
+    assert summary["images"] == {"done": 17, "total": 17} and summary["shards"] == {"done": 5, "total": 5}
     files = H.local_files(out)
     # a writer killed mid-put may leave a hidden temp file (readers skip '.tmp-*'); nothing else
     litter = sorted(k for k in files if Path(k).name.startswith(".tmp-"))
@@ -495,7 +496,7 @@ def test_actor_killed_mid_job_is_replaced_and_items_stay_exactly_once(ray_local,
     files = {k: v for k, v in files.items() if k not in litter}
     assert set(files) == H.expected_layout(job, 5)
     assert H.marker_problems(files, job) == []
-    assert json.loads(files[f"{job}/_SUCCESS"])["images"] == 17
+    assert json.loads(files[f"{job}/_SUCCESS"])["images"]["done"] == 17
     ids = H.committed_item_ids(files, job)
     assert len(ids) == len(set(ids)) == 17
     pairs = set()
@@ -572,7 +573,7 @@ def test_run_with_ray_auth_mode_token_in_env(tmp_path: Path) -> None:
                            env={"RAY_AUTH_MODE": "token"}, timeout=RUN_TIMEOUT, cwd=tmp_path,
                            log_dir=tmp_path / "logs")
     assert result.returncode == 0, result.describe()
-    assert result.json["images"] == 2
+    assert result.json["images"]["done"] == 2
 
 
 # =========================================================================== 4. S3 failures
@@ -645,7 +646,7 @@ def test_s3_server_stopped_mid_job(s3_server, tmp_bucket: str, tmp_path: Path) -
     assert len(ids) == len(set(ids))
     if result.returncode == 0:
         assert len(H.markers(files, job)) == 15 and len(ids) == 60
-        assert json.loads(files[f"{job}/_SUCCESS"])["images"] == 60
+        assert json.loads(files[f"{job}/_SUCCESS"])["images"]["done"] == 60
     else:
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error:") or "failed" in result.stderr, result.describe()
@@ -678,6 +679,19 @@ BAD_MANIFESTS: dict[str, tuple[str, bytes, list[str], list[str]]] = {
                               b'{"class_id": "7"}\n',
                               ["many.jsonl:2", "'count'", "many.jsonl:4", "'class_id'", "2 problems"],
                               ["many.jsonl:1", "many.jsonl:3"]),
+    # hostile input (issue 15, A): each once a traceback or a "valid" manifest that could never run
+    "huge_int": ("hugeint.jsonl", b'{"class_id": 1, "count": ' + b"7" * 4400 + b"}\n",
+                 ["hugeint.jsonl:1", "'count'", "4400 digits"], ["Traceback"]),
+    "huge_int_csv": ("hugeint.csv", b"class_id\n" + b"7" * 4400 + b"\n",
+                     ["hugeint.csv:2", "'class_id'", "4400 digits"], ["Traceback"]),
+    "deep_json": ("deep.jsonl", b'{"class_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+                  ["deep.jsonl:1", "nested too deeply"], ["Traceback"]),
+    "lone_surrogate": ("surrogate.jsonl", b'{"class_id": 1, "id": "\\ud800"}\n',
+                       ["surrogate.jsonl:1", "'id'", "surrogate"], ["Traceback"]),
+    "count_1e18": ("count1e18.jsonl", b'{"class_id": 1, "count": 1000000000000000000}\n',
+                   ["count1e18.jsonl:1", "'count'", "1..1,000,000,000"], ["MemoryError"]),
+    "long_line": ("long.jsonl", b'{"class_id": 1, "id": "' + b"x" * (2 << 20) + b'"}\n',
+                  ["long.jsonl:1", "at most 1 MiB"], ["Traceback"]),
 }
 
 

@@ -136,7 +136,7 @@ def test_submit_runs_once_exactly_once_output(ray_head, home, done_job) -> None:
     ids = item_ids(out, job)
     assert len(ids) == 12 and len(set(ids)) == 12
     success = json.loads((out / job / "_SUCCESS").read_text())
-    assert success["images"] == 12 and success["cost"]["usd"] > 0
+    assert success["images"] == {"done": 12, "total": 12} and success["cost"]["usd"] > 0
     assert (out / job / "manifest.jsonl").read_bytes() == done_job["manifest"].read_bytes()
 
     doc = status(home, job, "--cluster", ray_head.url)
@@ -195,7 +195,7 @@ def test_estimate_from_measured_stats_or_says_none(home, done_job, tmp_path: Pat
 
     doc = json.loads(ok(lg(home, "cost", "--estimate", str(m), "--model", "test-tiny", "--gpu", "CPU",
                            "--from-job", job, "--out", str(out), "--price", "CPU=1", "--json")).stdout)
-    assert doc["images"] == 3000 and doc["throughput"]["kind"] == "job-stats"
+    assert doc["images"] == {"done": None, "total": 3000} and doc["throughput"]["kind"] == "job-stats"
     assert f"stats of job {job}" in doc["throughput"]["source"]
     rate = doc["throughput"]["images_per_device_s"]
     assert doc["usd"] == pytest.approx(3000 / rate / 3600 * 1.0)
@@ -240,7 +240,7 @@ def test_cancel_mid_run_then_resume_exactly_once(ray_head, home, tmp_path: Path)
     assert running["state"] == "RUNNING" and len(ids) < running["images"]["done"] < 320
     assert running["cost"]["usd"] > 0 and running["cost"]["projected_usd"] >= running["cost"]["usd"]
     assert snap["nodes"] and snap["nodes"][0]["alive"] and snap["cpus"]["total"] >= 1
-    assert snap["gpus"]["total"] == 0 and snap["gpus"]["utilisation_percent"] == "n/a"
+    assert snap["gpus"]["total"] == 0 and snap["gpus"]["utilisation_percent"] is None
     assert {job, f"{job}-resume-1"} <= {j["submission_id"] for j in snap["jobs"]}
     mine = [j for j in snap["linegen_jobs"] if j["job_id"] == job]
     assert len(mine) == 1 and mine[0]["state"] in ("RUNNING", "SUCCEEDED")
@@ -392,6 +392,30 @@ def test_token_auth(ray_head_token, home, tmp_path: Path) -> None:
     assert token not in json.dumps(info.metadata) and info.metadata["linegen_job_id"] == job
 
 
+def test_submit_stores_no_url_credentials(ray_head, home, tmp_path: Path) -> None:
+    """Credentials in --cluster and --s3-endpoint-url (issue 15, B): the job runs, and neither
+    job.json, Ray's job metadata and runtime env, nor anything printed holds them."""
+    secret = "pw-" + uuid.uuid4().hex[:8]
+    out, job = tmp_path / "out", jid("sec")
+    m = manifest(tmp_path / "m.jsonl", 2)
+    cluster = ray_head.url.replace("http://", f"http://alice:{secret}@")
+    endpoint = f"http://bob:{secret}@127.0.0.1:{free_port()}"  # unused by a local --out, but recorded
+    r = ok(lg(home, "submit", str(m), "--cluster", cluster, "--out", str(out), "--job-id", job,
+              "--s3-endpoint-url", endpoint, *JOB_ARGS))
+    assert secret not in r.stdout + r.stderr and "LINEGEN_S3_ENDPOINT_URL" in r.stderr  # the warning
+    state = wait_ray(ray_head.address(), job)
+    assert state.status == "SUCCEEDED", state.message
+    client = jobs_api.connect(ray_head.address())
+    info = client.get_job_info(job)
+    stored = json.dumps({"metadata": info.metadata, "runtime_env": info.runtime_env, "entrypoint": info.entrypoint})
+    assert secret not in stored and "bob:***@127.0.0.1" in stored, stored
+    assert secret not in (out / job / "job.json").read_text()
+    assert secret not in jobs_api.logs(ray_head.address(), job)
+    doc = ok(lg(home, "status", job, "--cluster", cluster, "--json"))
+    assert secret not in doc.stdout + doc.stderr and json.loads(doc.stdout)["state"] == "SUCCEEDED"
+    assert json.loads(doc.stdout)["cluster"] == cluster.replace(secret, "***")
+
+
 # --------------------------------------------------------------------------- one-line errors
 
 
@@ -429,5 +453,7 @@ def test_errors_are_one_line(ray_head, home, tmp_path: Path) -> None:
     line = one_line_error(lg(home, "submit", str(m), "--cluster", ray_head.url, "--out", str(tmp_path / "o"),
                              "--after", "nope", *JOB_ARGS))
     assert "no job 'nope'" in line
-    line = one_line_error(lg(home, "status", "x"))
-    assert "no cluster and no output root" in line
+    # no cluster and no --out: the job is looked for where `linegen run` writes (./out), like run
+    r = subprocess.run([LINEGEN, "status", "x"], capture_output=True, text=True, timeout=60, env=_env(home),
+                       cwd=tmp_path)
+    assert one_line_error(r) == "error: no job 'x' under out"

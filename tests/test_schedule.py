@@ -172,7 +172,7 @@ def test_ray_fallback_sees_attempts_that_all_ended(monkeypatch: pytest.MonkeyPat
 def test_shown_url_hides_credentials() -> None:
     from linegen.cluster.address import redact_url as shown_url
 
-    assert shown_url("http://u:secret@proxy:8265/ray") == "http://proxy:8265/ray"
+    assert shown_url("http://u:secret@proxy:8265/ray") == "http://u:***@proxy:8265/ray"
     assert shown_url("http://head:8265") == "http://head:8265"
 
 
@@ -355,13 +355,17 @@ def test_estimate_from_table_and_no_measurement(tmp_path: Path) -> None:
              "images_per_s": 300.0, "batch": 64, "source": "test row", "date": "2026-11-22"}]
     doc = estimate(str(manifest), "test-tiny", "H100", cache="linear", cache_ratio="1/6", gpus=2,
                    prices={"H100": 3.6}, table=rows)
-    assert doc["images"] == 1500 and doc["throughput"]["kind"] == "benchmark"
+    assert doc["images"] == {"done": None, "total": 1500} and doc["throughput"]["kind"] == "benchmark"
     assert doc["usd"] == pytest.approx(1500 / 300 / 3600 * 3.6)
     assert doc["wall_hours"] == pytest.approx(1500 / 300 / 3600 / 2)
     assert "benchmark table" in doc["throughput"]["source"]
     none = estimate(str(manifest), "test-tiny", "H100", cache="full", prices={"H100": 3.6}, table=rows)
     assert none["throughput"] is None and none["usd"] is None
     assert "no measured throughput exists for test-tiny on H100 with cache full" in none["reason"]
+    # the missing measurement is found before the manifest is read (issue 15, C8): even a manifest
+    # that does not exist gets the "no measurement" answer, not a manifest error
+    gone = estimate(str(tmp_path / "absent.jsonl"), "test-tiny", "H100", cache="full", table=rows)
+    assert gone["throughput"] is None and "no measured throughput" in gone["reason"]
 
 
 def test_estimate_from_the_shipped_table(tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ from linegen.jobs.storage import (
     safe_component,
 )
 
-# Short retries keep failure tests fast; real jobs use the (longer) defaults.
-FAST = dict(max_attempts=3, base_delay=0.05, max_delay=0.2, connect_timeout=1, read_timeout=10)
+# Few attempts keep failure tests fast (botocore's backoff: up to 1 s, then 2 s); real jobs use 6.
+FAST = dict(max_attempts=3, connect_timeout=1, read_timeout=10)
 MiB = 1024 * 1024
 
 
@@ -219,8 +219,7 @@ def test_wrong_credentials(s3_env, tmp_bucket, monkeypatch, which):
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKNOSUCHKEY")
     else:
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    store = open_storage(f"s3://{tmp_bucket}/p", endpoint_url=s3_env.endpoint_url,
-                         max_attempts=5, base_delay=1.0)
+    store = open_storage(f"s3://{tmp_bucket}/p", endpoint_url=s3_env.endpoint_url, max_attempts=5)
     t0 = time.monotonic()
     with pytest.raises(StorageError) as err:
         store.check()
@@ -263,8 +262,7 @@ def test_unreachable_endpoint(s3_env):
 
 def test_server_down_then_back(s3_env, tmp_bucket):
     url = f"s3://{tmp_bucket}/p"
-    patient = open_storage(url, endpoint_url=s3_env.endpoint_url, max_attempts=40,
-                           base_delay=0.2, max_delay=1.0, retry_deadline=60, connect_timeout=1)
+    patient = open_storage(url, endpoint_url=s3_env.endpoint_url, max_attempts=40, connect_timeout=1)
     patient.put("before", b"1")
     s3_env.stop()
     try:
@@ -353,20 +351,77 @@ def test_conditional_conflict_409_is_retried():
     stub.assert_no_pending_responses()
 
 
-def test_throttling_is_retried_but_access_denied_is_not():
-    store, stub = _stubbed()
-    stub.add_client_error("put_object", "SlowDown", http_status_code=503)
-    stub.add_client_error("put_object", "InternalError", http_status_code=500)
-    stub.add_response("put_object", {"ETag": '"abc"'})
-    stub.add_client_error("put_object", "AccessDenied", http_status_code=403)
-    with stub:
-        store.put("k", b"v")
-        with pytest.raises(StorageError, match="access denied"):
-            store.put("k", b"v")
-    stub.assert_no_pending_responses()
+class _Throttling:
+    """A real HTTP endpoint answering PUTs as S3 would under load: ``answers`` is a list of
+    (status, S3 error code) given in turn, then 200. Counts the requests it saw."""
 
-    store, stub = _stubbed()
-    for _ in range(3):
-        stub.add_client_error("put_object", "SlowDown", http_status_code=503)
-    with stub, pytest.raises(StorageError, match="after 3 attempts.*SlowDown"):
+    def __init__(self, answers: list[tuple[int, str]]):
+        import http.server
+
+        self.answers, self.requests = list(answers), 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_PUT(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.requests += 1
+                status, code = outer.answers.pop(0) if outer.answers else (200, "")
+                body = b"" if status == 200 else (f"<Error><Code>{code}</Code><Message>{code}</Message>"
+                                                  "</Error>").encode()
+                self.send_response(status)
+                self.send_header("ETag", '"abc"')
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def throttling(monkeypatch):
+    for k, v in {"AWS_ACCESS_KEY_ID": "AKTEST", "AWS_SECRET_ACCESS_KEY": "secret",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    servers = []
+
+    def make(answers):
+        servers.append(_Throttling(answers))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def test_throttling_is_retried_by_botocore_but_access_denied_is_not(throttling):
+    """Transient errors are retried by botocore's standard retry mode (issue 15, C12), over real HTTP."""
+    server = throttling([(503, "SlowDown"), (500, "InternalError")])
+    store = S3Storage("bucket", "p", endpoint_url=server.url, **FAST)
+    store.put("k", b"v")
+    assert server.requests == 3
+    # the retrying is botocore's own: the bare client rides out the throttling by itself
+    server = throttling([(503, "SlowDown")])
+    raw = S3Storage("bucket", "p", endpoint_url=server.url, **FAST)._client()
+    assert raw.put_object(Bucket="bucket", Key="p/k", Body=b"v")["ResponseMetadata"]["RetryAttempts"] == 1
+    assert server.requests == 2
+
+    server = throttling([(403, "AccessDenied")])
+    store = S3Storage("bucket", "p", endpoint_url=server.url, **FAST)
+    with pytest.raises(StorageError, match="access denied"):
         store.put("k", b"v")
+    assert server.requests == 1
+
+    server = throttling([(503, "SlowDown")] * 3)
+    store = S3Storage("bucket", "p", endpoint_url=server.url, **FAST)
+    with pytest.raises(StorageError, match="after 3 attempts.*SlowDown"):
+        store.put("k", b"v")
+    assert server.requests == 3

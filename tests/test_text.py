@@ -289,7 +289,7 @@ def t2i_job(tmp_path_factory, t5_dir, t2i_ckpts):
 
 def test_prompt_manifest_end_to_end(t2i_job):
     d, summary = t2i_job
-    assert summary["images"] == 6 and summary["prompts_truncated"] == 2
+    assert summary["images"]["done"] == 6 and summary["prompts_truncated"] == 2
     tables = [pq.read_table(p) for p in sorted((d / "out" / "t2i" / "images").glob("*.parquet"))]
     rows = [r for t in tables for r in t.to_pylist()]
     assert len(rows) == 6

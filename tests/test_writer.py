@@ -115,7 +115,8 @@ def test_encode_png_round_trip_and_order() -> None:
 
 EXPECTED_IMAGE_SCHEMA = [
     ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-    ("item_id", pa.string()), ("row", pa.int64()), ("replica", pa.int32()), ("id", pa.string()),
+    ("item_id", pa.string()), ("job_id", pa.string()), ("row", pa.int64()), ("replica", pa.int32()),
+    ("id", pa.string()),
     ("class_id", pa.int32()), ("prompt", pa.string()), ("prompt_tokens", pa.int32()),
     ("prompt_truncated", pa.bool_()), ("seed", pa.int64()),
     ("model", pa.string()), ("cache_policy", pa.string()), ("cache_ratio", pa.float64()),
@@ -129,8 +130,8 @@ def image_parquet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[
     items = make_items(n)
     images, tokens = make_arrays(n)
     info = [None if it.prompt is None else (it.row % 7 + 1, it.row % 5 == 0) for it in items]
-    table = writer.image_table(items, images, tokens, model="tiny", cache_policy="linear", cache_ratio=0.25,
-                               prompt_info=info)
+    table = writer.image_table(items, images, tokens, job_id="j", model="tiny", cache_policy="linear",
+                               cache_ratio=0.25, prompt_info=info)
     path = tmp_path_factory.mktemp("img") / "shard-00000.parquet"
     path.write_bytes(writer.to_parquet_bytes(table))
     return path, items, images, tokens
@@ -162,6 +163,7 @@ def test_image_parquet_schema_rows_and_row_groups(image_parquet) -> None:
         else:
             assert (r["prompt_tokens"], r["prompt_truncated"]) == (it.row % 7 + 1, it.row % 5 == 0)
         assert r["model"] == "tiny" and r["cache_policy"] == "linear" and r["cache_ratio"] == 0.25
+        assert r["job_id"] == "j"
         assert r["tokens"] == tokens[i].tolist()
         assert (r["width"], r["height"]) == (W, H)
         assert r["image"]["path"] == f"{it.item_id}.png"
@@ -172,7 +174,7 @@ def test_image_parquet_schema_rows_and_row_groups(image_parquet) -> None:
 def test_image_table_rejects_bad_shapes() -> None:
     items = make_items(3)
     images, tokens = make_arrays(3)
-    kw = dict(model="m", cache_policy="full", cache_ratio=1.0)
+    kw = dict(job_id="j", model="m", cache_policy="full", cache_ratio=1.0)
     with pytest.raises(ValueError, match="3 items"):
         writer.image_table(items, images[:2], tokens, **kw)
     with pytest.raises(ValueError, match="3 items"):
@@ -343,6 +345,8 @@ def test_sink_loses_marker_race(tmp_path: Path) -> None:
     racing_sink = ShardSink(Racing(), "job-1", "tiny", "linear", 0.25)  # type: ignore[arg-type]
     assert racing_sink.commit(shard, 1, tokens, images, [worker_stats_row()]) is False
     assert sink.read_commit(shard.shard_id) == {"attempt": 7}
+    # the loser wrote nothing a reader sees, and left nothing behind (issue 12, item 5)
+    assert storage.list("job-1/") == ["job-1/_commits/shard-00000.json"]
 
 
 def test_sink_rejects_incomplete_shard_and_writes_nothing(tmp_path: Path) -> None:
@@ -371,7 +375,7 @@ def test_sink_storage_failure_leaves_no_marker(tmp_path: Path) -> None:
             return getattr(storage, name)
 
         def put(self, key: str, data: bytes) -> None:
-            if "/stats/" in key:
+            if "stats" in key:
                 raise OSError("disk full")
             storage.put(key, data)
 
@@ -392,3 +396,87 @@ def test_sink_pickles(tmp_path: Path) -> None:
     assert sink.is_committed("shard-00002")
     assert sink.read_commit("shard-00002")["images"] == 3
     assert os.path.exists(tmp_path / "job-1/images/shard-00002.parquet")
+
+
+def test_sink_crash_between_marker_and_publish_is_recovered(tmp_path: Path) -> None:
+    """The committing process dies right after its marker: readers get the staged bytes, and
+    `publish_pending` (run before _SUCCESS) moves them; the published files match the marker."""
+    from linegen.jobs.sink import committed_file, publish_pending
+
+    storage = open_storage(str(tmp_path))
+    shard = make_shard()
+    images, tokens = make_arrays(5)
+
+    class DiesBeforeMoving:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(storage, name)
+
+        def move(self, src: str, dst: str) -> None:
+            raise KeyboardInterrupt  # the process is gone
+
+    with pytest.raises(KeyboardInterrupt):
+        ShardSink(DiesBeforeMoving(), "job-1", "tiny", "linear", 0.25).commit(  # type: ignore[arg-type]
+            shard, 1, tokens, images, [worker_stats_row()])
+    marker = json.loads(storage.get(layout.commit_key("job-1", shard.shard_id)))
+    assert storage.list("job-1/images/") == []  # nothing published: a glob sees nothing yet
+    staged = committed_file(storage, marker, "images")
+    assert hashlib.sha256(staged).hexdigest() == marker["files"]["images"]["sha256"]
+    assert publish_pending(storage, "job-1") == 1
+    for kind in ("images", "stats"):
+        data = storage.get(marker["files"][kind]["key"])
+        assert hashlib.sha256(data).hexdigest() == marker["files"][kind]["sha256"]
+    assert storage.list("job-1/_attempts/") == []
+    assert publish_pending(storage, "job-1") == 0
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_racing_attempts_publish_only_the_winner(tmp_path: Path, backend: str, request) -> None:
+    """Several attempts of one shard commit at once with different bytes (stats timings always
+    differ): exactly one wins, the published files are its bytes, the losers leave nothing."""
+    import threading
+
+    if backend == "local":
+        storage = open_storage(str(tmp_path))
+    else:
+        server, bucket = request.getfixturevalue("s3_env"), request.getfixturevalue("tmp_bucket")
+        storage = open_storage(f"s3://{bucket}/p", endpoint_url=server.endpoint_url)
+    shard = make_shard()
+    barrier = threading.Barrier(4)
+    results: list[bool] = []
+
+    def attempt(i: int) -> None:
+        images, tokens = make_arrays(5, seed=i)
+        sink = ShardSink(storage, "job-1", "tiny", "linear", 0.25)
+        barrier.wait()
+        results.append(sink.commit(shard, i + 1, tokens, images, [worker_stats_row()]))
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == [False, False, False, True]
+    marker = json.loads(storage.get(layout.commit_key("job-1", shard.shard_id)))
+    for kind in ("images", "stats"):
+        data = storage.get(marker["files"][kind]["key"])
+        assert hashlib.sha256(data).hexdigest() == marker["files"][kind]["sha256"]
+    assert sorted(storage.list("job-1/")) == ["job-1/_commits/shard-00000.json", "job-1/images/shard-00000.parquet",
+                                              "job-1/stats/shard-00000.parquet"]
+
+
+def test_class_names_are_a_class_label(hf_datasets, tmp_path: Path) -> None:
+    """A model that names its classes (the built-in one) gets a ClassLabel class_id column."""
+    from linegen.workers.builtin.shapes import CLASS_NAMES
+
+    datasets, home = hf_datasets
+    items = [it for it in make_items(10) if it.class_id is not None]
+    images, tokens = make_arrays(len(items))
+    table = writer.image_table(items, images, tokens, job_id="j", model="m", cache_policy="full", cache_ratio=1.0,
+                               class_names=CLASS_NAMES)
+    path = tmp_path / "c.parquet"
+    path.write_bytes(writer.to_parquet_bytes(table))
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(home / "datasets"))
+    feature = ds.features["class_id"]
+    assert isinstance(feature, datasets.ClassLabel) and list(feature.names) == list(CLASS_NAMES)
+    assert feature.int2str(ds[0]["class_id"]) == CLASS_NAMES[items[0].class_id]
+    assert ds[0]["job_id"] == "j"

@@ -87,6 +87,9 @@ def _read_bytes(uri: str, endpoint_url: str | None) -> bytes:
     scheme = re.match(r"([a-zA-Z][a-zA-Z0-9+.-]*)://", uri)
     if scheme and scheme.group(1).lower() != "file":
         raise fail(f"unsupported location '{scheme.group(1)}://'; use a local path or s3://")
+    if re.match(r"[a-zA-Z][a-zA-Z0-9+.-]+:", uri) and not uri.startswith("file:"):
+        raise fail("looks like a URL but is not one linegen reads; use a local path (./NAME for a file "
+                   "named like that) or s3://bucket/key")
     path = Path(uri.removeprefix("file://")).expanduser()
     try:
         return path.read_bytes()

@@ -7,7 +7,8 @@ import io
 import json
 from typing import Any, Iterator
 
-from linegen.jobs.manifest.rows import REQUIRED_ONE_OF, RULES, Validator, allowed_hint, json_kind
+from linegen.jobs.manifest.rows import (MAX_LINE_BYTES, MAX_TEXT_CHARS, REQUIRED_ONE_OF, RULES, Validator,
+                                        allowed_hint, json_kind, parse_json_int)
 
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
             ".csv": "csv", ".parquet": "parquet"}
@@ -50,9 +51,31 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _lines(data: bytes) -> Iterator[tuple[int, bytes | None, int]]:
+    """(1-based line number, its bytes without the newline, its length); the bytes are None for a
+    line over MAX_LINE_BYTES, which is never copied, decoded or parsed."""
+    start, number, size = 0, 0, len(data)
+    while start <= size:
+        end = data.find(b"\n", start)
+        end = size if end < 0 else end
+        number += 1
+        length = end - start
+        yield number, (data[start:end] if length <= MAX_LINE_BYTES else None), length
+        start = end + 1
+
+
+def _too_long(length: int) -> str:
+    return (f"line is {length / 2**20:.1f} MiB; a manifest line may hold at most "
+            f"{MAX_LINE_BYTES // 2**20} MiB")
+
+
 def parse_jsonl(data: bytes, v: Validator) -> None:
-    decode = _line_decoder(json.JSONDecoder(object_pairs_hook=_unique_object))  # one decoder for every line
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    decode = _line_decoder(json.JSONDecoder(object_pairs_hook=_unique_object, parse_int=parse_json_int))
+    for number, raw, length in _lines(data):
+        if raw is None:
+            v.skip_record()
+            v.issue(number, None, _too_long(length))
+            continue
         raw = raw.rstrip(b"\r")
         if number == 1 and raw.startswith(_BOM.encode()):
             raw = raw[len(_BOM.encode()):]
@@ -66,6 +89,10 @@ def parse_jsonl(data: bytes, v: Validator) -> None:
             continue
         try:
             obj = decode(text)
+        except RecursionError:
+            v.skip_record()
+            v.issue(number, None, "not valid JSON: nested too deeply")
+            continue
         except _DuplicateKey as e:
             v.skip_record()
             v.issue(number, str(e), "field appears more than once in the object")
@@ -75,6 +102,10 @@ def parse_jsonl(data: bytes, v: Validator) -> None:
             hint = " (a .json manifest must be JSON Lines: one object per line, not an array)" \
                 if number == 1 and text.lstrip().startswith("[") else ""
             v.issue(number, None, f"not valid JSON: {e.msg} at column {e.colno}{hint}")
+            continue
+        except ValueError as e:  # what the scanner refuses beyond JSONDecodeError (huge floats' digits...)
+            v.skip_record()
+            v.issue(number, None, f"not valid JSON: {str(e)[:100]}")
             continue
         if not isinstance(obj, dict):
             v.skip_record()
@@ -103,8 +134,8 @@ def _line_decoder(decoder: json.JSONDecoder):
 
 
 def parse_csv(data: bytes, v: Validator) -> None:
-    bad_lines = [(n, p) for n, raw in enumerate(data.split(b"\n"), start=1)
-                 if (p := _undecodable(raw))]
+    bad_lines = [(n, _too_long(length) if raw is None else p) for n, raw, length in _lines(data)
+                 if raw is None or (p := _undecodable(raw))]
     if bad_lines:
         # Quoted fields may span lines, so a partly undecodable CSV cannot be split safely.
         for number, problem in bad_lines:
@@ -176,8 +207,31 @@ def parse_parquet(data: bytes, v: Validator) -> None:
                 f"got {', '.join(map(repr, columns)) or 'no columns'}")
     if v.issues:
         return
+    if not _parquet_text_fits(table, v):
+        return
     for number, record in enumerate(_parquet_records(table), start=1):
         v.record(number, record, from_text=False)
+
+
+def _parquet_text_fits(table: Any, v: Validator) -> bool:
+    """Refuse over-long text cells before they are turned into Python strings (which would copy
+    them again); rows are numbered like records, from 1."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    fits = True
+    for column in table.column_names:
+        col = table.column(column)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+                or pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+            continue
+        lengths = pc.utf8_length(col) if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) \
+            else pc.binary_length(col)
+        long_rows = pc.indices_nonzero(pc.fill_null(pc.greater(lengths, MAX_TEXT_CHARS), False)).to_pylist()
+        for row in long_rows[:5]:
+            v.issue(row + 1, column, f"text of {lengths[row].as_py()} characters; at most {MAX_TEXT_CHARS}")
+            fits = False
+    return fits
 
 
 def _parquet_records(table: Any) -> Iterator[dict[str, Any]]:

@@ -16,6 +16,13 @@ from linegen.errors import UserError
 from linegen.workers.models.config import SAMPLING_RULES
 
 MAX_SEED = 2**63 - 1
+# Bounds on what one manifest may ask for, checked before anything is planned (README, "Manifests").
+# Per row and per job they leave room for a billion-image job; beyond them a plan cannot be run.
+MAX_COUNT = 10**9  # images per row
+MAX_IMAGES = 10**10  # images per job (the sum of every row's count)
+MAX_LINE_BYTES = 1 << 20  # one JSON Lines line or CSV record; longer ones are not even decoded
+MAX_TEXT_CHARS = 65536  # a prompt or an id (prompts are cut to 120 tokens anyway)
+MAX_INT_DIGITS = 40  # an integer literal longer than this fits no field (seeds have at most 19)
 REQUIRED_ONE_OF = ("prompt", "class_id")
 ALLOWED_FIELDS = ("prompt", "class_id", "count", "seed", "id",
                   "cfg_scale", "temperature", "top_k", "top_p")
@@ -74,8 +81,8 @@ class ManifestIssue:
             where = self.file
         else:
             where = f"{self.file}[{self.line}]" if self.indexed else f"{self.file}:{self.line}"
-        what = self.message if self.field is None else f"field '{self.field}': {self.message}"
-        return f"{where}: {what}"
+        what = self.message if self.field is None else f"field '{_clip(self.field)}': {self.message}"
+        return printable(f"{where}: {what}")
 
 
 class ManifestError(UserError):
@@ -94,6 +101,46 @@ class ManifestError(UserError):
         return "\n".join(lines)
 
 
+def printable(text: str) -> str:
+    """One line that any terminal can print: control characters and lone surrogates (which a
+    manifest's JSON escapes can hold) are shown as escapes instead of breaking the line or the
+    encoder."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape", "backslashreplace").decode("ascii"), text)
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class HugeInt:
+    """An integer literal too long for any field (Python's int() refuses over 4300 digits, and a
+    parse of one that long is already a denial of service). Stands in for the value, so the
+    Validator reports it like any other wrong value."""
+
+    def __init__(self, digits: int):
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+
+def parse_json_int(text: str) -> int | HugeInt:
+    """`json.loads(parse_int=...)`: integers, but never the very long ones."""
+    digits = len(text.lstrip("-"))
+    return HugeInt(digits) if digits > MAX_INT_DIGITS else int(text)
+
+
+def _valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800": no UTF-8 file can hold it
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- field rules
 
 @dataclass(frozen=True)
@@ -104,11 +151,13 @@ class _Rule:
 
 
 RULES: dict[str, _Rule] = {
-    "prompt": _Rule("str", lambda v: v.strip() != "", "a non-empty string"),
-    "class_id": _Rule("int", lambda v: v >= 0, "an integer >= 0"),
-    "count": _Rule("int", lambda v: v >= 1, "an integer >= 1"),
+    "prompt": _Rule("str", lambda v: v.strip() != "" and len(v) <= MAX_TEXT_CHARS,
+                    f"a non-empty string of at most {MAX_TEXT_CHARS} characters"),
+    "class_id": _Rule("int", lambda v: 0 <= v < 2**31, "an integer >= 0 (below 2**31)"),
+    "count": _Rule("int", lambda v: 1 <= v <= MAX_COUNT, f"an integer in 1..{MAX_COUNT:,}"),
     "seed": _Rule("int", lambda v: 0 <= v <= MAX_SEED, "an integer in 0..2**63-1"),
-    "id": _Rule("str", lambda v: v != "", "a non-empty string"),
+    "id": _Rule("str", lambda v: v != "" and len(v) <= MAX_TEXT_CHARS,
+                f"a non-empty string of at most {MAX_TEXT_CHARS} characters"),
     # Per-row sampling overrides obey the engine's own limits (one home: workers.models.config).
     **{name: _Rule("int" if name == "top_k" else "float", test, expect)
        for name, (test, expect) in SAMPLING_RULES.items()},
@@ -128,7 +177,7 @@ def json_kind(v: Any) -> str:
         return "null"
     if isinstance(v, bool):
         return "boolean"
-    if isinstance(v, (int, float)):
+    if isinstance(v, (int, float, HugeInt)):
         return "number"
     if isinstance(v, str):
         return "string"
@@ -140,16 +189,17 @@ def json_kind(v: Any) -> str:
 
 
 def _show(v: Any) -> str:
+    if isinstance(v, HugeInt):
+        return repr(v)
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 128:
+        return f"an integer of about {int(v.bit_length() * 0.30103) + 1} digits"  # str() refuses > 4300
     if isinstance(v, str):
+        v = v[:200]  # only the start is shown: never copy a huge field
+    try:
         text = json.dumps(v, ensure_ascii=False)
-    else:
-        try:
-            text = json.dumps(v, ensure_ascii=False)
-        except (TypeError, ValueError):
-            text = repr(v)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return text
+    except (TypeError, ValueError, RecursionError):
+        text = f"a {type(v).__name__}"
+    return _clip(text)
 
 
 def _coerce(name: str, raw: Any, from_text: bool) -> Any:
@@ -157,8 +207,11 @@ def _coerce(name: str, raw: Any, from_text: bool) -> Any:
     rule = RULES[name]
     if not from_text:  # the common case first: a JSON/Parquet value of the right type (bool is not int)
         kind, t = rule.kind, type(raw)
-        if (t is int and kind == "int") or (t is str and kind == "str"):
+        if t is int and kind == "int":
             if rule.ok(raw):
+                return raw
+        elif t is str and kind == "str":
+            if rule.ok(raw) and _valid_unicode(raw):
                 return raw
         elif kind == "float" and (t is float or t is int) and rule.ok(float(raw)):
             return float(raw)
@@ -172,7 +225,9 @@ def _coerce(name: str, raw: Any, from_text: bool) -> Any:
         elif rule.kind == "int":
             if not _INT_TEXT.fullmatch(raw.strip()):
                 raise _Bad(got())
-            value = int(raw.strip())
+            value = parse_json_int(raw.strip())
+            if isinstance(value, HugeInt):
+                raise _Bad(f"must be {rule.expect}, got {value!r}")
         else:
             try:
                 value = float(raw.strip())
@@ -188,7 +243,12 @@ def _coerce(name: str, raw: Any, from_text: bool) -> Any:
             ok_type = isinstance(raw, (int, float)) and not isinstance(raw, bool)
         if not ok_type:
             raise _Bad(f"{got()} ({json_kind(raw)})")
-        value = float(raw) if rule.kind == "float" else raw
+        try:
+            value = float(raw) if rule.kind == "float" else raw
+        except OverflowError:  # an int beyond any float: 10**400
+            raise _Bad(got()) from None
+    if rule.kind == "str" and not _valid_unicode(value):
+        raise _Bad("must be valid Unicode text, got a lone surrogate (an unpaired \\ud800-\\udfff escape)")
     if not rule.ok(value):
         raise _Bad(got())
     return value
@@ -289,6 +349,10 @@ class Validator:
     def finish(self) -> list[ManifestRow]:
         if self.records == 0 and not self.issues:
             self.issue(None, None, "manifest has no rows")
+        total = sum(row.count for row in self.rows)
+        if total > MAX_IMAGES:
+            self.issue(None, None, f"manifest asks for {total:,} images; a job may hold at most {MAX_IMAGES:,} "
+                       "(split it into several jobs)")
         if self.issues:
             raise ManifestError(self.issues)
         return self.rows

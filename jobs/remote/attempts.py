@@ -66,9 +66,12 @@ def states_from_snapshot(jobs: list[dict]) -> list:
 
 
 def attempt_doc(a) -> dict:
+    from linegen.jobs.schedule import utc_iso
+
     msg = (a.message or "").strip().splitlines()
     return {"submission_id": a.submission_id, "status": a.status, "start_time": a.start_time,
-            "end_time": a.end_time, "message": msg[0][:300] if msg else ""}
+            "start_time_utc": utc_iso(a.start_time), "end_time": a.end_time, "end_time_utc": utc_iso(a.end_time),
+            "message": msg[0][:300] if msg else ""}
 
 
 def explain_failure(message: str) -> str:

@@ -17,7 +17,7 @@ HTTP_TIMEOUT_S = 10.0
 class Context:
     address: Any | None  # cluster.address.ClusterAddress, or None: no cluster given
     out: str | None = None
-    s3_endpoint_url: str | None = None
+    s3_endpoint_url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
     config_prices: dict[str, float] = field(default_factory=dict)
     flag_prices: dict[str, float] = field(default_factory=dict)
     config: Any | None = None  # cluster.config.Config
@@ -41,9 +41,7 @@ class Context:
         return merged
 
     def cluster_text(self) -> str | None:
-        from linegen.cluster.address import redact_url
-
-        return redact_url(self.address.url) if self.address is not None else None
+        return self.address.display if self.address is not None else None
 
 
 def parse_headers(items: list[str] | None) -> dict[str, str]:
@@ -55,16 +53,23 @@ def parse_headers(items: list[str] | None) -> dict[str, str]:
             raise UserError(f"--header #{n} must look like NAME=VALUE (or 'NAME: VALUE')")
         k, v = item[:min(cuts)], item[min(cuts) + 1:]
         k = k.strip()
-        if not k or not re.match(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", k):
-            raise UserError(f"--header: {k!r} is not a valid HTTP header name")
+        if not k or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", k):
+            raise UserError(f"--header #{n}: not a valid HTTP header name (letters, digits and !#$%&'*+.^_`|~- only)")
+        if re.search(r"[\x00-\x08\x0a-\x1f\x7f]", v):
+            # a CR/LF would smuggle another header; the value may be a secret: never echo it
+            raise UserError(f"--header {k}: the value holds a line break or another control character")
         headers[k] = v.strip()
     return headers
 
 
 def make_context(cluster: str | None = None, token: str | None = None, headers: list[str] | None = None,
                  out: str | None = None, config: str | None = None, prices: list[str] | None = None,
-                 s3_endpoint_url: str | None = None, token_file: str | None = None) -> Context:
-    """Flags + config file + environment -> Context. Every problem is a one-line UserError."""
+                 s3_endpoint_url: str | None = None, token_file: str | None = None,
+                 default_out: str | None = None) -> Context:
+    """Flags + config file + environment -> Context. Every problem is a one-line UserError.
+
+    The output root: ``out``, else the config's ``[output] out``, else, when no cluster is given,
+    ``default_out`` (the local commands pass `jobs.spec.DEFAULT_OUT`, where `linegen run` writes)."""
     from linegen.cluster.address import resolve_cluster
     from linegen.cluster.config import ConfigError, load_config
     from linegen.cluster.prices import parse_price
@@ -86,6 +91,7 @@ def make_context(cluster: str | None = None, token: str | None = None, headers: 
         except ValueError as e:
             raise UserError(f"--price: {e}") from None
         flag_prices[name] = value
-    return Context(address=address, out=out or cfg.output.out,
+    # The local default applies only without a cluster: a cluster's jobs name their own output root.
+    return Context(address=address, out=out or cfg.output.out or (default_out if address is None else None),
                    s3_endpoint_url=s3_endpoint_url or cfg.s3.endpoint_url,
                    config_prices=dict(cfg.prices), flag_prices=flag_prices, config=cfg)

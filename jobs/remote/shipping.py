@@ -7,7 +7,8 @@ nothing generic lands on its import path. An installed linegen already is such a
 editable install maps the repository's top-level folders into the namespace, so they are staged
 into a temporary ``linegen`` folder for the upload (Ray zips and uploads it while submitting).
 
-The environment holds ``LINEGEN_ATTEMPT`` and, if given, ``LINEGEN_S3_ENDPOINT_URL`` (not secret).
+The environment holds ``LINEGEN_ATTEMPT`` and, if given, ``LINEGEN_S3_ENDPOINT_URL`` unless that URL
+holds credentials (Ray stores and shows a job's runtime env; metadata gets the URL redacted).
 The Python dependencies (torch, ray[default], boto3, pyarrow, numpy, pillow) must be installed on
 every node; with ``--no-ship-code`` linegen itself must be installed there too. S3 access on the
 cluster uses the nodes' own credential chain (instance role, env, profile): nothing is forwarded.
@@ -62,8 +63,12 @@ def _code_bytes(folder: Path) -> int:
 def runtime_env(*, code: Path | None, attempt: str, s3_endpoint_url: str | None,
                 ignore_schedule: bool = False) -> dict:
     """The attempt's runtime_env; ``code`` is a folder from `staged_code` (None: --no-ship-code)."""
+    from linegen.cluster.address import redact_url
+
     env_vars = {"LINEGEN_ATTEMPT": attempt, "PYTHONUNBUFFERED": "1"}
-    if s3_endpoint_url:
+    # Ray stores a job's runtime env and shows it on its dashboard: an endpoint with credentials
+    # is never put there (the nodes set LINEGEN_S3_ENDPOINT_URL themselves; `submit` says so).
+    if s3_endpoint_url and redact_url(s3_endpoint_url) == s3_endpoint_url:
         env_vars["LINEGEN_S3_ENDPOINT_URL"] = s3_endpoint_url
     if ignore_schedule:
         from linegen.jobs.schedule import IGNORE_SCHEDULE_ENV
@@ -120,7 +125,9 @@ def metadata(job_id: str, out: str, endpoint: str | None, attempt: int, spec, no
     meta = {META_JOB: job_id, META_OUT: out, META_ATTEMPT: str(attempt), META_MODEL: spec.model.name,
             META_VERSION: linegen_version()}
     if endpoint:
-        meta[META_ENDPOINT] = endpoint
+        from linegen.cluster.address import redact_url
+
+        meta[META_ENDPOINT] = redact_url(endpoint)
     if spec.start_at is not None:
         meta[META_START] = utc_iso(spec.start_at)
     if spec.after:
@@ -131,7 +138,6 @@ def metadata(job_id: str, out: str, endpoint: str | None, attempt: int, spec, no
 
 
 def absolute_out(out: str) -> str:
-    if out.startswith("s3://"):
-        return out.rstrip("/")
-    path = out[len("file://"):] if out.startswith("file://") else out
-    return os.path.abspath(os.path.expanduser(path))
+    from linegen.jobs.storage.uri import absolute_uri
+
+    return absolute_uri(out)

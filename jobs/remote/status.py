@@ -18,7 +18,7 @@ class Located:
     attempts: list
     all_states: list
     out: str | None
-    endpoint: str | None
+    endpoint: str | None = field(repr=False)  # may hold credentials: never shown
     storage: Any | None
     spec: Any | None
     cluster: str | None
@@ -43,6 +43,10 @@ def locate(ctx: Context, job_id: str, *, client=None, states: list | None = None
     meta = attempts[-1].metadata if attempts else {}
     out = meta.get(META_OUT) or ctx.out
     endpoint = meta.get(META_ENDPOINT) or ctx.s3_endpoint_url
+    from linegen.cluster.address import is_redacted
+
+    if is_redacted(endpoint):  # the metadata keeps no credentials: use the endpoint given here
+        endpoint = ctx.s3_endpoint_url or endpoint
     if address is None:
         ctx.require_target()
     where = " or ".join(x for x in (f"on cluster {ctx.cluster_text()}" if address else None,
@@ -108,7 +112,12 @@ class JobStatus:
     live_updated_at: float | None = None  # when the running driver last wrote _progress.json
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The JSON document; every epoch time has an ISO-8601 UTC twin (``*_utc``)."""
+        from linegen.jobs.schedule import utc_iso
+
+        d = dataclasses.asdict(self)
+        d["submitted_at_utc"], d["finished_at_utc"] = utc_iso(self.submitted_at), utc_iso(self.finished_at)
+        return d
 
 
 def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = None, cache=None,
@@ -197,6 +206,11 @@ def list_jobs(ctx: Context, *, cache=None) -> list[JobStatus]:
 
     storage = open_storage(ctx.out, endpoint_url=ctx.s3_endpoint_url)
     ids = sorted({k.split("/", 1)[0] for k in storage.list("") if k.count("/") == 1 and k.endswith("/job.json")})
-    docs = [job_status(ctx, jid, states=[], cache=cache, with_stats=False) for jid in ids]
+    docs = []
+    for jid in ids:
+        try:
+            docs.append(job_status(ctx, jid, states=[], cache=cache, with_stats=False))
+        except UserError as e:  # one damaged job folder is one row saying why, not a failed list
+            docs.append(JobStatus(job_id=jid, state="UNKNOWN", reason=str(e), errors=[str(e)], out=ctx.out))
     docs.sort(key=lambda d: d.submitted_at or 0.0)
     return docs

@@ -21,6 +21,7 @@ class Outcome(StrEnum):
     ALREADY_SUBMITTED = "already submitted"
     ALREADY_RUNNING = "already running"
     ALREADY_COMPLETE = "already complete"
+    FINISHED = "finished"  # a local job resumed on the embedded cluster, to the end
 
 
 @dataclass
@@ -46,9 +47,10 @@ class ResumeResult:
     job_id: str
     status: Outcome
     submission_id: str | None
-    cluster: str
+    cluster: str | None  # None: resumed locally (no cluster given)
     out: str | None
     attempt: int | None = None
+    summary: dict | None = None  # a local resume's `_SUCCESS` summary
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,6 +106,11 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
         warnings.append(f"--out {out} is a local folder: the cluster's nodes must see the same path "
                         "(a shared filesystem); use s3://bucket/prefix otherwise")
     endpoint = spec.s3_endpoint_url or ctx.s3_endpoint_url
+    from linegen.cluster.address import redact_url
+
+    if endpoint and redact_url(endpoint) != endpoint:
+        warnings.append(f"the S3 endpoint {redact_url(endpoint)} holds credentials, which are never sent to the "
+                        "cluster: set LINEGEN_S3_ENDPOINT_URL on its nodes")
     spec = dataclasses.replace(spec, out=out, s3_endpoint_url=endpoint, start_at=start_at, after=after,
                                prices=ctx.flag_prices or None)
 
@@ -153,12 +160,20 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
 def resume(ctx: Context, job_id: str, *, now: bool = False, ship_code: bool = True,
            driver_cpus: float = DEFAULT_DRIVER_CPUS) -> ResumeResult:
     """Submit the next attempt ``<job_id>-resume-<n>`` of a job that is not running and not
-    complete. ``now``: ignore the job's --at/--after for this attempt."""
+    complete. ``now``: ignore the job's --at/--after for this attempt. Without a cluster, the job
+    under the output root runs to the end here, on the embedded local Ray (`jobs.resume`)."""
     from linegen.cluster import jobs_api
     from linegen.jobs import layout
     from linegen.jobs.outcome import clear_outcome
     from linegen.jobs.remote.status import locate
 
+    if ctx.address is None:
+        from linegen.jobs.resume import resume_local
+
+        loc = locate(ctx, job_id)  # a one-line error for an unknown or damaged job
+        summary = resume_local(loc.out, job_id, s3_endpoint_url=loc.endpoint)
+        return ResumeResult(job_id=job_id, status=Outcome.FINISHED, submission_id=None, cluster=None,
+                            out=loc.out, summary=summary)
     address = ctx.require_cluster()
     client = jobs_api.connect(address, timeout=HTTP_TIMEOUT_S)
     loc = locate(ctx, job_id, client=client)

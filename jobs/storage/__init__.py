@@ -11,7 +11,7 @@ from linegen.jobs.storage.download import fetch_folder_to_local, fetch_to_local
 from linegen.jobs.storage.keys import TMP_PREFIX, join_key, safe_component
 from linegen.jobs.storage.local import LocalStorage
 from linegen.jobs.storage.s3 import S3Storage
-from linegen.jobs.storage.uri import open_storage, read_uri
+from linegen.jobs.storage.uri import absolute_uri, open_storage, read_uri
 
-__all__ = ["LocalStorage", "S3Storage", "Storage", "StorageError", "StorageNotFound", "TMP_PREFIX",
+__all__ = ["absolute_uri", "LocalStorage", "S3Storage", "Storage", "StorageError", "StorageNotFound", "TMP_PREFIX",
            "fetch_folder_to_local", "fetch_to_local", "join_key", "open_storage", "read_uri", "safe_component"]

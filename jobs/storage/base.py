@@ -51,8 +51,17 @@ class Storage(ABC):
         """Delete ``key``; deleting a missing key is not an error."""
 
     @abstractmethod
+    def move(self, src: str, dst: str) -> None:
+        """Give ``dst`` the bytes of ``src`` and remove ``src``. Readers of ``dst`` see the old
+        object or the whole new one, never a part. StorageNotFound if ``src`` does not exist."""
+
+    @abstractmethod
     def check(self) -> None:
         """Verify the storage is usable before any work starts; raise StorageError if not."""
+
+    def location(self, key: str) -> str:
+        """Where ``key`` is, as a user would type it (a path or an s3:// URL), for messages."""
+        return f"{self.url.rstrip('/')}/{key}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

@@ -30,7 +30,7 @@ class LocalStorage(Storage):
                 f.flush()
                 os.fsync(f.fileno())  # a commit marker must not outlive its data after a crash
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
         return tmp
 
@@ -40,7 +40,7 @@ class LocalStorage(Storage):
         try:
             os.replace(tmp, path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
             raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -58,7 +58,7 @@ class LocalStorage(Storage):
                 raise StorageError(f"cannot write {path}: {e.strerror or e}") from None
             return self._put_exclusive(path, data)  # filesystems without hard links
         finally:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
 
     def _put_exclusive(self, path: Path, data: bytes) -> bool:
         try:
@@ -114,6 +114,23 @@ class LocalStorage(Storage):
         except OSError as e:
             raise StorageError(f"cannot delete {path}: {e.strerror or e}") from None
 
+    def move(self, src: str, dst: str) -> None:
+        source, target = self._path(src), self._path(dst)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)  # a rename: atomic, and no copy of the bytes
+        except FileNotFoundError:
+            if not source.exists():
+                raise StorageNotFound(f"{source} does not exist") from None
+            raise StorageError(f"cannot move {source} to {target}: no such folder") from None
+        except OSError as e:
+            raise StorageError(f"cannot move {source} to {target}: {e.strerror or e}") from None
+        for folder in (source.parent, source.parent.parent):  # an attempt's folders, once empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(f"output path {self.root} exists and is not a folder")
@@ -126,5 +143,14 @@ class LocalStorage(Storage):
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as e:
-            probe.unlink(missing_ok=True)
+            _discard(probe)
             raise StorageError(f"output folder {self.root} is not writable: {e.strerror or e}") from None
+
+
+def _discard(path: Path) -> None:
+    """Remove a work file if it is there. Never raises: it runs while another error is being
+    reported, and on a read-only filesystem even unlinking a missing file fails (EROFS)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -1,8 +1,10 @@
 """S3 (or an S3-compatible store) as a storage root, through boto3 (imported lazily).
 
-Conditional puts (``If-None-Match: *``) give exactly-once commits; transient failures are retried
-with bounded exponential backoff; every failure becomes a one-line StorageError that never shows
-credentials.
+Conditional puts (``If-None-Match: *``) give exactly-once commits. Transient failures (throttling,
+5xx, dropped connections, timeouts) are retried by botocore's own standard retry mode, with its
+exponential backoff and jitter; linegen's own code only retries what is particular to
+conditional writes (a 409 ConditionalRequestConflict means "try the conditional put again").
+Every failure becomes a one-line StorageError that never shows credentials.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import uuid
 from typing import Any, Callable, TypeVar
 
 from linegen.jobs.storage.base import Storage, StorageError, StorageNotFound
-from linegen.cluster.address import redact_url
+from linegen.cluster.address import redact_text, redact_url
 from linegen.jobs.storage.keys import TMP_PREFIX, check_key, check_prefix, segments
 
 T = TypeVar("T")
@@ -22,11 +24,6 @@ T = TypeVar("T")
 DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 
-_RETRY_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-    "TooManyRequestsException", "RequestTimeout", "RequestTimeoutException",
-    "InternalError", "ServiceUnavailable", "ConditionalRequestConflict",
-}
 _CREDENTIAL_CODES = {
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
     "TokenRefreshRequired", "InvalidSecurity", "AuthorizationHeaderMalformed",
@@ -41,18 +38,15 @@ def _error_code(exc: Any) -> tuple[str, int]:
     return code, status
 
 
-def _is_retryable(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
-    from botocore.exceptions import HTTPClientError, IncompleteReadError, ResponseStreamingError
+def _retried(exc: BaseException) -> int:
+    """How many times botocore retried the request that ended in ``exc`` (0 if unknown)."""
+    meta = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {})
+    return int(meta.get("RetryAttempts", 0) or 0)
 
-    retryable = (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError)
-    if isinstance(exc, retryable):
-        return True  # refused, reset, DNS, connect/read timeouts, truncated bodies
-    if isinstance(exc, ClientError):
-        code, status = _error_code(exc)
-        # 501 NotImplemented (e.g. a store without conditional writes) will not get better.
-        return (status >= 500 and status != 501) or status == 429 or code in _RETRY_CODES
-    return False
+
+def _is_conflict(exc: BaseException) -> bool:
+    code, status = _error_code(exc)
+    return status == 409 or code == "ConditionalRequestConflict"
 
 
 class S3Storage(Storage):
@@ -68,10 +62,7 @@ class S3Storage(Storage):
         prefix: str = "",
         *,
         endpoint_url: str | None = None,
-        max_attempts: int = 6,
-        base_delay: float = 0.5,
-        max_delay: float = 8.0,
-        retry_deadline: float = 30.0,
+        max_attempts: int = 6,  # per request, botocore's total_max_attempts (backoff up to 20 s each)
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
@@ -84,9 +75,6 @@ class S3Storage(Storage):
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.endpoint_url = endpoint_url
         self.max_attempts = max(1, max_attempts)
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self.retry_deadline = retry_deadline
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.multipart_threshold = multipart_threshold
@@ -120,6 +108,12 @@ class S3Storage(Storage):
         import boto3
         from botocore.config import Config
 
+        from linegen.cluster.address import is_redacted
+
+        if is_redacted(self.endpoint_url):
+            raise StorageError(f"the S3 endpoint {self.endpoint_url} was recorded without its credentials; "
+                               "give it again with --s3-endpoint-url or LINEGEN_S3_ENDPOINT_URL")
+
         custom = bool(
             self.endpoint_url
             or os.environ.get("AWS_ENDPOINT_URL_S3")
@@ -128,8 +122,7 @@ class S3Storage(Storage):
         kwargs: dict[str, Any] = dict(
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
-            # One retry layer (ours, in _call) keeps the total time predictable.
-            retries={"total_max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
             max_pool_connections=32,
         )
         if custom:
@@ -142,7 +135,7 @@ class S3Storage(Storage):
             session = boto3.session.Session()
             return session.client("s3", endpoint_url=self.endpoint_url, config=Config(**kwargs))
         except Exception as e:  # bad profile, bad endpoint URL, ...
-            raise StorageError(f"cannot set up S3 client for {self.url}: {type(e).__name__}: {e}") from None
+            raise StorageError(f"cannot set up S3 client for {self.url}: {type(e).__name__}: {redact_text(e)}") from None
 
     def _endpoint(self) -> str:
         try:
@@ -156,33 +149,30 @@ class S3Storage(Storage):
     def _where(self, full_key: str) -> str:
         return f"s3://{self.bucket}/{full_key}"
 
-    # -- retries and error translation
+    # -- error translation (botocore has retried whatever was transient by now)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` with bounded exponential backoff on transient failures."""
-        start = time.monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return fn()
-            except (StorageError, _Signal):
-                raise
-            except Exception as e:
-                if not _is_retryable(e) or attempt >= self.max_attempts:
-                    raise self._translate(e, what, attempt) from None
-                delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-                delay *= random.uniform(0.5, 1.0)  # jitter: de-synchronise many workers
-                if time.monotonic() - start + delay > self.retry_deadline:
-                    raise self._translate(e, what, attempt) from None
-                time.sleep(delay)
+        try:
+            return fn()
+        except (StorageError, _Signal):
+            raise
+        except Exception as e:
+            raise self._translate(e, what) from None
 
-    def _translate(self, exc: BaseException, what: str, attempts: int = 1) -> StorageError:
+    def _attempts(self, exc: BaseException) -> int:
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+
+        if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+            return self.max_attempts  # transient by botocore's rules: every attempt was used
+        return _retried(exc) + 1
+
+    def _translate(self, exc: BaseException, what: str) -> StorageError:
         from botocore.exceptions import (
             ClientError, ConnectTimeoutError, EndpointConnectionError, HTTPClientError,
             NoCredentialsError, PartialCredentialsError, ConnectionError as BotoConnectionError,
         )
 
+        attempts = self._attempts(exc)
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return StorageError(
@@ -214,7 +204,7 @@ class S3Storage(Storage):
                 )
             detail = f"{code}: {msg}" if msg and msg != code else code or f"HTTP {status}"
             return StorageError(f"S3 request for {what} failed{tries}: {detail}")
-        return StorageError(f"S3 request for {what} failed{tries}: {type(exc).__name__}: {exc}")
+        return StorageError(f"S3 request for {what} failed{tries}: {type(exc).__name__}: {redact_text(exc)}")
 
     # -- raw operations on full keys (read_uri/fetch_to_local use these with arbitrary keys)
 
@@ -244,13 +234,18 @@ class S3Storage(Storage):
         extra = {"IfNoneMatch": "*"} if if_none_match else {}
 
         def op() -> bool:
-            try:
-                self._client().put_object(Bucket=self.bucket, Key=full_key, Body=data, **extra)
-                return True
-            except Exception as e:
-                if if_none_match and _error_code(e)[1] == 412:
-                    return False  # PreconditionFailed: someone (maybe an earlier try) won
-                raise  # 409 ConditionalRequestConflict is retried by _call
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    self._client().put_object(Bucket=self.bucket, Key=full_key, Body=data, **extra)
+                    return True
+                except Exception as e:
+                    if if_none_match and _error_code(e)[1] == 412:
+                        return False  # PreconditionFailed: someone (maybe an earlier try) won
+                    if not (if_none_match and _is_conflict(e)) or attempt == self.max_attempts:
+                        raise
+                    # 409: a concurrent conditional write on this key was in progress; S3 asks to retry
+                    time.sleep(min(1.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.0))
+            raise AssertionError("unreachable")
 
         return self._call(where, op)
 
@@ -296,11 +291,8 @@ class S3Storage(Storage):
         extra: dict[str, str], size: int,
     ) -> None:
         c = self._client()
-        attempts = 0
 
         def op() -> None:
-            nonlocal attempts
-            attempts += 1
             try:
                 c.complete_multipart_upload(
                     Bucket=self.bucket, Key=full_key, UploadId=upload_id,
@@ -312,8 +304,8 @@ class S3Storage(Storage):
                     raise _Precondition() from None
                 if status == 409 or code == "ConditionalRequestConflict":
                     raise _Conflict() from None
-                # A retried completion whose first try landed finds the upload gone.
-                if code == "NoSuchUpload" and attempts > 1 and not extra:
+                # A completion botocore retried after its first try landed finds the upload gone.
+                if code == "NoSuchUpload" and _retried(e) > 0 and not extra:
                     head = c.head_object(Bucket=self.bucket, Key=full_key)
                     if head.get("ContentLength") == size:
                         return
@@ -372,6 +364,14 @@ class S3Storage(Storage):
     def delete(self, key: str) -> None:
         full = self._full(check_key(key))
         self._call(self._where(full), lambda: self._client().delete_object(Bucket=self.bucket, Key=full))
+
+    def move(self, src: str, dst: str) -> None:
+        """A server-side copy (no bytes through this process; CopyObject replaces ``dst`` at once),
+        then the delete of ``src``."""
+        source, target = self._full(check_key(src)), self._full(check_key(dst))
+        self._call(self._where(source), lambda: self._client().copy_object(
+            Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": source}))
+        self._call(self._where(source), lambda: self._client().delete_object(Bucket=self.bucket, Key=source))
 
     def check(self) -> None:
         c = self._client()

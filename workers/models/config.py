@@ -48,8 +48,15 @@ def sampling_problems(**values) -> list[str]:
     for name, value in values.items():
         test, expect = SAMPLING_RULES[name]
         numeric = isinstance(value, int) if name == "top_k" else isinstance(value, (int, float))
-        if isinstance(value, bool) or not numeric or not test(value):
-            problems.append(f"{name} must be {expect}, got {value!r}")
+        try:
+            ok = not isinstance(value, bool) and numeric and test(value)
+        except OverflowError:  # an int beyond any float (10**400) is outside every range
+            ok = False
+        if not ok:
+            # repr() of a huge int is itself refused (over 4300 digits) or a screenful
+            shown = f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits" \
+                if isinstance(value, int) and value.bit_length() > 128 else repr(value)
+            problems.append(f"{name} must be {expect}, got {shown}")
     return problems
 
 
@@ -140,6 +147,9 @@ class ModelSpec:
     # A model that is random by design (test models): runs without checkpoints or --random-weights.
     random_by_design: bool = False
     default_sampling: SamplingParams = field(default_factory=SamplingParams)
+    # What each class id means, where the model's training data names its classes (the built-in
+    # model); outputs carry them as a Hugging Face ClassLabel.
+    class_names: tuple[str, ...] | None = None
 
     def sampling(self, *, cfg_scale: float | None = None, top_k: int | None = None,
                  temperature: float | None = None, top_p: float | None = None) -> SamplingParams:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from linegen.workers.builtin.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
 from linegen.workers.models.config import GPTConfig, ModelSpec, SamplingParams, VQ16, VQConfig, gpt_config
 
 
@@ -31,7 +32,8 @@ SHAPES_GPT = GPTConfig(dim=192, n_layer=4, n_head=4, vocab_size=512, num_classes
 SHAPES = ModelSpec(name="linegen-shapes-c2i", gpt=SHAPES_GPT, image_size=96, vq=SHAPES_VQ,
                    description="built-in c2i model trained on procedural shapes (10 classes, 24x24 tokens, 96px)",
                    builtin_weights=(str(BUILTIN_WEIGHTS / "shapes_gpt.pt"), str(BUILTIN_WEIGHTS / "shapes_vq.pt")),
-                   default_sampling=SamplingParams(cfg_scale=2.0, top_k=0, temperature=0.9))
+                   default_sampling=SamplingParams(cfg_scale=2.0, top_k=0, temperature=0.9),
+                   class_names=SHAPES_CLASS_NAMES)
 
 # LlamaGen's own sampling defaults for its text-to-image models; tests sample the tiny models gently.
 T2I_SAMPLING = SamplingParams(cfg_scale=7.5, top_k=1000)
