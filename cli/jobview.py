@@ -97,6 +97,13 @@ def status_table(doc: dict):
         t.add_row("model / cache", f"{doc['model']} / {cache}")
     t.add_row("progress", bar(doc))
     t.add_row("done", counts(doc))
+    im = doc.get("images") or {}
+    if doc.get("images_committed") is not None and doc["images_committed"] != im.get("done"):
+        t.add_row("committed", f"{doc['images_committed']} images (the rest of done is decoded, not committed yet)")
+    workers = doc.get("workers")
+    if workers:
+        t.add_row("workers", f"{workers.get('placed', 0)} placed, {workers.get('pending', 0)} pending"
+                  + (f" (each needs {workers['needs']})" if workers.get("needs") else ""))
     speed = rate(doc.get("images_per_s"))
     if doc.get("eta_s") is not None:
         speed += f", ETA {duration(doc['eta_s'])}"

@@ -12,6 +12,7 @@ from linegen.cli.flags import (BatchFlags, CacheFlags, Config, Json, JobFlags, M
 def run_command(
     manifest: str = Manifest,
     out: str = typer.Option(None, "--out", help="Output root: a local folder or s3://bucket/prefix (default: the config's [output] out, else ./out)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and plan only, write nothing: items, shards, what is committed, and time and cost where a throughput was measured."),
     job: JobFlags = None,
     model: ModelFlags = None,
     cache: CacheFlags = None,
@@ -24,30 +25,47 @@ def run_command(
     """Run a job on the embedded local Ray: every manifest item once, resumable, to --out."""
     from linegen.cluster.config import load_config
     from linegen.jobs.prepare import prepare_job
-    from linegen.jobs.run import run_embedded
+    from linegen.jobs.run import JobInterrupted, run_embedded
     from linegen.jobs.spec import JobSpec
 
     spec = JobSpec.from_flags(manifest=manifest, out=out, **vars(job), config=load_config(config),
                               **settings_of(model, cache, sampling, batch, store))
-    prepared = prepare_job(spec)  # the whole manifest and every setting, before anything is shown
-    if as_json:
-        typer.echo(json.dumps(run_embedded(spec, prepared=prepared), indent=2))
+    if dry_run:
+        _dry_run(prepare_job(spec, record=False), as_json)
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    prepared = prepare_job(spec)  # the whole manifest and every setting, before anything is shown
+    try:
+        if as_json:
+            typer.echo(json.dumps(run_embedded(spec, prepared=prepared), indent=2))
+            return
+        _run_with_bar(spec, prepared)
+    except JobInterrupted as e:
+        _interrupted(e, as_json)
 
+
+def _run_with_bar(spec, prepared) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from linegen.cli.jobview import duration, money
     from linegen.cli.render import summary_table
+    from linegen.jobs.run import run_embedded
 
     console = Console(stderr=True)
     console.print(f"job [bold]{spec.job_id}[/bold] -> {spec.out}/{spec.job_id}")
     console.print(f"cache {describe_cache(spec.cache)}", highlight=False)
+    # transient: an interrupted run leaves one line ("interrupted; ..."), not a half bar
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task("images", total=None, rate="")
+                  TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[eta]}"),
+                  TextColumn("{task.fields[cost]}"), console=console, transient=True) as bar:
+        task = bar.add_task("images", total=None, rate="", eta="", cost="")
 
         def show(p):
             bar.update(task, total=p.images_total, completed=p.images_done,
-                       rate=f"{p.images_per_s:.2f} img/s" if p.images_per_s else "")
+                       description=p.waiting[:70] if p.waiting else "images",
+                       rate=f"{p.images_per_s:.2f} img/s" if p.images_per_s else "",
+                       eta=f"ETA {duration(p.eta_s)}" if p.eta_s is not None else "",
+                       cost=f"{money(p.usd)} so far" if p.usd else "")
 
         summary = run_embedded(spec, progress=show, prepared=prepared)
     Console().print(summary_table(summary))
@@ -62,6 +80,42 @@ def describe_cache(cache) -> str:
     budget = cache.ratio or (f"{cache.lines} lines" if cache.lines else None) or DEFAULT_RATIO
     opts = ", ".join(f"{k}={v}" for k, v in cache.options.items())
     return f"{cache.policy} {budget}" + (f" ({opts})" if opts else "")
+
+
+def _interrupted(e, as_json: bool) -> None:
+    """One line, and out at once: Ray's exit hooks would talk to a cluster that is gone."""
+    import os
+    import sys
+
+    from linegen.jobs.run import INTERRUPTED
+
+    if as_json:
+        print(json.dumps({"error": INTERRUPTED}), flush=True)
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    os._exit(e.exit_code)
+
+
+def _dry_run(prepared, as_json: bool) -> None:
+    from linegen.jobs.estimate import dry_run
+
+    doc = dry_run(prepared)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    c = doc["committed"]
+    typer.echo(f"{doc['manifest']}: {doc['rows']} rows, {doc['items']} images in {doc['shards']} shards of "
+               f"{doc['shard_size']} (plan {doc['fingerprint']}); nothing written")
+    if c["shards"]:
+        typer.echo(f"  {doc['out']}: {c['shards']} shards committed; {c['images_left']} images left")
+    from linegen.cli.jobview import duration, money
+
+    for e in doc["estimates"]:
+        cost = money(e["usd"]) if e["usd"] is not None else "no price"
+        wall = f", {duration(e['wall_hours'] * 3600)} with {e['workers']} workers" if e["wall_hours"] is not None else ""
+        typer.echo(f"  {e['device']}: {e['images_per_device_s']:.3g} images/s per device -> "
+                   f"{duration(e['device_hours'] * 3600)} of device time{wall}, {cost} ({e['source']})")
+    if doc["estimate_note"]:
+        typer.echo(f"  {doc['estimate_note']}")
 
 
 def validate_command(

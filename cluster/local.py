@@ -2,7 +2,8 @@
 
 - `LocalCluster`: the default when no cluster address is given. ``ray.init()`` in this process
   (no dashboard, so no Jobs API) if Ray is not already initialised, ``ray.shutdown()`` on exit
-  only if we started it.
+  only if we started it. Its processes die with this one: a reaper (cluster/reaper.py) kills
+  every one of them when this process dies, even by SIGKILL; `LocalCluster.kill()` does it at once.
 - `start_head()`: ``ray start --head ... --block`` as a child process in its own process group,
   with its own ``--temp-dir`` and ports, waiting until the dashboard answers ``/api/version``.
   `HeadProcess.stop()` stops exactly that head (never ``ray stop``, which stops every Ray on the
@@ -81,6 +82,7 @@ class LocalCluster:
         self.init_kwargs = dict(init_kwargs or {})
         self.started = False
         self._saved_auth_mode: str | None = None
+        self._reaper = None
 
     def start(self) -> LocalCluster:
         # RAY_AUTH_MODE is read when ray is imported: set it first, or the driver and the
@@ -111,11 +113,17 @@ class LocalCluster:
             Path(self.temp_dir).mkdir(parents=True, exist_ok=True)
             kwargs["_temp_dir"] = self.temp_dir
         kwargs.update(self.init_kwargs)
+        from linegen.cluster.reaper import Reaper
+
+        self._reaper = Reaper()  # before ray.init: it takes every process started from now on
         try:
             ray.init(**kwargs)
-        except Exception:
+        except BaseException:
+            self._reaper.kill_now()
+            self._reaper = None
             self._restore_env()
             raise
+        self._reaper.name_roots()
         self.started = True
         return self
 
@@ -128,7 +136,22 @@ class LocalCluster:
             ray.shutdown()
         finally:
             self.started = False
+            if self._reaper is not None:
+                self._reaper.bye()  # it kills whatever Ray's shutdown leaves behind
+                self._reaper = None
             self._restore_env()
+
+    def kill(self) -> None:
+        """Kill every process of the cluster now (an interrupted run), without Ray's shutdown: after
+        a signal to the process group its daemons may be gone already, and Ray's shutdown then
+        hangs or aborts. This process's Ray state is left as is; it should exit soon."""
+        if not self.started:
+            return
+        self.started = False
+        if self._reaper is not None:
+            self._reaper.kill_now()
+            self._reaper = None
+        self._restore_env()
 
     def _restore_env(self) -> None:
         if self.auth_mode is None:

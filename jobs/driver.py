@@ -1,10 +1,16 @@
-"""The job driver: plan, skip committed shards, feed a pool of model-holding actors, finish.
+"""The job driver: plan, skip committed shards, feed an elastic pool of model-holding workers, finish.
 
 Runs in-process for the embedded default (`linegen run`) or as the entrypoint of a Ray job on a
 cluster (`python -m linegen.jobs.driver OUT JOB_ID`, see `linegen submit`). Exactly-once comes
 from the shard protocol (jobs/sink.py): a shard counts once its commit marker exists, so a crashed
 driver or actor is handled by running the uncommitted shards again, with the same seeds. Image
 bytes never pass through here: actors write their shards themselves.
+
+The pool (jobs/pool.py) grows as nodes join and shrinks as they leave. A shard on a worker whose
+node was lost goes back to the queue without spending an attempt; a shard whose worker crashed or
+that failed spends one (``--max-attempts``). While it runs the driver reports live progress from
+the workers' waves: to the caller (the `linegen run` bar), to ``OUT/<job>/_progress.json`` (what
+`status`/`list`/`monitor` read without the cluster) and to Ray's metrics (`ray_linegen_*`).
 """
 from __future__ import annotations
 
@@ -14,20 +20,24 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from linegen.jobs import layout
 from linegen.jobs.errors import JobFailed, UserError
-from linegen.jobs.plan import Shard
-from linegen.jobs.pool import PREFETCH, Pool, pool_shape
+from linegen.jobs.plan import Plan, shard_id, shard_index
+from linegen.jobs.pool import POLL_S, PREFETCH, Pool, Run, Shape, Worker, pool_shape
 from linegen.jobs.prepare import PreparedJob, load_job, prepare_job
+from linegen.jobs.progress import LIVE_EVERY_S, clear_live, write_live
 from linegen.jobs.spec import JobSpec
 from linegen.jobs.summary import write_success
+
+REPORT_EVERY_S = 1.0  # the caller's progress callback, at most this often (and on every event)
+RATE_WINDOW_S = 60.0  # images/s is measured over the last minute of waves
 
 
 @dataclass
 class Progress:
-    images_done: int
+    images_done: int  # committed + decoded in shards not committed yet (live, from the first wave)
     images_total: int
     shards_done: int
     shards_total: int
@@ -35,111 +45,375 @@ class Progress:
     eta_s: float | None
     failed: list[str] = field(default_factory=list)
     event: str = ""
+    images_committed: int = 0
+    usd: float | None = None  # cost so far of this run's waves
+    workers_placed: int = 0
+    workers_pending: int = 0
+    waiting: str = ""  # why nothing runs, e.g. "waiting for resources: 0/4 workers placed (...)"
+
+
+class _Todo:
+    """Shards still to hand out: requeued ones first, then the plan's uncommitted ones in order
+    (drawn lazily, so a plan of a million shards is never a list)."""
+
+    def __init__(self, plan: Plan, committed: set[str]):
+        done = {i for i in map(shard_index, committed) if i is not None and i < len(plan)}
+        self.plan = plan
+        self.fresh_left = len(plan) - len(done)
+        self._fresh: Iterator[int] = (i for i in range(len(plan)) if i not in done)
+        self.retry: deque[Run] = deque()
+
+    def __len__(self) -> int:
+        return self.fresh_left + len(self.retry)
+
+    def pop(self) -> Run:
+        if self.retry:
+            return self.retry.popleft()
+        self.fresh_left -= 1
+        return Run(self.plan[next(self._fresh)])
+
+    def clear(self) -> list[str]:
+        """Give up on every shard left; their ids."""
+        ids = [run.shard.shard_id for run in self.retry] + [shard_id(i) for i in self._fresh]
+        self.retry.clear()
+        self.fresh_left = 0
+        return ids
 
 
 class _Tally:
-    """What is done so far, and the progress callback that reports it."""
+    """What is done so far, live numbers from the workers' waves, and where they are reported."""
 
     def __init__(self, job: PreparedJob, committed: set[str], progress: Callable[[Progress], None] | None):
         self.job, self.progress = job, progress
+        plan = job.shards
         self.images_total = job.items_total
-        self.images_done = sum(len(s.items) for s in job.shards if s.shard_id in committed)
-        self.shards_done = sum(1 for s in job.shards if s.shard_id in committed)
+        indices = [i for i in map(shard_index, committed) if i is not None and i < len(plan)]
+        self.images_done = sum(plan.size_of(i) for i in indices)  # committed
+        self.shards_done = len(indices)
         self.generated = 0
         self.failed: dict[str, str] = {}
         self.t0 = time.time()
+        self.events: deque[str] = deque(maxlen=20)
+        self.counts = {"nodes_lost": 0, "workers_lost_with_nodes": 0, "requeued_node_lost": 0, "worker_crashes": 0,
+                       "failed_attempts": 0, "requeued_failed": 0}
+        self.lost_nodes: set[str] = set()
+        self.retired = {"images": 0, "device_seconds": {}}  # what workers that are gone decoded
+        self.samples: deque[tuple[float, int]] = deque()  # (time, images decoded this run)
+        self.first_wave_at: float | None = None
+        self.pool: Pool | None = None
+        self.shape: Shape | None = None
+        self.waiting = ""
+        self.last_report = self.last_write = 0.0
+        self.state = "starting"
 
-    def report(self, event: str) -> None:
-        if self.progress is None:
+    # -- live numbers -----------------------------------------------------------------------
+    def _workers(self) -> list[Worker]:
+        return list(self.pool.workers.values()) if self.pool else []
+
+    def decoded(self) -> tuple[int, dict[str, float]]:
+        """Images decoded and device-seconds per device by this run's workers (committed or not)."""
+        images, secs = self.retired["images"], dict(self.retired["device_seconds"])
+        for w in self._workers():
+            images += int(w.live.get("images", 0))
+            dev = w.live.get("device") or "unknown"
+            if w.live.get("device_seconds"):
+                secs[dev] = secs.get(dev, 0.0) + float(w.live["device_seconds"])
+        return images, secs
+
+    def in_flight(self) -> tuple[int, dict[str, float]]:
+        """Images decoded in shards that are not committed yet, and their device-seconds."""
+        images, secs = 0, {}
+        for w in self._workers():
+            live = w.live.get("in_flight") or {}
+            dev = w.live.get("device") or "unknown"
+            for run in w.in_flight:
+                entry = live.get(run.shard.shard_id)
+                if entry and entry.get("attempt") == run.attempt:
+                    images += int(entry.get("decoded", 0))
+                    secs[dev] = secs.get(dev, 0.0) + float(entry.get("device_seconds", 0.0))
+        return images, secs
+
+    def retire(self, w: Worker) -> None:
+        self.retired["images"] += int(w.live.get("images", 0))
+        dev = w.live.get("device") or "unknown"
+        if w.live.get("device_seconds"):
+            d = self.retired["device_seconds"]
+            d[dev] = d.get(dev, 0.0) + float(w.live["device_seconds"])
+
+    def rate(self, decoded: int) -> float:
+        """Images/s over the last RATE_WINDOW_S of this run (from the first wave, not the start)."""
+        now = time.time()
+        self.samples.append((now, decoded))
+        while len(self.samples) > 2 and now - self.samples[0][0] > RATE_WINDOW_S:
+            self.samples.popleft()
+        for w in self._workers():
+            first = w.live.get("first_wave_at")
+            if first and (self.first_wave_at is None or first < self.first_wave_at):
+                self.first_wave_at = first
+        t_old, d_old = self.samples[0]
+        if d_old == 0 and self.first_wave_at:  # model loading is not throughput
+            t_old = max(t_old, self.first_wave_at)
+        span = now - t_old
+        return (decoded - d_old) / span if span > 0 and decoded > d_old else 0.0
+
+    def snapshot(self, event: str = "") -> Progress:
+        from linegen.jobs.cost import job_cost
+
+        decoded, secs = self.decoded()
+        flight, _ = self.in_flight()
+        done = min(self.images_total, self.images_done + flight)
+        rate = self.rate(decoded)
+        eta = (self.images_total - done) / rate if rate > 0 else None
+        try:
+            usd = job_cost(secs, max(1, done), self.job.spec.prices)["usd"] if secs else None
+        except Exception:  # noqa: BLE001 - a bad price never stops a job
+            usd = None
+        placed = len(self.pool.placed()) if self.pool else 0
+        pending = len(self.pool.pending()) if self.pool else 0
+        return Progress(done, self.images_total, self.shards_done, len(self.job.shards), rate, eta,
+                        sorted(self.failed), event, self.images_done, usd, placed, pending, self.waiting)
+
+    def note(self, text: str) -> None:
+        """A line for the progress object's recent events (not an event of the callback)."""
+        self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
+
+    def report(self, event: str = "", force: bool = False) -> None:
+        """The caller's callback (on every event, else at most every REPORT_EVERY_S) and the
+        progress object (every LIVE_EVERY_S)."""
+        now = time.time()
+        if event:
+            self.note(event)
+        due_cb = self.progress is not None and (event or force or now - self.last_report >= REPORT_EVERY_S)
+        due_doc = force or now - self.last_write >= LIVE_EVERY_S
+        if not (due_cb or due_doc):
             return
-        elapsed = time.time() - self.t0
-        rate = self.generated / elapsed if elapsed > 0 and self.generated else 0.0
-        eta = (self.images_total - self.images_done) / rate if rate > 0 else None
-        self.progress(Progress(self.images_done, self.images_total, self.shards_done, len(self.job.shards),
-                               rate, eta, sorted(self.failed), event))
+        p = self.snapshot(event)
+        if due_cb:
+            self.last_report = now
+            self.progress(p)
+        if due_doc:
+            self.last_write = now
+            self._write(p)
+
+    def _write(self, p: Progress) -> None:
+        _, secs = self.decoded()
+        _, flight_secs = self.in_flight()
+        pool = self.pool
+        doc = {
+            "job_id": self.job.spec.job_id, "attempt": os.environ.get("LINEGEN_ATTEMPT"), "pid": os.getpid(),
+            "started_at": self.t0, "updated_at": time.time(), "interval_s": LIVE_EVERY_S,
+            "state": self.state, "message": self.waiting,
+            "images_total": p.images_total, "shards_total": p.shards_total,
+            "images_done": p.images_done, "images_committed": p.images_committed, "shards_done": p.shards_done,
+            "images_per_s": p.images_per_s, "eta_s": p.eta_s, "usd_this_run": p.usd,
+            "device_seconds_by_device": secs, "uncommitted_device_seconds_by_device": flight_secs,
+            "workers": {"placed": p.workers_placed, "pending": p.workers_pending,
+                        "needs": self.shape.needs() if self.shape else None,
+                        "min": self.shape.min_workers if self.shape else None,
+                        "max": self.shape.max_workers if self.shape else None,
+                        "list": [w.doc(pool.node_names()) for w in pool.workers.values()] if pool else []},
+            "shards": {**self.counts, "failed": len(self.failed)},
+            "events": list(self.events),
+        }
+        write_live(self.job.storage, self.job.spec.job_id, doc)
 
 
 def run_job(spec: JobSpec, progress: Callable[[Progress], None] | None = None,
-            prepared: PreparedJob | None = None) -> dict:
-    """Generate every uncommitted shard of the job, then write `_SUCCESS`; Ray must be initialised."""
+            prepared: PreparedJob | None = None, *, submitted: bool = False) -> dict:
+    """Generate every uncommitted shard of the job, then write `_SUCCESS`; Ray must be initialised.
+    ``submitted``: the driver of a submitted job (its cluster may autoscale: `--device auto`
+    asks for GPUs and it waits for them as long as `--wait-for-resources` allows)."""
     job = prepared or prepare_job(spec)
     committed = layout.committed_shards(job.storage, spec.job_id)
     tally = _Tally(job, committed, progress)
-    tally.report("planned")
-    todo = deque((s, 1) for s in job.shards if s.shard_id not in committed)
-    if todo:
-        _generate(job, todo, tally)
-    if tally.failed:
-        raise JobFailed(spec.job_id, tally.failed)
-    summary = write_success(job, time.time() - tally.t0, tally.generated)
-    tally.report("finished")
+    tally.report("planned", force=True)
+    todo = _Todo(job.shards, committed)
+    try:
+        if len(todo):
+            _generate(job, todo, tally, pool_shape(spec, submitted=submitted))
+        if tally.failed:
+            raise JobFailed(spec.job_id, tally.failed)
+        summary = write_success(job, time.time() - tally.t0, tally.generated, tally.counts)
+    except UserError as e:
+        tally.state, tally.waiting = "failed", str(e).splitlines()[0]
+        tally.report("failed", force=True)
+        raise
+    except BaseException:  # Ctrl-C, SIGTERM (`linegen cancel`), a crash: the driver stops reporting
+        tally.state, tally.waiting = "stopped", ""
+        tally.report("stopped", force=True)
+        raise
+    clear_live(job.storage, spec.job_id)  # _SUCCESS says everything now
+    tally.state = "succeeded"
+    if tally.progress is not None:
+        tally.progress(tally.snapshot("finished"))
     return summary
 
 
-def _generate(job: PreparedJob, todo: deque, tally: _Tally) -> None:
-    """Hand shards to the actors until each is committed or out of attempts."""
-    from ray.exceptions import RayActorError
+def _generate(job: PreparedJob, todo: _Todo, tally: _Tally, shape: Shape) -> None:
+    """Hand shards to the workers until each is committed or out of attempts."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
 
     from linegen.jobs.sink import ShardSink
+    from linegen.workers.metrics import DRIVER_SERIES, Recorder
 
     spec = job.spec
     sink = ShardSink.for_job(job)
-    count, resources, threads = pool_shape(spec)
-    pool = Pool(job, sink, max(1, min(count, len(todo))), resources, threads)
-    restarts_left = pool.started * spec.max_attempts
-    last_death = ""
+    pool = Pool(job, sink, shape)
+    tally.pool, tally.shape, tally.state = pool, shape, "waiting"
+    metrics = Recorder(DRIVER_SERIES, job_id=spec.job_id)
+    crashes, last_death = 0, ""
+    short_since: float | None = time.monotonic()  # since when fewer than min_workers are placed
+    peak = 0
 
-    def requeue(shard: Shard, attempt: int, why: str) -> None:
-        if attempt >= spec.max_attempts:
-            tally.failed[shard.shard_id] = why
+    def requeue(run: Run, why: str, *, node_lost: bool) -> None:
+        metrics.add("linegen_shards_requeued")
+        if node_lost:
+            tally.counts["requeued_node_lost"] += 1
+            todo.retry.append(Run(run.shard, run.attempt + 1, run.failures))
+            return
+        metrics.add("linegen_shards_failed")
+        tally.counts["failed_attempts"] += 1
+        if run.failures + 1 >= spec.max_attempts:
+            tally.failed[run.shard.shard_id] = why
         else:
-            todo.append((shard, attempt + 1))
+            tally.counts["requeued_failed"] += 1
+            todo.retry.append(Run(run.shard, run.attempt + 1, run.failures + 1))
 
-    while todo or pool.busy():
-        for name in list(pool.actors):  # top up every actor's queue
-            while todo and len(pool.in_flight[name]) < PREFETCH:
-                pool.submit(name, *todo.popleft())
-        if not pool.waiting:  # every worker is gone and no restarts are left
-            for shard, _ in todo:
-                tally.failed[shard.shard_id] = last_death or "no worker left"
-            todo.clear()
+    def lose(w: Worker, error: BaseException | None, why: str) -> None:
+        """A worker is gone: requeue its shards, free for a lost node, spending an attempt for a crash."""
+        nonlocal crashes, last_death
+        node_lost = error is not None and pool.lost_with_node(w, error)
+        pool.remove(w.name)
+        tally.retire(w)
+        for run in w.in_flight:
+            requeue(run, why, node_lost=node_lost)
+        if node_lost:
+            tally.counts["workers_lost_with_nodes"] += 1
+            if w.node_id:
+                tally.lost_nodes.add(w.node_id)
+                tally.counts["nodes_lost"] = len(tally.lost_nodes)
+            tally.report(f"{w.name} lost with its node; {len(w.in_flight)} shard(s) requeued (no attempt spent)")
+        else:
+            crashes += 1
+            tally.counts["worker_crashes"] += 1
+            last_death = why
+            tally.note(f"{w.name}: {why}")
+            tally.report("worker restarted")
+
+    def scale() -> None:
+        placed, pending = pool.placed(), pool.pending()
+        remaining = len(todo) + sum(len(w.in_flight) for w in placed)
+        budget_left = crashes < spec.max_attempts * max(1, shape.min_workers, peak)
+        cap = shape.max_workers if shape.max_workers is not None else remaining
+        want = min(cap, remaining) if budget_left else 0
+        # a new worker is of use only with a shard to hand it; without --max-workers, grow as fast
+        # as the cluster places them (as many pending as placed)
+        extra = min(want - len(placed), len(todo))
+        if shape.max_workers is None:
+            extra = min(extra, max(1, len(placed)))
+        if budget_left and len(todo):
+            extra = max(extra, shape.min_workers - len(placed))
+        extra = max(0, extra)
+        for _ in range(extra - len(pending)):
+            pool.request()
+        for w in pending[extra:]:  # more pending than can be used: withdraw the newest
+            pool.remove(w.name)
+        if not len(todo):  # nothing left to hand out: release idle workers (GPUs go back to the cluster)
+            for w in placed:
+                if not w.in_flight:
+                    tally.retire(pool.remove(w.name))
+
+    while len(todo) or pool.busy():
+        scale()
+        placed = pool.placed()
+        peak = max(peak, len(placed))
+        for w in placed:  # top up every placed worker's queue
+            while len(todo) and len(w.in_flight) < PREFETCH:
+                pool.submit(w, todo.pop())
+        now = time.monotonic()
+        if len(placed) >= shape.min_workers:
+            short_since = None
+        elif short_since is None:
+            short_since = now
+        tally.waiting = "" if len(placed) >= shape.min_workers else (
+            f"waiting for resources: {len(placed)}/{len(pool.workers)} workers placed (each needs "
+            f"{shape.needs()}; {pool.cluster_text()})" + ("; a GPU run never falls back to CPU" if shape.gpu else ""))
+        tally.state = "running" if placed else "waiting"
+        if short_since is not None and shape.wait_s is not None and now - short_since > shape.wait_s:
+            raise UserError(f"waited {shape.wait_s:g} s for resources: {len(placed)} of at least "
+                            f"{shape.min_workers} worker(s) placed (each needs {shape.needs()}; "
+                            f"{pool.cluster_text()}); --wait-for-resources bounds this")
+        if not pool.workers:  # no worker and none may be requested: crashes used up the budget
+            for sid in todo.clear():
+                tally.failed[sid] = last_death or "no worker left"
             break
-        ready, _ = pool.ray.wait(list(pool.waiting), num_returns=1, timeout=10.0)
+        metrics.set("linegen_workers_placed", len(placed))
+        metrics.set("linegen_workers_pending", len(pool.pending()))
+
+        refs = pool.refs()
+        ready, _ = pool.ray.wait(list(refs), num_returns=1, timeout=POLL_S)
+        if ready:
+            ready, _ = pool.ray.wait(list(refs), num_returns=len(refs), timeout=0)
         for ref in ready:
-            name = pool.waiting.pop(ref)
-            try:
-                outcome = pool.ray.get(ref)
-            except RayActorError as e:
-                last_death = f"worker died: {_last_line(e)}"
-                for shard, attempt in pool.remove(name):
-                    requeue(shard, attempt, last_death)
-                if restarts_left > 0 and (todo or pool.busy()):
-                    restarts_left -= 1
-                    try:
-                        pool.add()
-                    except Exception as add_error:  # Ray refused a new actor: no more workers
-                        last_death = f"cannot start a worker: {_last_line(add_error)}"
-                tally.report("worker restarted")
+            name, kind = refs[ref]
+            w = pool.workers.get(name)
+            if w is None:
                 continue
-            if outcome is not None:
-                _settle(pool.in_flight[name], outcome, tally, requeue)
-            pool.rearm(name)
-    for name in list(pool.actors):
-        pool.remove(name)
+            try:
+                answer = pool.ray.get(ref)
+            except ActorUnavailableError:  # a blip (the node's network): ask again
+                if kind == "poll":
+                    pool.arm(w)
+                else:
+                    w.where_ref = w.actor.where.remote()
+                continue
+            except RayActorError as e:
+                lose(w, e, f"worker died: {_last_line(e)}")
+                continue
+            except Exception as e:  # noqa: BLE001 - the call itself failed: treat the worker as broken
+                lose(w, None, f"worker failed: {_last_line(e)}")
+                continue
+            if kind == "where":
+                w.where_ref, w.placed_at = None, time.time()
+                w.node_id, w.host = answer.get("node_id"), answer.get("host")
+                pool.read_nodes(force=True)
+                pool.arm(w)
+                tally.report(f"{w.name} placed on {pool.node_names().get(w.node_id or '', w.host)}")
+                continue
+            if answer["load_error"]:
+                lose(w, None, answer["load_error"])
+                continue
+            w.loaded, w.live = answer["loaded"], answer["live"]
+            for seq, outcome in answer["outcomes"]:
+                if seq > w.acked:
+                    w.acked = seq
+                    _settle(w, outcome, tally, requeue, metrics)
+            pool.arm(w)
+        for w in pool.placed():  # workers on nodes that are gone, before Ray reports each actor
+            if not pool.node_alive(w.node_id):
+                lose(w, RuntimeError("its node has died"), "its node has died")
+        tally.report()
+    for name in list(pool.workers):
+        tally.retire(pool.remove(name))
+    metrics.set("linegen_workers_placed", 0)
+    metrics.set("linegen_workers_pending", 0)
 
 
-def _settle(flight: list, outcome, tally: _Tally, requeue) -> None:
-    """Book one shard outcome reported by an actor."""
-    entry = next((e for e in flight if e[0].shard_id == outcome.shard_id), None)
-    if entry is not None:
-        flight.remove(entry)
+def _settle(w: Worker, outcome, tally: _Tally, requeue, metrics) -> None:
+    """Book one shard outcome reported by a worker."""
+    run = next((r for r in w.in_flight if r.shard.shard_id == outcome.shard_id and r.attempt == outcome.attempt),
+               None)
+    if run is None:
+        return  # not ours any more (requeued elsewhere)
+    w.in_flight.remove(run)
     if outcome.status in ("committed", "already"):
         tally.shards_done += 1
-        tally.images_done += len(entry[0].items) if entry else outcome.images
+        tally.images_done += run.shard.size
         tally.generated += outcome.images if outcome.status == "committed" else 0
+        metrics.add("linegen_shards_committed")
         tally.report(f"{outcome.shard_id} {outcome.status}")
-    elif entry is not None:
-        requeue(entry[0], entry[1], outcome.error or "failed")
+    else:
+        requeue(run, outcome.error or "failed", node_lost=False)
         tally.report(f"{outcome.shard_id} failed: {outcome.error}")
 
 
@@ -171,9 +445,10 @@ def main(argv: list[str] | None = None) -> int:
             ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
 
             def show(p: Progress) -> None:
-                print(json.dumps({"progress": p.__dict__}), flush=True)
+                if p.event:
+                    print(json.dumps({"progress": p.__dict__}), flush=True)
 
-            summary = run_job(spec, progress=show)
+            summary = run_job(spec, progress=show, submitted=True)
         except UserError as e:
             from linegen.cluster.address import redact_text
 

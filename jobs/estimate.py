@@ -68,7 +68,7 @@ def _device_of(device_seconds: dict[str, float]) -> str | None:
 def from_job(storage, job_id: str, device: str, cache: CacheChoice, model: str) -> dict:
     from linegen.jobs.progress import read_progress
 
-    p = read_progress(storage, job_id, with_stats=True)
+    p = read_progress(storage, job_id, with_stats=True, live=False)
     if p.spec is None and p.summary is None:
         raise UserError(f"--from-job {job_id}: no such job under the output root")
     secs = sum(p.device_seconds.values())
@@ -90,12 +90,14 @@ def from_job(storage, job_id: str, device: str, cache: CacheChoice, model: str) 
                       + (f"; note: {'; '.join(notes)}" if notes else ""), "row": None}
 
 
-def from_finished_jobs(storage, model: str, device: str, cache: CacheChoice) -> dict | None:
+def finished_job_rates(storage, model: str, cache: CacheChoice) -> dict[str, dict]:
+    """Device -> the throughput of the most recent finished job under the output root with this
+    model and cache that ran on that one device (one listing of the root)."""
     from linegen.jobs import layout
     from linegen.jobs.spec import read_spec
     from linegen.jobs.summary import count_of
 
-    found = []
+    found: dict[str, tuple] = {}
     for key in storage.list(""):
         if key.count("/") != 1 or not key.endswith("/_SUCCESS"):
             continue
@@ -112,16 +114,19 @@ def from_finished_jobs(storage, model: str, device: str, cache: CacheChoice) -> 
             continue
         if not cache.same_budget(spec.cache):
             continue
-        devices = summary.get("device_seconds_by_device") or {}
-        if _device_of(devices) != device or not summary.get("images_per_device_s"):
+        device = _device_of(summary.get("device_seconds_by_device") or {})
+        if device is None or not summary.get("images_per_device_s"):
             continue
-        found.append((summary.get("finished_at") or 0, job_id, summary))
-    if not found:
-        return None
-    _, job_id, s = max(found)
-    return {"images_per_device_s": float(s["images_per_device_s"]), "kind": "job-stats",
-            "source": f"measured: job {job_id} ({count_of(s.get('images'))} images, {float(s.get('device_seconds') or 0):.1f} "
-                      "device-seconds)", "row": None}
+        entry = (summary.get("finished_at") or 0, job_id, summary)
+        found[device] = max(found.get(device, entry), entry)
+    return {device: {"images_per_device_s": float(s["images_per_device_s"]), "kind": "job-stats",
+                     "source": f"measured: job {job_id} ({count_of(s.get('images'))} images, "
+                               f"{float(s.get('device_seconds') or 0):.1f} device-seconds)", "row": None}
+            for device, (_, job_id, s) in found.items()}
+
+
+def from_finished_jobs(storage, model: str, device: str, cache: CacheChoice) -> dict | None:
+    return finished_job_rates(storage, model, cache).get(device)
 
 
 def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_ratio: str | None = None,
@@ -180,4 +185,65 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
         "usd_per_1k_images": usd / images * 1000 if images else None,
         "wall_hours": device_s / 3600 / gpus,
     })
+    return doc
+
+
+def measured_rates(model: str, cache: CacheChoice, storage=None, table: list[dict] | None = None) -> list[dict]:
+    """Every device with a measured throughput for ``model`` and ``cache``: a finished job under
+    the output root first, else the benchmark table; one entry per device."""
+    from linegen.cluster.prices import canonical_device
+
+    rows = load_table() if table is None else table
+    found = finished_job_rates(storage, model, cache) if storage is not None else {}
+    for dev in sorted({canonical_device(str(r.get("device"))) for r in rows if r.get("device")} - set(found)):
+        tp = from_table(model, dev, cache, rows)
+        if tp is not None:
+            found[dev] = tp
+    return [{"device": dev, **tp} for dev, tp in sorted(found.items())]
+
+
+def dry_run(job, *, prices: dict[str, float] | None = None) -> dict:
+    """What `linegen run --dry-run` prints for a planned (not recorded) job: items, shards, what is
+    already committed, and time and cost on every device whose throughput was measured."""
+    from linegen.cluster.prices import PriceTable, canonical_device
+    from linegen.jobs import layout
+    from linegen.jobs.plan import shard_index
+    from linegen.jobs.spec import read_spec
+
+    spec, plan = job.spec, job.shards
+    committed = layout.committed_shards(job.storage, spec.job_id) if read_spec(job.storage, spec.job_id) else set()
+    done = sum(plan.size_of(i) for i in map(shard_index, committed) if i is not None)
+    left = plan.items - done
+    workers = spec.max_workers or spec.workers
+    doc: dict[str, Any] = {
+        "dry_run": True, "job_id": spec.job_id, "out": f"{spec.out.rstrip('/')}/{spec.job_id}",
+        "manifest": spec.manifest, "rows": len(plan.rows), "items": plan.items, "shards": len(plan),
+        "shard_size": spec.shard_size, "fingerprint": job.fingerprint, "model": spec.model.name,
+        "cache_policy": spec.cache.policy, "cache_ratio": spec.cache.ratio, "device": spec.model.device,
+        "committed": {"shards": len(committed), "images": done, "images_left": left},
+        "estimates": [], "estimate_note": None,
+    }
+    # --device cpu runs on CPUs, cuda on GPUs; auto on whatever the cluster has: show every device
+    device = spec.model.device
+    kinds = {"cpu"} if device == "cpu" and not spec.gpus_per_worker else {"gpu"} if device.startswith("cuda") \
+        else {"cpu", "gpu"}
+    cpu = canonical_device("cpu")
+    rates = [r for r in measured_rates(spec.model.name, spec.cache, job.storage)
+             if ("cpu" if r["device"] == cpu else "gpu") in kinds]
+    table = PriceTable.builtin().with_overrides(prices or spec.prices or None)
+    for r in rates:
+        rate = r["images_per_device_s"]
+        device_s = left / rate
+        price = table.lookup(r["device"])
+        usd = device_s / 3600 * price.usd_per_hour if price is not None else None
+        doc["estimates"].append({
+            "device": r["device"], "images_per_device_s": rate, "source": r["source"],
+            "device_hours": device_s / 3600, "usd": usd,
+            "usd_per_1k_images": (usd / left * 1000) if usd is not None and left else None,
+            "workers": workers, "wall_hours": device_s / 3600 / workers if workers else None,
+        })
+    if not doc["estimates"]:
+        doc["estimate_note"] = (f"no measured throughput for {spec.model.name} with cache {spec.cache.policy} on "
+                                f"{' or '.join(sorted(kinds)).upper()}: no time or cost estimate (measure one with "
+                                "a small job, or python -m linegen.benchmarks.throughput)")
     return doc

@@ -12,6 +12,8 @@ Every reader and writer builds keys through these functions, so the layout lives
     <job_id>/_SUCCESS                      job summary
     <job_id>/_FAILED                       why the job's driver failed (JSON; jobs.outcome)
     <job_id>/_CANCELLED                    why it was cancelled or stopped (JSON; jobs.outcome)
+    <job_id>/_progress.json                live progress, rewritten by the running driver (jobs.progress);
+                                           removed when the job succeeds
 """
 from __future__ import annotations
 
@@ -87,6 +89,10 @@ def failed_key(job_id: str) -> str:
 
 def cancelled_key(job_id: str) -> str:
     return f"{_component(job_id, 'job id')}/_CANCELLED"
+
+
+def progress_key(job_id: str) -> str:
+    return f"{_component(job_id, 'job id')}/_progress.json"
 
 
 def committed_shards(storage: "Storage", job_id: str) -> set[str]:

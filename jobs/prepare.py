@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from linegen.jobs import layout
 from linegen.jobs.errors import UserError
 from linegen.jobs.manifest import Conditioning, manifest_extension, parse_manifest
-from linegen.jobs.plan import Shard, expand_items, plan_fingerprint, plan_shards
+from linegen.jobs.plan import Plan
 from linegen.jobs.spec import JobSpec, read_spec
 from linegen.jobs.storage import Storage, StorageError, StorageNotFound, open_storage, read_uri
 
@@ -25,19 +25,20 @@ from linegen.jobs.storage import Storage, StorageError, StorageNotFound, open_st
 class PreparedJob:
     spec: JobSpec
     storage: Storage
-    shards: list[Shard]
+    shards: Plan  # a Sequence of shard descriptors, built on demand
     fingerprint: str
 
     @property
     def items_total(self) -> int:
-        return sum(len(s.items) for s in self.shards)
+        return self.shards.items
 
 
-def prepare_job(spec: JobSpec, manifest_data: bytes | None = None) -> PreparedJob:
+def prepare_job(spec: JobSpec, manifest_data: bytes | None = None, *, record: bool = True) -> PreparedJob:
     """Check, validate and plan ``spec``; claim job.json, record the manifest copy and plan.json.
 
     ``manifest_data``: the manifest's bytes when they come from the caller (the Python API's
-    list of rows) rather than from ``spec.manifest``.
+    list of rows) rather than from ``spec.manifest``. ``record=False`` (``--dry-run``): every
+    check, reads only; nothing is written, not even the output folder.
     """
     spec.model.check()
     model = spec.model.spec()
@@ -65,10 +66,13 @@ def prepare_job(spec: JobSpec, manifest_data: bytes | None = None) -> PreparedJo
     if data is None:
         raise read_error
     rows = parse_manifest(data, spec.manifest, Conditioning.of(model))
-    items = expand_items(rows, job_seed=spec.seed, sampling=spec.sampling)
-    shards = plan_shards(items, spec.shard_size)
-    fingerprint = plan_fingerprint(shards)
-    plan_doc = {"fingerprint": fingerprint, "items": len(items), "shards": len(shards)}
+    plan = Plan(rows, job_seed=spec.seed, sampling=spec.sampling, shard_size=spec.shard_size)
+    plan_doc = plan.doc()
+    fingerprint = plan_doc["fingerprint"]
+    if not record:
+        if existing is not None:
+            _check_recorded_plan(storage, spec, plan)
+        return PreparedJob(spec=spec, storage=storage, shards=plan, fingerprint=fingerprint)
     storage.check()  # only now: a bad manifest or setting leaves nothing behind, not even a folder
 
     # The claim. Losing it means another driver (now, or in an earlier run) recorded this job id.
@@ -80,13 +84,16 @@ def prepare_job(spec: JobSpec, manifest_data: bytes | None = None) -> PreparedJo
         _refuse_other_job(recorded, spec)
     if not storage.put_if_absent(copy_key, data) and storage.get(copy_key) != data:
         raise _manifest_changed(spec)
-    plan_key = layout.plan_key(spec.job_id)
-    if not storage.put_if_absent(plan_key, json.dumps(plan_doc).encode()):
-        recorded_plan = read_plan(storage, spec.job_id)
-        if recorded_plan["fingerprint"] != fingerprint:
-            raise UserError(f"job {spec.job_id}: the plan changed since the job started "
-                            f"({recorded_plan['items']} items then, {len(items)} now); use another --job-id")
-    return PreparedJob(spec=spec, storage=storage, shards=shards, fingerprint=fingerprint)
+    if not storage.put_if_absent(layout.plan_key(spec.job_id), json.dumps(plan_doc).encode()):
+        _check_recorded_plan(storage, spec, plan)
+    return PreparedJob(spec=spec, storage=storage, shards=plan, fingerprint=fingerprint)
+
+
+def _check_recorded_plan(storage: Storage, spec: JobSpec, plan: Plan) -> None:
+    recorded = read_plan(storage, spec.job_id)
+    if not plan.matches(recorded):
+        raise UserError(f"job {spec.job_id}: the plan changed since the job started "
+                        f"({recorded['items']} items then, {plan.items} now); use another --job-id")
 
 
 def _refuse_other_job(recorded: JobSpec, spec: JobSpec) -> None:
@@ -111,7 +118,7 @@ def read_plan(storage: Storage, job_id: str) -> dict:
         raise UserError(f"{where} is missing; the job folder is damaged") from None
     except (ValueError, RecursionError) as e:
         raise UserError(f"{where}: not valid JSON ({str(e)[:120]}); the job folder is damaged") from None
-    if not isinstance(doc, dict) or set(doc) != {"fingerprint", "items", "shards"} \
+    if not isinstance(doc, dict) or set(doc) - {"fingerprint_version"} != {"fingerprint", "items", "shards"} \
             or not isinstance(doc["fingerprint"], str) or not all(
                 isinstance(doc[k], int) and not isinstance(doc[k], bool) for k in ("items", "shards")):
         raise UserError(f"{where}: expected {{\"fingerprint\", \"items\", \"shards\"}}; the job folder is damaged")

@@ -6,7 +6,12 @@
 - device-seconds, per-device time and batch timings from the committed shards' stats Parquet
   (jobs.stats, read once per shard; a `StatsCache` keeps them across refreshes of ``linegen monitor``);
 - cost = device-seconds x the price table (jobs.cost), so far and projected;
-- ``_SUCCESS`` / ``_FAILED`` / ``_CANCELLED`` markers for how it ended.
+- ``_SUCCESS`` / ``_FAILED`` / ``_CANCELLED`` markers for how it ended;
+- live progress from ``_progress.json``, which the running driver rewrites every ``LIVE_EVERY_S``
+  from its workers' waves (`write_live`): images decoded but not committed yet, images/s and ETA
+  from the first wave on, the device-seconds of those waves (cost so far), workers placed and
+  pending, and why the job waits. It is *fresh* while its ``updated_at`` is recent
+  (`LIVE_STALE_S`), which is how `status --out` tells a running job without asking a cluster.
 
 Throughput of a running attempt is measured on its own batches: images in stats rows that
 finished after the attempt started, over the span from the first such batch's start to the last
@@ -15,6 +20,8 @@ one's end (so model loading is not counted, and a resumed job's earlier shards d
 from __future__ import annotations
 
 import json
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +31,9 @@ from linegen.jobs.stats import ShardStats, StatsCache, read_shard_stats
 from linegen.jobs.storage import Storage, StorageNotFound
 
 READ_THREADS = 8
+LIVE_EVERY_S = 3.0  # how often the driver rewrites _progress.json
+LIVE_STALE_S = 30.0  # a _progress.json older than this says nothing about now
+LIVE_STATES = ("starting", "waiting", "running")  # what a driver that still works writes
 
 
 @dataclass
@@ -43,6 +53,15 @@ class JobProgress:
     last_commit_at: float | None = None
     first_batch_at: float | None = None
     errors: list[str] = field(default_factory=list)
+    images_committed: int = 0
+    live: dict | None = None  # the driver's _progress.json, if any
+    live_fresh: bool = False  # ... and written recently: the job is running now
+    live_age_s: float | None = None
+
+    @property
+    def waiting(self) -> str:
+        """Why a running job does not generate (e.g. "waiting for resources: 0/4 workers placed ...")."""
+        return str((self.live or {}).get("message") or "") if self.live_fresh else ""
 
     @property
     def fraction(self) -> float | None:
@@ -52,17 +71,48 @@ class JobProgress:
 
 
 def _shard_size_of(shard_id: str, shard_size: int, items: int) -> int:
+    from linegen.jobs.plan import shard_index
+
+    index = shard_index(shard_id)
+    return 0 if index is None else max(0, min(shard_size, items - index * shard_size))
+
+
+def write_live(storage: Storage, job_id: str, doc: dict) -> None:
+    """Rewrite the job's _progress.json (best effort: a storage blip never stops the job)."""
     try:
-        index = int(shard_id.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return 0
-    return max(0, min(shard_size, items - index * shard_size))
+        storage.put(layout.progress_key(job_id), json.dumps(doc, default=str).encode())
+    except Exception as e:  # noqa: BLE001
+        print(f"linegen: could not write {layout.progress_key(job_id)}: {str(e).splitlines()[0][:200]}",
+              file=sys.stderr, flush=True)
+
+
+def clear_live(storage: Storage, job_id: str) -> None:
+    try:
+        storage.delete(layout.progress_key(job_id))
+    except Exception:  # noqa: BLE001 - a leftover is stale after LIVE_STALE_S anyway
+        pass
+
+
+def read_live(storage: Storage, job_id: str) -> dict | None:
+    try:
+        doc = json.loads(storage.get(layout.progress_key(job_id)))
+    except StorageNotFound:
+        return None
+    except ValueError:  # half a document cannot happen (puts are atomic); a foreign file can
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _add(into: dict[str, float], more: dict | None) -> None:
+    for dev, secs in (more or {}).items():
+        into[dev] = into.get(dev, 0.0) + float(secs or 0.0)
 
 
 def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, since: float | None = None,
-                  cache: StatsCache | None = None, spec=None) -> JobProgress:
+                  cache: StatsCache | None = None, spec=None, live: bool = True) -> JobProgress:
     """Progress of ``job_id`` under ``storage``. ``since``: start of the running attempt (Unix s),
-    for its throughput and ETA. ``with_stats=False`` skips the stats files (counts only)."""
+    for its throughput and ETA. ``with_stats=False`` skips the stats files (counts only).
+    ``live=False``: ignore _progress.json (the cluster says no attempt runs)."""
     from linegen.jobs.outcome import read_outcome
     from linegen.jobs.spec import read_spec
 
@@ -95,12 +145,17 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
         p.shards_done = count_of(p.summary.get("shards")) or p.shards_done
         if p.images_total is None:
             p.images_total, p.shards_total = p.images_done, p.shards_done
+    p.images_committed = p.images_done
 
     if p.summary is not None and not with_stats:
         p.device_seconds = dict(p.summary.get("device_seconds_by_device") or {})
         p.images_per_s = p.summary.get("images_per_s_this_run")
         return p
-    if not with_stats or not committed:
+    if p.summary is None and live:
+        _read_live_into(p, storage, job_id)
+    if not with_stats:
+        if p.live_fresh:  # this run's waves, committed or not: cost so far without reading stats
+            _add(p.device_seconds, p.live.get("device_seconds_by_device"))
         return p
 
     cache = cache or StatsCache()
@@ -118,15 +173,20 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
         cache.put(key, st)
         return st
 
-    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(committed))) as pool:
-        stats = [s for s in pool.map(load, committed) if s is not None]
+    stats = []
+    if committed:
+        with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(committed))) as pool:
+            stats = [s for s in pool.map(load, committed) if s is not None]
     for st in stats:
-        for dev, secs in st.device_seconds.items():
-            p.device_seconds[dev] = p.device_seconds.get(dev, 0.0) + secs
+        _add(p.device_seconds, st.device_seconds)
+    if p.live_fresh:  # and the waves of shards not committed yet
+        _add(p.device_seconds, p.live.get("uncommitted_device_seconds_by_device"))
     batches = [b for st in stats for b in st.batches]
     if batches:
         p.last_commit_at = max(b[1] for b in batches)
         p.first_batch_at = min(b[0] for b in batches)
+    if p.live_fresh and p.images_per_s is not None:
+        return p  # the driver's own rate, from the first wave on
     if since is not None and not p.succeeded:
         recent = [b for b in batches if b[1] >= since]
         if recent:
@@ -139,3 +199,26 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
     elif p.summary is not None:
         p.images_per_s = p.summary.get("images_per_s_this_run")
     return p
+
+
+def _read_live_into(p: JobProgress, storage: Storage, job_id: str) -> None:
+    """Live numbers from a fresh _progress.json: images decoded in shards not committed yet count
+    as done (never fewer than the committed ones), the driver's images/s and ETA."""
+    live = read_live(storage, job_id)
+    if live is None:
+        return
+    p.live = live
+    try:
+        p.live_age_s = max(0.0, time.time() - float(live.get("updated_at") or 0.0))
+    except (TypeError, ValueError):
+        return
+    p.live_fresh = (live.get("state") in LIVE_STATES
+                    and p.live_age_s <= max(LIVE_STALE_S, 10 * float(live.get("interval_s") or LIVE_EVERY_S)))
+    if not p.live_fresh:
+        return
+    done = int(live.get("images_done") or 0)
+    p.images_done = max(p.images_done, min(done, p.images_total or done))
+    rate = live.get("images_per_s")
+    p.images_per_s = float(rate) if rate else None
+    if p.images_per_s and p.images_total is not None:
+        p.eta_s = max(0.0, (p.images_total - p.images_done) / p.images_per_s)

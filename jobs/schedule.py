@@ -40,6 +40,22 @@ AT_HELP = ("HH:MM[:SS] (the next time the local clock shows it), YYYY-MM-DDTHH:M
            "unless it ends in Z or +HH:MM), or +DURATION such as +90s, +10m, +1h30m")
 
 
+UNBOUNDED = ("forever", "none", "unbounded")
+
+
+def parse_duration(text: str, flag: str) -> float | None:
+    """``90`` / ``90s`` / ``10m`` / ``1h30m`` -> seconds; ``forever`` (or ``none``) -> None (no bound)."""
+    raw = str(text).strip().lower()
+    if raw in UNBOUNDED:
+        return None
+    if re.fullmatch(r"\d+(?:\.\d+)?", raw):
+        return float(raw)
+    m = _REL.match(raw) if not raw.startswith("+") else None
+    if m is None:
+        raise UserError(f"{flag} {text!r}: not a duration; use e.g. 90s, 10m, 1h30m or forever")
+    return sum(float(n) * _UNITS[u] for n, u in _REL_PART.findall(m.group(1)))
+
+
 def parse_at(text: str, now: float | None = None) -> float:
     """``--at`` -> Unix seconds (UTC). Local time is this machine's time zone.
 

@@ -68,11 +68,18 @@ class JobSpec:
     start_at: float | None = None  # Unix seconds (UTC): do not start before this time
     after: str | None = None  # another job id (same output root) that must succeed first
     prices: dict[str, float] | None = None  # $/device-hour overrides for the cost in _SUCCESS
+    # The elastic worker pool (jobs.pool); none of these changes an image.
+    gpus_per_worker: float | None = None  # None: 1 for a GPU run, 0 with --device cpu
+    min_workers: int | None = None  # None: 1 (or --workers)
+    max_workers: int | None = None  # None: as many as the cluster places (GPU runs), 1 on CPU (or --workers)
+    wait_for_resources: str | None = None  # a duration ("10m", "forever"); None: forever when submitted, 5m embedded
     format: str = "parquet"  # one of FORMATS
 
     @classmethod
     def from_flags(cls, *, manifest: str, out: str | None = None, job_id: str | None = None, shard_size: int = 1000,
-                   workers: int | None = None, format: str = "parquet", config: Any = None,
+                   workers: int | None = None, min_workers: int | None = None, max_workers: int | None = None,
+                   gpus_per_worker: float | None = None, wait_for_resources: str | None = None,
+                   max_attempts: int = 3, format: str = "parquet", config: Any = None,
                    **settings) -> "JobSpec":
         """A job from flag values; ``settings`` are the keywords of `Settings.from_flags`.
 
@@ -80,6 +87,7 @@ class JobSpec:
         endpoint_url``), then to `DEFAULT_OUT`. A local manifest path is recorded absolute, so a
         relative and an absolute spelling of one file are the same job.
         """
+        from linegen.jobs.schedule import parse_duration
         from linegen.jobs.settings import Settings
         from linegen.jobs.storage import absolute_uri
 
@@ -89,8 +97,23 @@ class JobSpec:
         s = Settings.from_flags(config=config, **settings)
         if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
             raise UserError(f"--shard-size must be an integer >= 1, got {shard_size!r}")
-        if workers is not None and workers < 1:
-            raise UserError(f"--workers must be >= 1, got {workers}")
+        for flag, value in (("--workers", workers), ("--min-workers", min_workers), ("--max-workers", max_workers),
+                            ("--max-attempts", max_attempts)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"{flag} must be an integer >= 1, got {value!r}")
+        if workers is not None and (min_workers or max_workers):
+            raise UserError("--workers N is --min-workers N --max-workers N; give one or the other")
+        if min_workers and max_workers and min_workers > max_workers:
+            raise UserError(f"--min-workers {min_workers} is more than --max-workers {max_workers}")
+        if gpus_per_worker is not None:
+            if isinstance(gpus_per_worker, bool) or not isinstance(gpus_per_worker, (int, float)) \
+                    or not 0 <= gpus_per_worker <= 64:
+                raise UserError(f"--gpus-per-worker must be a number in 0..64, got {gpus_per_worker!r}")
+            if gpus_per_worker == 0 and s.model.device.startswith("cuda"):
+                raise UserError(f"--device {s.model.device} needs --gpus-per-worker > 0")
+            gpus_per_worker = float(gpus_per_worker)
+        if wait_for_resources is not None:
+            parse_duration(wait_for_resources, "--wait-for-resources")
         if format not in FORMATS:
             raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
         if manifest != ROWS_MANIFEST:
@@ -98,7 +121,9 @@ class JobSpec:
         return cls(job_id=check_job_id(job_id) if job_id else new_job_id(), manifest=manifest,
                    out=out or DEFAULT_OUT, model=s.model, cache=s.cache, sampling=s.sampling, seed=s.seed,
                    shard_size=shard_size, workers=workers, batch_size=s.batch_size, memory_budget=s.memory_budget,
-                   s3_endpoint_url=s.s3_endpoint_url, format=format)
+                   max_attempts=max_attempts, s3_endpoint_url=s.s3_endpoint_url, gpus_per_worker=gpus_per_worker,
+                   min_workers=min_workers, max_workers=max_workers, wait_for_resources=wait_for_resources,
+                   format=format)
 
     def to_json(self) -> str:
         """job.json: every field, with the endpoint URLs redacted (never a credential)."""

@@ -13,25 +13,28 @@ import time
 from linegen.jobs import layout
 from linegen.jobs.cost import job_cost
 from linegen.jobs.errors import UserError
+from linegen.jobs.plan import shard_id
 from linegen.jobs.schedule import utc_iso
 from linegen.jobs.stats import read_shard_stats
 
 
-def write_success(job, wall_s: float, generated: int) -> dict:
+def write_success(job, wall_s: float, generated: int, recovery: dict | None = None) -> dict:
     """Check that every planned shard is committed and the stats add up to the plan, then write
-    and return the summary."""
+    and return the summary. ``recovery``: what this run survived (nodes lost, shards requeued,
+    failed attempts), as the driver counted it."""
     from linegen.jobs.sink import publish_pending
 
     storage, job_id = job.storage, job.spec.job_id
     committed = layout.committed_shards(storage, job_id)
-    missing = [s.shard_id for s in job.shards if s.shard_id not in committed]
+    ids = [shard_id(i) for i in range(len(job.shards))]
+    missing = [sid for sid in ids if sid not in committed]
     if missing:
         raise UserError(f"job {job_id}: {len(missing)} shard(s) have no commit marker: {', '.join(missing[:5])}")
     publish_pending(storage, job_id)  # a commit cut off before its move; losers' staged files
     images = tokens = truncated = peak = kv = 0
     devices: dict[str, float] = {}
-    for s in job.shards:
-        st = read_shard_stats(storage, job_id, s.shard_id)
+    for sid in ids:
+        st = read_shard_stats(storage, job_id, sid)
         images += st.images
         tokens += st.tokens
         truncated += st.prompts_truncated
@@ -52,6 +55,7 @@ def write_success(job, wall_s: float, generated: int) -> dict:
         "wall_s_this_run": wall_s, "images_per_s_this_run": generated / wall_s if wall_s > 0 else None,
         "peak_memory_bytes": peak, "kv_cache_bytes": kv, "prompts_truncated": truncated,
         "finished_at": finished_at, "finished_at_utc": utc_iso(finished_at),
+        "recovery_this_run": dict(recovery or {}),
     }
     summary["cost"] = job_cost(devices, images, job.spec.prices)  # prices: `submit --price`
     storage.put(layout.success_key(job_id), json.dumps(summary, indent=2).encode())

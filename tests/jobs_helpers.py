@@ -246,12 +246,16 @@ def marker_problems(files: Mapping[str, bytes], job_id: str) -> list[str]:
             if info["key"] != expected_key:
                 problems.append(f"{sid}: {kind} key {info['key']!r}, expected {expected_key!r}")
             data = files.get(info["key"])
+            if data is None and info.get("staged"):
+                # the committing process stopped between its marker and its move (an outage):
+                # the committed bytes are still at the staged key until publish_pending moves them
+                data = files.get(info["staged"])
             if data is None:
                 problems.append(f"{sid}: committed {kind} file {info['key']} is missing")
             elif len(data) != info["bytes"] or hashlib.sha256(data).hexdigest() != info["sha256"]:
                 problems.append(f"{sid}: {kind} file {info['key']} ({len(data)} bytes) does not match "
                                 f"its marker ({info['bytes']} bytes, sha256 {info['sha256'][:12]})")
-        image_data = files.get(m["files"]["images"]["key"])
+        image_data = files.get(m["files"]["images"]["key"]) or files.get(m["files"]["images"].get("staged") or "")
         if image_data is not None:
             ids = image_item_ids(image_data, m["files"]["images"]["key"])
             if len(ids) != m["images"] or (ids and (ids[0], ids[-1]) != (m["first_item_id"], m["last_item_id"])):
@@ -264,7 +268,9 @@ def committed_item_ids(files: Mapping[str, bytes], job_id: str) -> list[str]:
     """item_id of every row of every committed shard's image file (what a reader trusts)."""
     ids: list[str] = []
     for sid, m in sorted(markers(files, job_id).items()):
-        ids += image_item_ids(files[m["files"]["images"]["key"]], m["files"]["images"]["key"])
+        info = m["files"]["images"]
+        data = files.get(info["key"]) or files[info["staged"]]  # staged: a move cut off (marker_problems)
+        ids += image_item_ids(data, info["key"])
     return ids
 
 

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from linegen.errors import UserError
-from linegen.jobs.manifest import ManifestError, parse_manifest, parse_rows
+from linegen.jobs.manifest import ManifestError, ManifestRow, parse_manifest, parse_rows
 from linegen.jobs.manifest.rows import MAX_COUNT, MAX_IMAGES, MAX_LINE_BYTES, MAX_TEXT_CHARS
-from linegen.jobs.plan import Item, Shard, plan_fingerprint
+from linegen.jobs.plan import Plan, legacy_fingerprint
 from linegen.jobs.spec import check_job_id
 from linegen.workers.models.config import SamplingParams
 
@@ -77,9 +77,10 @@ def test_a3_unknown_field_named_by_a_surrogate_or_newline_prints_on_one_line() -
 
 
 def test_a3_fingerprint_of_a_surrogate_item() -> None:
-    item = Item(item_id="r0000000-00000", row=0, replica=0, seed=1, class_id=1, prompt=None, user_id="\ud800",
-                cfg_scale=4.0, temperature=1.0, top_k=0, top_p=1.0)
-    assert len(plan_fingerprint([Shard(0, "shard-00000", (item,))])) == 16
+    # the manifest rules refuse a lone surrogate, but a row can be built by hand
+    row = ManifestRow(0, 1, None, 1, 1, None, "\ud800", None, None, None, None)
+    plan = Plan([row], job_seed=0, sampling=SamplingParams(), shard_size=1)
+    assert len(plan.fingerprint()) == 16 and len(legacy_fingerprint(plan)) == 16
 
 
 # A4: bounds per row and per job, checked at validation

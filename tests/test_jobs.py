@@ -531,7 +531,7 @@ def test_actor_reports_a_storage_outage_instead_of_hanging(monkeypatch: pytest.M
     from linegen.jobs.manifest import Conditioning, parse_manifest
     from linegen.jobs.cache_choice import CacheChoice
     from linegen.jobs.models import ModelChoice
-    from linegen.jobs.plan import expand_items, plan_shards
+    from linegen.jobs.plan import Plan
     from linegen.workers.models.config import SamplingParams
     from linegen.jobs.sink import ShardSink
     from linegen.jobs.storage import open_storage
@@ -547,10 +547,11 @@ def test_actor_reports_a_storage_outage_instead_of_hanging(monkeypatch: pytest.M
                            max_attempts=1, connect_timeout=1)
     sink = ShardSink(storage, "outage", "test-tiny", "full", 1.0)
     rows = parse_manifest(b'{"class_id": 1, "count": 2}\n', "m.jsonl", Conditioning("class", 1000))
-    shard = plan_shards(expand_items(rows, job_seed=0, sampling=SamplingParams(cfg_scale=2.0, top_k=0)), 4)[0]
+    shard = Plan(rows, job_seed=0, sampling=SamplingParams(cfg_scale=2.0, top_k=0), shard_size=4)[0]
     actor = GenerationActor(ModelChoice("test-tiny", random_weights=True), CacheChoice(), sink,
                             batch_size=2, worker_name="w0")
     try:
+        actor.info()  # the model loads on the actor's own thread; the 10 s are for the shard
         actor.submit(shard, 1)
         deadline = time.monotonic() + 10
         got = None

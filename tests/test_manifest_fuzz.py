@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from linegen.jobs.manifest import ALLOWED_FIELDS, Conditioning, ManifestError, parse_manifest, total_items
-from linegen.jobs.plan import expand_items, plan_fingerprint, plan_shards
+from linegen.jobs.plan import Plan
 from linegen.workers.models.config import SamplingParams
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -46,9 +46,10 @@ def check(data: bytes, name: str, conditioning) -> None:
     for row in rows:
         assert (row.prompt is None) != (row.class_id is None)
         assert row.count >= 1
-    if total_items(rows) <= 5000:
-        shards = plan_shards(expand_items(rows, job_seed=0, sampling=SamplingParams()), 7)
-        assert len(plan_fingerprint(shards)) == 16
+    plan = Plan(rows, job_seed=0, sampling=SamplingParams(), shard_size=7)
+    assert len(plan.fingerprint()) == 16 and plan.items == total_items(rows)
+    if plan.items <= 5000:
+        assert sum(len(s.items) for s in plan) == plan.items
 
 
 @FUZZ

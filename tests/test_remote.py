@@ -27,7 +27,7 @@ except ModuleNotFoundError:
     from tests.ray_fixtures import ray_head, ray_head_token  # noqa: F401
 
 LINEGEN = str(Path(sys.executable).parent / "linegen")
-JOB_ARGS = ["--model", "test-tiny", "--shard-size", "4", "--batch-size", "2"]
+JOB_ARGS = ["--model", "test-tiny", "--device", "cpu", "--shard-size", "4", "--batch-size", "2"]
 
 
 # --------------------------------------------------------------------------- helpers

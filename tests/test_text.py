@@ -250,13 +250,13 @@ def test_actor_encodes_each_prompt_once(t5_dir, t2i_ckpts, tmp_path):
     from linegen.jobs.cache_choice import CacheChoice
     from linegen.jobs.manifest import Conditioning, parse_manifest
     from linegen.jobs.models import ModelChoice
-    from linegen.jobs.plan import expand_items, plan_shards
+    from linegen.jobs.plan import Plan
     from linegen.workers.models.config import SamplingParams
     from linegen.workers.actor import GenerationActor
 
     rows = parse_manifest(b'{"prompt": "a red circle", "count": 5}\n{"prompt": "two dogs", "count": 2}\n',
                           "p.jsonl", Conditioning(kind="text"))
-    shards = plan_shards(expand_items(rows, job_seed=0, sampling=SamplingParams(cfg_scale=2.0)), 100)
+    shards = Plan(rows, job_seed=0, sampling=SamplingParams(cfg_scale=2.0), shard_size=100)
     model = ModelChoice(name=SPEC.name, checkpoint=str(t2i_ckpts[0]), vq_checkpoint=str(t2i_ckpts[1]),
                         text_encoder=str(t5_dir), device="cpu")
     actor = GenerationActor(model, CacheChoice(), _actor_sink(tmp_path), batch_size=3)

@@ -258,7 +258,17 @@ def test_stats_table_bad_keys_and_values() -> None:
 
 
 def make_shard(n: int = 5, index: int = 0) -> Shard:
-    return Shard(index=index, shard_id=f"shard-{index:05d}", items=tuple(make_items(n, start_row=index * n)))
+    """Shard `index` of a plan whose rows (count 1, seed 1000 + row) expand to make_items' items."""
+    from linegen.jobs.manifest import ManifestRow
+    from linegen.jobs.plan import Plan
+    from linegen.workers.models.config import SamplingParams
+
+    rows = [ManifestRow(index=it.row, line=it.row + 1, prompt=it.prompt, class_id=it.class_id, count=1, seed=it.seed,
+                        id=it.user_id, cfg_scale=None, temperature=None, top_k=None, top_p=None)
+            for it in make_items(n * (index + 1))]
+    shard = Plan(rows, job_seed=0, sampling=SamplingParams(), shard_size=n)[index]
+    assert list(shard.items) == make_items(n, start_row=index * n)
+    return shard
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:

@@ -13,6 +13,7 @@ from linegen.jobs.manifest.rows import (MAX_LINE_BYTES, MAX_TEXT_CHARS, REQUIRED
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
             ".csv": "csv", ".parquet": "parquet"}
 _BOM = "\ufeff"
+_JSON_WHITESPACE = " \t\n\r"
 
 # ---------------------------------------------------------------- formats
 
@@ -69,6 +70,7 @@ def _too_long(length: int) -> str:
 
 
 def parse_jsonl(data: bytes, v: Validator) -> None:
+    decode = _line_decoder(json.JSONDecoder(object_pairs_hook=_unique_object, parse_int=parse_json_int))
     for number, raw, length in _lines(data):
         if raw is None:
             v.skip_record()
@@ -79,14 +81,14 @@ def parse_jsonl(data: bytes, v: Validator) -> None:
             raw = raw[len(_BOM.encode()):]
         if not raw.strip():
             continue  # blank lines are allowed; line numbers stay physical
-        problem = _undecodable(raw)
-        if problem:
-            v.skip_record()
-            v.issue(number, None, problem)
-            continue
-        text = raw.decode("utf-8")
         try:
-            obj = json.loads(text, object_pairs_hook=_unique_object, parse_int=parse_json_int)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            v.skip_record()
+            v.issue(number, None, _undecodable(raw))
+            continue
+        try:
+            obj = decode(text)
         except RecursionError:
             v.skip_record()
             v.issue(number, None, "not valid JSON: nested too deeply")
@@ -112,6 +114,23 @@ def parse_jsonl(data: bytes, v: Validator) -> None:
             v.issue(number, None, f"expected a JSON object, got {json_kind(obj)}{hint}")
             continue
         v.record(number, obj, from_text=False)
+
+
+def _line_decoder(decoder: json.JSONDecoder):
+    """decoder.decode for one line, minus its per-call overhead: the C scanner on the line, and
+    decode() itself (for its exact error) only when the line is not one JSON value."""
+    scan, decode = decoder.scan_once, decoder.decode
+
+    def decode_line(text: str):
+        try:
+            obj, end = scan(text, len(text) - len(text.lstrip(_JSON_WHITESPACE)))
+        except StopIteration:
+            return decode(text)
+        if text[end:].strip(_JSON_WHITESPACE):
+            return decode(text)  # extra data after the value
+        return obj
+
+    return decode_line
 
 
 def parse_csv(data: bytes, v: Validator) -> None:

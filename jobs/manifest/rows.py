@@ -205,22 +205,34 @@ def _show(v: Any) -> str:
 def _coerce(name: str, raw: Any, from_text: bool) -> Any:
     """Turn a raw cell into the field's Python type, or raise _Bad with the user-facing reason."""
     rule = RULES[name]
-    expect = f"must be {rule.expect}"
-    got = f"{expect}, got {_show(raw)}"
+    if not from_text:  # the common case first: a JSON/Parquet value of the right type (bool is not int)
+        kind, t = rule.kind, type(raw)
+        if t is int and kind == "int":
+            if rule.ok(raw):
+                return raw
+        elif t is str and kind == "str":
+            if rule.ok(raw) and _valid_unicode(raw):
+                return raw
+        elif kind == "float" and (t is float or t is int) and rule.ok(float(raw)):
+            return float(raw)
+
+    def got() -> str:  # only on the error path: rendering the value costs as much as the check
+        return f"must be {rule.expect}, got {_show(raw)}"
+
     if from_text:  # CSV: every cell is a string
         if rule.kind == "str":
             value: Any = raw
         elif rule.kind == "int":
             if not _INT_TEXT.fullmatch(raw.strip()):
-                raise _Bad(got)
+                raise _Bad(got())
             value = parse_json_int(raw.strip())
             if isinstance(value, HugeInt):
-                raise _Bad(f"{expect}, got {value!r}")
+                raise _Bad(f"must be {rule.expect}, got {value!r}")
         else:
             try:
                 value = float(raw.strip())
             except ValueError:
-                raise _Bad(got) from None
+                raise _Bad(got()) from None
     else:
         # bool is an int subclass in Python, but `true` is never a count or a class.
         if rule.kind == "str":
@@ -230,15 +242,15 @@ def _coerce(name: str, raw: Any, from_text: bool) -> Any:
         else:
             ok_type = isinstance(raw, (int, float)) and not isinstance(raw, bool)
         if not ok_type:
-            raise _Bad(f"{got} ({json_kind(raw)})")
+            raise _Bad(f"{got()} ({json_kind(raw)})")
         try:
             value = float(raw) if rule.kind == "float" else raw
         except OverflowError:  # an int beyond any float: 10**400
-            raise _Bad(got) from None
+            raise _Bad(got()) from None
     if rule.kind == "str" and not _valid_unicode(value):
         raise _Bad("must be valid Unicode text, got a lone surrogate (an unpaired \\ud800-\\udfff escape)")
     if not rule.ok(value):
-        raise _Bad(got)
+        raise _Bad(got())
     return value
 
 
@@ -291,13 +303,9 @@ class Validator:
         self._check_id(line, values.get("id"))
         if len(self.issues) != n_before:
             return
-        self.rows.append(ManifestRow(
-            index=index, line=line,
-            prompt=values.get("prompt"), class_id=values.get("class_id"),
-            count=values.get("count", 1), seed=values.get("seed"), id=values.get("id"),
-            cfg_scale=values.get("cfg_scale"), temperature=values.get("temperature"),
-            top_k=values.get("top_k"), top_p=values.get("top_p"),
-        ))
+        get = values.get  # positional: a million rows should not pay for keyword matching
+        self.rows.append(ManifestRow(index, line, get("prompt"), get("class_id"), get("count", 1), get("seed"),
+                                     get("id"), get("cfg_scale"), get("temperature"), get("top_k"), get("top_p")))
 
     def _check_conditioning(self, line: int, raw: dict[str, Any], values: dict[str, Any]) -> None:
         has_prompt, has_class = "prompt" in values, "class_id" in values

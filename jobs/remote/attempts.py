@@ -117,7 +117,11 @@ def derive_state(attempts: list, progress, spec, *, dep_succeeded=None, now: flo
         if (spec is not None and not ignore and spec.after and dep_succeeded is not None
                 and not dep_succeeded(spec.after)):
             return "WAITING", f"waits for job {spec.after} to succeed"
-        return "RUNNING", ""
+        return _live_state(progress) or ("RUNNING", "")
+    if not cluster_known and progress is not None and progress.live_fresh:
+        return _live_state(progress)  # the driver reported a moment ago: it runs (e.g. `linegen run`)
+    if not cluster_known and progress is not None and (progress.live or {}).get("state") == "failed":
+        return "FAILED", str(progress.live.get("message") or "failed")  # its driver said why, last
     if progress is not None and progress.outcome is not None:
         state = "CANCELLED" if progress.outcome.state == "cancelled" else "FAILED"
         return state, progress.outcome.reason
@@ -131,4 +135,16 @@ def derive_state(attempts: list, progress, spec, *, dep_succeeded=None, now: flo
             return "INCOMPLETE", "the driver exited without writing _SUCCESS; `linegen resume` finishes the job"
     if cluster_known:
         return "INCOMPLETE", "not running; `linegen resume` finishes the job"
+    if progress is not None and progress.live_age_s is not None:
+        return "INCOMPLETE", (f"not running: its driver last reported {int(progress.live_age_s)} s ago; "
+                              "run it again (or `linegen resume`) to finish it")
     return "UNKNOWN", "no cluster given: whether it is running cannot be told from its outputs alone"
+
+
+def _live_state(progress) -> tuple[str, str] | None:
+    """RUNNING, or WAITING with the driver's reason (e.g. no worker placed yet), from live progress."""
+    if progress is None or not progress.live_fresh:
+        return None
+    if (progress.live or {}).get("state") == "waiting":
+        return "WAITING", progress.waiting or "waiting for resources"
+    return "RUNNING", progress.waiting

@@ -16,7 +16,7 @@ def job_cost_report(ctx: Context, job_id: str) -> dict:
     loc = locate(ctx, job_id)
     if loc.storage is None:
         raise UserError(loc.storage_error or f"job {job_id}: its output root is unknown; pass --out")
-    progress = read_progress(loc.storage, job_id, with_stats=True, spec=loc.spec)
+    progress = read_progress(loc.storage, job_id, with_stats=True, spec=loc.spec, live=False)  # committed stats only
     prices = ctx.prices(loc.spec)
     c = cost_of(progress, prices)
     table = PriceTable.builtin().with_overrides(prices or None)

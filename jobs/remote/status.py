@@ -100,6 +100,7 @@ class JobStatus:
     shards: Count = field(default_factory=Count)
     images: Count = field(default_factory=Count)
     progress: float | None = None
+    images_committed: int | None = None  # images.done counts images decoded in shards not committed yet
     images_per_s: float | None = None
     eta_s: float | None = None
     errors: list[str] = field(default_factory=list)
@@ -107,6 +108,8 @@ class JobStatus:
     submitted_at: float | None = None
     finished_at: float | None = None
     cost: dict | None = None
+    workers: dict | None = None  # live: placed, pending, what each needs, and each worker's node
+    live_updated_at: float | None = None  # when the running driver last wrote _progress.json
 
     def to_dict(self) -> dict:
         """The JSON document; every epoch time has an ISO-8601 UTC twin (``*_utc``)."""
@@ -134,8 +137,9 @@ def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = 
     if loc.storage_error:
         errors.append(loc.storage_error)
     if loc.storage is not None:
+        # live progress counts while an attempt runs, or when no cluster can say whether one does
         progress = read_progress(loc.storage, job_id, with_stats=with_stats, since=since, cache=cache,
-                                 spec=loc.spec)
+                                 spec=loc.spec, live=bool(active) or ctx.address is None)
         errors.extend(progress.errors)
 
     def dep_ok(other: str) -> bool:
@@ -160,9 +164,13 @@ def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = 
     if progress is not None:
         status.shards = Count(progress.shards_done, progress.shards_total)
         status.images = Count(progress.images_done, progress.images_total)
+        status.images_committed = progress.images_committed
         status.progress = progress.fraction
+        if progress.live_fresh:
+            status.workers = dict(progress.live.get("workers") or {}) or None
+            status.live_updated_at = progress.live.get("updated_at")
         status.images_per_s = progress.images_per_s
-        status.eta_s = progress.eta_s if state == "RUNNING" else None
+        status.eta_s = progress.eta_s if state in ("RUNNING", "WAITING") else None
         status.finished_at = (progress.summary or {}).get("finished_at")
         try:
             status.cost = cost_of(progress, ctx.prices(spec))
