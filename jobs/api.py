@@ -80,7 +80,7 @@ def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: in
 
     ``manifest``: a path/URI (.jsonl, .csv, .parquet) or a list of row dicts, validated exactly
     like a file. Re-running with the same ``job_id`` and ``out`` resumes: every item exactly once.
-    ``progress`` receives `jobs.driver.Progress` updates.
+    ``progress`` receives `jobs.tally.Progress` updates.
     """
     from linegen.jobs.prepare import prepare_job
     from linegen.jobs.run import run_embedded

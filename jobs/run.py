@@ -15,7 +15,8 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from linegen.jobs.driver import PreparedJob, Progress, prepare_job, run_job
+from linegen.jobs.driver import PreparedJob, prepare_job, run_job
+from linegen.jobs.tally import Progress
 from linegen.jobs.spec import JobSpec
 
 INTERRUPTED = "interrupted; run the same command again to resume"

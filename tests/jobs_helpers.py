@@ -307,3 +307,25 @@ class JobOutput:
 
         keys = sorted(k for k in self.files if k.startswith(f"{self.job_id}/{kind}/"))
         return keys, pa.concat_tables([read_parquet(self.files[k]) for k in keys])
+
+
+def wait_for(pred, timeout: float, what: str, poll: float = 0.25):
+    """pred()'s first truthy value, polled until ``timeout`` s; else an AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def wait_for_commit(proc: subprocess.Popen, commits: Path, timeout: float = 180) -> None:
+    """Until a commit marker appears under ``commits`` (a local _commits/ folder); the process must
+    stay alive meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not list(commits.glob("*.json")):
+        assert proc.poll() is None, finish_linegen(proc, 5).describe()
+        assert time.monotonic() < deadline, f"no shard committed within {timeout:g} s"
+        time.sleep(0.05)
+

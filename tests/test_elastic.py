@@ -114,16 +114,6 @@ class Cluster:
         return subprocess.run([LINEGEN, *args], capture_output=True, text=True, timeout=timeout, env=self.env())
 
 
-def wait_for(pred, timeout: float, what: str, poll: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
 def scrape(port: int) -> dict[str, float]:
     """`ray_linegen_*` series -> the sum of their samples, from a node's Prometheus endpoint."""
     try:
@@ -182,7 +172,7 @@ def elastic(cluster: Cluster, tmp_path_factory) -> dict:
                    "--batch-size", "2", "--max-attempts", "1", "--json")
     assert r.returncode == 0, r.stderr
     # (a) no GPU node: the driver runs, asks for a GPU worker, and waits
-    wait_for(lambda: live().get("state") == "waiting", 120, "the driver to report that it waits")
+    H.wait_for(lambda: live().get("state") == "waiting", 120, "the driver to report that it waits")
     time.sleep(3.0)  # long enough for a CPU fallback to show, if there were one
     r = cluster.lg("status", job, "--cluster", cluster.head.url, "--json")
     assert r.returncode == 0, r.stderr
@@ -192,29 +182,29 @@ def elastic(cluster: Cluster, tmp_path_factory) -> dict:
         return any(w["node"] == name and w["state"] == "running" for w in workers())
 
     cluster.start_node("gpu-1")
-    wait_for(lambda: any(w["node"] == "gpu-1" and w["state"] != "pending" for w in workers()), 240,
+    H.wait_for(lambda: any(w["node"] == "gpu-1" and w["state"] != "pending" for w in workers()), 240,
              "a worker placed on gpu-1")
     # (b) more GPU nodes join mid-job, one after the other: a worker starts on each (gpu-3 and
     # gpu-4 are there to take over from the nodes that will be lost)
     cluster.start_node("gpu-2")
-    wait_for(lambda: commits() >= 1, 240, "the first commit (on gpu-1)")
+    H.wait_for(lambda: commits() >= 1, 240, "the first commit (on gpu-1)")
     seen["first_commit_workers"] = workers()
     cluster.start_node("gpu-3")
-    wait_for(lambda: running_on("gpu-2"), 240, "a worker running on gpu-2")
+    H.wait_for(lambda: running_on("gpu-2"), 240, "a worker running on gpu-2")
     seen["two_nodes_workers"] = workers()
     cluster.start_node("gpu-4")
-    wait_for(lambda: running_on("gpu-3") and running_on("gpu-4"), 240, "workers running on gpu-3 and gpu-4")
+    H.wait_for(lambda: running_on("gpu-3") and running_on("gpu-4"), 240, "workers running on gpu-3 and gpu-4")
     # (c)/(d) three node losses, each while its worker holds shards
     seen["kills"] = []
     for victim in ("gpu-1", "gpu-2", "gpu-3"):
-        wait_for(lambda: any(w["node"] == victim and w["in_flight"] for w in workers()), 120,
+        H.wait_for(lambda: any(w["node"] == victim and w["in_flight"] for w in workers()), 120,
                  f"the worker on {victim} to hold shards")
         before = commits()
         held = [w["in_flight"] for w in workers() if w["node"] == victim]
         pids = next(n for n in cluster.nodes if n.name == victim).kill()
         seen["kills"].append({"node": victim, "commits_before": before, "held": held, "pids": pids})
         assert before < IMAGES // SHARD, "the job ended before the node losses; raise IMAGES"
-        wait_for(lambda: not any(w["node"] == victim for w in workers()), 60,
+        H.wait_for(lambda: not any(w["node"] == victim for w in workers()), 60,
                  f"the driver to drop the worker on {victim}")
         if not seen["metrics_during"]:
             seen["metrics_during"] = scrape(cluster.metrics_port)
@@ -222,9 +212,9 @@ def elastic(cluster: Cluster, tmp_path_factory) -> dict:
     state = jobs_api.wait(cluster.head.address(), job, timeout=600, poll=0.5)
     seen["state"] = state
     seen["files"] = H.local_files(out)
-    seen["metrics_head"] = wait_for(lambda: (m := scrape(cluster.metrics_port)).get(
+    seen["metrics_head"] = H.wait_for(lambda: (m := scrape(cluster.metrics_port)).get(
         "ray_linegen_shards_committed_total") and m, 60, "the driver's metrics at the head")
-    seen["metrics_node"] = wait_for(lambda: (m := scrape(seen["survivor"].metrics_port)).get(
+    seen["metrics_node"] = H.wait_for(lambda: (m := scrape(seen["survivor"].metrics_port)).get(
         "ray_linegen_images_generated_total") and m, 60, "the worker's metrics at gpu-4")
     seen["logs"] = cluster.lg("logs", job, "--cluster", cluster.head.url).stdout
     return seen

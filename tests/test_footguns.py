@@ -105,11 +105,7 @@ def test_c4_ctrl_c_is_cancelled_and_resume_finishes_a_local_job(tmp_path: Path) 
     proc = H.start_linegen(["run", str(manifest), "--out", "out", "--job-id", job, *H.MODEL_ARGS, "--shard-size", "4",
                             "--batch-size", "2"], cwd=tmp_path, log_dir=tmp_path / "logs")
     try:
-        deadline = time.monotonic() + 180
-        while not list(commits.glob("*.json")):
-            assert proc.poll() is None, H.finish_linegen(proc, 5).describe()
-            assert time.monotonic() < deadline, "no shard committed within 180 s"
-            time.sleep(0.05)
+        H.wait_for_commit(proc, commits)
         os.killpg(proc.pid, signal.SIGINT)
         first = H.finish_linegen(proc, 60)
     finally:

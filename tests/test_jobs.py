@@ -341,11 +341,7 @@ def test_resume_after_sigkill_of_the_process_group(tmp_path: Path) -> None:
     proc = H.start_linegen(args, cwd=tmp_path, log_dir=logs)
     sid = proc.pid  # start_new_session: session id == group id == the leader's pid
     try:
-        deadline = time.monotonic() + 180
-        while not list(commits.glob("*.json")):
-            assert proc.poll() is None, H.finish_linegen(proc, 5).describe()
-            assert time.monotonic() < deadline, "no shard committed within 180 s"
-            time.sleep(0.05)
+        H.wait_for_commit(proc, commits)
         members = H.live_in_group(sid)
         os.killpg(sid, signal.SIGKILL)
         proc.wait(10)

@@ -106,11 +106,7 @@ def test_no_process_of_the_embedded_cluster_outlives_linegen_run(how: str, tmp_p
     proc = H.start_linegen(run_args(manifest, out, job, 4), env=WIDE, cwd=tmp_path, log_dir=tmp_path / "logs")
     commits = out / job / "_commits"
     try:
-        deadline = time.monotonic() + 180
-        while not list(commits.glob("*.json")):
-            assert proc.poll() is None, H.finish_linegen(proc, 5).describe()
-            assert time.monotonic() < deadline, "no shard committed within 180 s"
-            time.sleep(0.05)
+        H.wait_for_commit(proc, commits)
         pids = cluster_pids(proc)
         assert len(pids) >= 5, pids  # the CLI, gcs_server, raylet, agents, a worker, the reaper
         killed_at = time.monotonic()

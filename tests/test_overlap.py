@@ -17,7 +17,7 @@ from PIL import Image
 from linegen.jobs.cache_choice import CacheChoice
 from linegen.jobs.manifest import Conditioning, parse_manifest
 from linegen.jobs.models import ModelChoice
-from linegen.jobs.plan import expand_items, plan_shards
+from linegen.jobs.plan import Plan
 from linegen.jobs.sink import ShardSink
 from linegen.jobs.storage import open_storage
 from linegen.workers.actor import GenerationActor
@@ -49,9 +49,10 @@ def test_actor_pipelines_waves_and_commits_each_image_with_its_tokens(tmp_path):
     spec = get_spec("test-tiny")
     rows = parse_manifest(b'{"class_id": 3, "count": 5}\n{"class_id": 9, "count": 4}\n', "m.jsonl",
                           Conditioning(kind="class"))
-    shards = plan_shards(expand_items(rows, job_seed=0, sampling=SamplingParams(cfg_scale=2.0, top_k=0)), 4)
+    shards = list(Plan(rows, job_seed=0, sampling=SamplingParams(cfg_scale=2.0, top_k=0), shard_size=4))
     sink = ShardSink(open_storage(str(tmp_path / "out")), "job-o", spec.name, "full", 1.0)
     actor = GenerationActor(ModelChoice(name=spec.name, device="cpu", compile="off"), CacheChoice(), sink, batch_size=3)
+    actor.info()  # the model loads on the engine thread
     actor.images = ImageDecoder(actor.engine, threaded=True)  # before any shard: the loop reads it per wave
     events, run_wave, finish_wave = [], actor.engine.run_wave, actor._finish_wave
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import jobs_helpers as H
 from linegen.cluster import jobs_api
 from linegen.cluster.local import free_port
 
@@ -100,16 +101,6 @@ def item_ids(out: Path, job: str) -> list[str]:
     for shard in commits(out, job):
         ids += pq.read_table(out / job / "images" / f"{shard}.parquet", columns=["item_id"]).column("item_id").to_pylist()
     return ids
-
-
-def wait_for(pred, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +203,7 @@ def test_cancel_mid_run_then_resume_exactly_once(ray_head, home, tmp_path: Path)
     out, job = tmp_path / "out", jid("long")
     m = manifest(tmp_path / "m.jsonl", 320)
     ok(lg(home, "submit", str(m), "--cluster", ray_head.url, "--out", str(out), "--job-id", job, *JOB_ARGS))
-    wait_for(lambda: commits(out, job), 150, "the first commit")
+    H.wait_for(lambda: commits(out, job), 150, "the first commit")
 
     r = ok(lg(home, "cancel", job, "--cluster", ray_head.url))
     assert "cancelled" in r.stdout and "resume" in r.stdout
@@ -231,7 +222,7 @@ def test_cancel_mid_run_then_resume_exactly_once(ray_head, home, tmp_path: Path)
     r = ok(lg(home, "resume", job, "--cluster", ray_head.url, "--json"))
     res = json.loads(r.stdout)
     assert res["status"] == "submitted" and res["submission_id"] == f"{job}-resume-1"
-    wait_for(lambda: len(commits(out, job)) > len(done_at_cancel), 120, "the resumed attempt's first commit")
+    H.wait_for(lambda: len(commits(out, job)) > len(done_at_cancel), 120, "the resumed attempt's first commit")
     running = quick_status(home, ray_head.url, job)
     snap = json.loads(ok(lg(home, "monitor", "--cluster", ray_head.url, "--once", "--json")).stdout)
     again = json.loads(ok(lg(home, "resume", job, "--cluster", ray_head.url, "--json")).stdout)

@@ -85,11 +85,7 @@ def test_webdataset_job_survives_sigkill_and_resumes_exactly_once(tmp_path: Path
     commits = out / job / "_commits"
     proc = H.start_linegen(args, cwd=tmp_path, log_dir=tmp_path / "logs")
     try:
-        deadline = time.monotonic() + 180
-        while not list(commits.glob("*.json")):
-            assert proc.poll() is None, H.finish_linegen(proc, 5).describe()
-            assert time.monotonic() < deadline, "no shard committed within 180 s"
-            time.sleep(0.05)
+        H.wait_for_commit(proc, commits)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
