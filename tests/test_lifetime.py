@@ -64,6 +64,8 @@ def test_live_progress_before_the_first_commit_then_sigterm(tmp_path: Path) -> N
     try:
         def live_status():
             assert proc.poll() is None, H.finish_linegen(proc, 5).describe()
+            if not (out / job / "job.json").exists():
+                return None  # the run has not claimed its job yet (it is still importing or validating)
             doc = lg_json("status", job, "--out", str(out))
             return doc if (doc["images"]["done"] or 0) > 0 else None
 
@@ -91,7 +93,8 @@ def test_live_progress_before_the_first_commit_then_sigterm(tmp_path: Path) -> N
 
     assert result.returncode == 128 + signal.SIGTERM, result.describe()
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert lines[-1] == INTERRUPTED and len(lines) == 2, result.describe()  # the "job ... -> OUT" header, then one line
+    # the "job ... -> OUT" and "cache ..." header lines, then the one line
+    assert lines[-1] == INTERRUPTED and len(lines) == 3 and lines[1].startswith("cache "), result.describe()
     left = H.wait_until_gone(lambda: alive(pids), 15)
     assert not left, [str(p) for p in left]
     # the interrupted driver said so: status no longer calls it running
@@ -129,7 +132,7 @@ def test_no_process_of_the_embedded_cluster_outlives_linegen_run(how: str, tmp_p
     if how == "ctrl-c":
         assert result.returncode == 128 + signal.SIGINT, result.describe()
         lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-        assert lines[-1] == INTERRUPTED and len(lines) == 2, result.describe()
+        assert lines[-1] == INTERRUPTED and len(lines) == 3 and lines[1].startswith("cache "), result.describe()
         assert "Traceback" not in result.stderr and "SIGTERM received" not in result.stderr
 
 
