@@ -44,7 +44,8 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("linear", "paper"),
     Candidate("linear", "anchor-line"), Candidate("linear", "cfg-pair"), Candidate("linear", "recent-2"),
     Candidate("linear", "decay"), Candidate("linear", "column-prior"),
-    Candidate("linear", "structure"), Candidate("linear", "accumulate"), Candidate("linear", "accumulate-decay"),
+    Candidate("linear", "structure"), Candidate("linear", "accumulate"), Candidate("linear", "accumulate-1"),
+    Candidate("linear", "accumulate-decay"),
     Candidate("linear", "accumulate-prior"),
 )  # LineAR's defaults are `accumulate` (workers/cache/linear.py), so plain `linear` is not listed twice
 

@@ -25,6 +25,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         # combinations
         "structure": {**_PAPER, "anchor_lines": 1, "cfg_shared": True, "recent_lines": 2},
         "accumulate": {**_PAPER, "anchor_lines": 1, "cfg_shared": True, "recent_lines": 2, "decay": 1.0},
+        "accumulate-1": {**_PAPER, "anchor_lines": 1, "cfg_shared": True, "recent_lines": 1, "decay": 1.0},
         "accumulate-decay": {**_PAPER, "anchor_lines": 1, "cfg_shared": True, "recent_lines": 2, "decay": 0.9},
         "accumulate-prior": {**_PAPER, "anchor_lines": 1, "cfg_shared": True, "recent_lines": 2, "decay": 1.0,
                              "shift_prior": 1.0},
