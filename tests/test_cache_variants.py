@@ -143,6 +143,18 @@ def test_linear_keeps_what_fits_when_the_budget_is_below_its_protected_set():
     tiny.check(layout)
 
 
+def test_default_linear_keeps_a_line_to_select_at_tight_budgets():
+    layout = Layout(SPEC24.prefix_len, SPEC24.grid)  # 24 x 24: 1/8 is 72 tokens (3 lines), 1/6 is 4 lines
+    tight, roomy = make_policy("linear", ratio="1/8"), make_policy("linear", ratio="1/6")
+    assert (tight.anchor_tokens(layout), tight.recent_tokens(layout)) == (24, 24)  # 24 left to select
+    assert (roomy.anchor_tokens(layout), roomy.recent_tokens(layout)) == (24, 48)  # the two recent lines
+    one_recent = make_policy("linear", ratio="1/8", preset="accumulate-1")
+    assert tight.protected_tokens(layout) == one_recent.protected_tokens(layout)
+    assert make_policy("linear", ratio="1/8", preset="accumulate").recent_tokens(layout) == 24  # = the defaults
+    assert make_policy("linear", ratio="1/8", preset="structure").recent_tokens(layout) == 48  # no room kept
+    assert make_policy("linear", ratio="1/8", recent_lines=1, selected_lines=3).recent_tokens(layout) == 24
+
+
 @pytest.mark.parametrize("bad, match", [({"decay": 1.5}, "decay"), ({"shift_prior": -1}, "shift_prior"),
                                         ({"cfg_rank": "mean"}, "cfg_rank"), ({"anchor_lines": -1}, ">= 0")])
 def test_bad_linear_switches_are_clear_errors(bad, match):

@@ -13,7 +13,9 @@ The switches beyond the paper's description, each off in the `paper` option set
   * `shift_prior`: add this weight times the score of the token one row above, the relative
     position the next line will see it from (see LineContext.from_row_above);
   * `cfg_shared` with `cfg_rank`: one selection per CFG pair, ranked by the conditional row's
-    scores (`cond`) or by the pair's sum (`sum`).
+    scores (`cond`) or by the pair's sum (`sum`);
+  * `selected_lines`: at least this many lines' worth of the budget go to attention-selected
+    tokens; recent lines give way (down to one) when anchors and recent lines would fill it.
 """
 from __future__ import annotations
 
@@ -40,10 +42,10 @@ class LineARCache(BudgetedPolicy):
     def __init__(self, ratio: float | None = None, lines: int | None = None, *, anchors: int = 4,
                  anchor_lines: int = 1, recent_lines: int = 2, aggregate: str = "sum", pool_1d: int = 0,
                  pool_2d: int = 0, decay: float = 1.0, shift_prior: float = 0.0, cfg_shared: bool = True,
-                 cfg_rank: str = "cond"):
+                 cfg_rank: str = "cond", selected_lines: int = 1):
         super().__init__(ratio, lines)
-        if anchors < 0 or anchor_lines < 0 or recent_lines < 0:
-            raise CacheConfigError("anchors, anchor lines and recent lines must be >= 0")
+        if anchors < 0 or anchor_lines < 0 or recent_lines < 0 or selected_lines < 0:
+            raise CacheConfigError("anchors, anchor lines, recent lines and selected lines must be >= 0")
         if aggregate not in AGGREGATIONS:
             raise CacheConfigError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {aggregate!r}")
         if cfg_rank not in CFG_RANKS:
@@ -61,13 +63,22 @@ class LineARCache(BudgetedPolicy):
         self.aggregate, self.pool_1d, self.pool_2d = aggregate, pool_1d, pool_2d
         self.decay, self.shift_prior = float(decay), float(shift_prior)
         self.cfg_shared, self.cfg_rank = bool(cfg_shared), cfg_rank
+        self.selected_lines = selected_lines
         # Only an accumulating LineAR keeps per-entry state (and so scores before its first eviction).
         self.state_names = ("acc",) if self.decay > 0 else ()
 
     # A budget too small for the whole protected set keeps what fits, recent lines first (the
     # local context every head attends to), then anchors; the mid region is what remains.
+    # `selected_lines` first shrinks the recent lines (never below one) so that the mid region
+    # keeps that many lines: at 1/8 of a 24x24 grid (3 lines), a first line plus two recent lines
+    # would leave nothing to select, and the samples drift (benchmarks/RESULTS.md, issue 14).
     def recent_tokens(self, layout: Layout) -> int:
-        return min(self.recent_lines * layout.width, self.budget(layout))
+        w, budget = layout.width, self.budget(layout)
+        recent = self.recent_lines * w
+        if self.selected_lines and recent > w:
+            room = budget - max(self.anchors, self.anchor_lines * w) - self.selected_lines * w
+            recent = max(w, min(recent, room))
+        return min(recent, budget)
 
     def anchor_tokens(self, layout: Layout) -> int:
         return min(max(self.anchors, self.anchor_lines * layout.width),
@@ -101,4 +112,4 @@ class LineARCache(BudgetedPolicy):
         return {**super().describe(), "anchors": self.anchors, "anchor_lines": self.anchor_lines,
                 "recent_lines": self.recent_lines, "aggregate": self.aggregate, "pool_1d": self.pool_1d,
                 "pool_2d": self.pool_2d, "decay": self.decay, "shift_prior": self.shift_prior,
-                "cfg_shared": self.cfg_shared, "cfg_rank": self.cfg_rank}
+                "cfg_shared": self.cfg_shared, "cfg_rank": self.cfg_rank, "selected_lines": self.selected_lines}

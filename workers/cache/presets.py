@@ -11,7 +11,7 @@ from __future__ import annotations
 from linegen.workers.cache.base import CacheConfigError
 
 _PAPER = {"anchors": 4, "anchor_lines": 0, "recent_lines": 1, "aggregate": "sum", "pool_1d": 0, "pool_2d": 0,
-          "decay": 0.0, "shift_prior": 0.0, "cfg_shared": False, "cfg_rank": "cond"}
+          "decay": 0.0, "shift_prior": 0.0, "cfg_shared": False, "cfg_rank": "cond", "selected_lines": 0}
 
 PRESETS: dict[str, dict[str, dict]] = {
     "linear": {
@@ -24,7 +24,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "column-prior": {**_PAPER, "shift_prior": 1.0},
         # combinations
         "structure": {**_PAPER, "anchor_lines": 1, "cfg_shared": True, "recent_lines": 2},
-        "accumulate": {**_PAPER, "anchor_lines": 1, "cfg_shared": True, "recent_lines": 2, "decay": 1.0},
+        "accumulate": {**_PAPER, "anchor_lines": 1, "cfg_shared": True, "recent_lines": 2, "decay": 1.0,
+                       "selected_lines": 1},  # the defaults
         "accumulate-1": {**_PAPER, "anchor_lines": 1, "cfg_shared": True, "recent_lines": 1, "decay": 1.0},
         "accumulate-decay": {**_PAPER, "anchor_lines": 1, "cfg_shared": True, "recent_lines": 2, "decay": 0.9},
         "accumulate-prior": {**_PAPER, "anchor_lines": 1, "cfg_shared": True, "recent_lines": 2, "decay": 1.0,
