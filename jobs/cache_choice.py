@@ -91,22 +91,9 @@ AUTO = "auto"
 FALLBACK = CacheChoice("linear", DEFAULT_RATIO)
 
 
-@dataclass(frozen=True)
-class ResolvedCache:
-    choice: CacheChoice
-    source: str  # "config", "model" (shipped recommendation) or "fallback"
-
-
-def recommended(spec, configured=None) -> ResolvedCache:
-    """The `auto` setting of a model (`configured`: its config-file entry, or None)."""
-    if configured is not None and getattr(configured, "cache", None):
-        opts = configured.cache_options or {}
-        if isinstance(opts, (list, tuple)):  # KEY=VALUE strings, as --cache-option gives them
-            return ResolvedCache(CacheChoice.from_flags(configured.cache, configured.cache_ratio, None, list(opts)),
-                                 "config")
-        return ResolvedCache(CacheChoice(configured.cache, configured.cache_ratio, None, dict(opts)), "config")
+def recommended(spec) -> CacheChoice:
+    """The model's own `auto` setting (the config entry, when there is one, comes first: settings.py)."""
     rec = spec.recommended_cache
-    if rec is not None:
-        return ResolvedCache(CacheChoice(rec.policy, rec.ratio, None, {"preset": rec.preset} if rec.preset else {}),
-                             "model")
-    return ResolvedCache(FALLBACK, "fallback")
+    if rec is None:
+        return FALLBACK
+    return CacheChoice(rec.policy, rec.ratio, None, {"preset": rec.preset} if rec.preset else {})

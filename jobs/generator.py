@@ -95,9 +95,10 @@ class Generator:
         previous = None
 
         def collect(wave, prompt_info, tokens, images) -> None:
+            images = images.result()  # waits for this wave's VQ decoding
             for i, it in enumerate(wave):
                 info = prompt_info[i]
-                out.append(GeneratedImage(item=it, image=images.result()[i], tokens=tokens[i],
+                out.append(GeneratedImage(item=it, image=images[i], tokens=tokens[i],
                                           prompt_tokens=None if info is None else int(info[0]),
                                           prompt_truncated=None if info is None else bool(info[1])))
             if progress is not None:

@@ -52,13 +52,13 @@ class Settings:
         if entry is not None and text_encoder is None:
             text_encoder = entry.text_encoder
         no_cache_flags = cache is None and cache_ratio is None and cache_lines is None and not cache_options
-        if no_cache_flags and entry is not None and entry.cache is not None:
-            cache, cache_ratio, cache_options = entry.cache, entry.cache_ratio, entry.cache_options
+        configured = None  # the entry's cache: used with no cache flag, and as `--cache auto`'s first choice
+        if entry is not None and entry.cache is not None and (no_cache_flags or cache == AUTO):
             try:
-                _cache_choice(cache, cache_ratio, None, cache_options).build()
+                configured = _cache_choice(entry.cache, entry.cache_ratio, None, entry.cache_options)
+                configured.build()
             except UserError as e:
                 raise UserError(f"{config.path}: [models] {name}: {e}") from None
-        cache = cache or "full"
         choice = ModelChoice(name=name, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint,
                              random_weights=random_weights, device=device, dtype=dtype, compile=compile,
                              s3_endpoint_url=s3_endpoint_url, text_encoder=text_encoder)
@@ -77,13 +77,15 @@ class Settings:
                 parse_bytes(memory_budget)
             except ValueError as e:
                 raise UserError(f"--memory-budget: {e}") from None
-        if cache == AUTO:  # the setting measured for this model, adjusted by any other cache flag
-            base = recommended(choice.spec(), entry).choice
+        if no_cache_flags and configured is not None:
+            cache_choice = configured
+        elif cache == AUTO:  # the setting measured for this model, adjusted by any other cache flag
+            base = configured or recommended(choice.spec())
             given = _cache_choice(base.policy, None, None, cache_options)
             cache_choice = CacheChoice(base.policy, cache_ratio if (cache_ratio or cache_lines) else base.ratio,
                                        cache_lines, {**base.options, **given.options})
         else:
-            cache_choice = _cache_choice(cache, cache_ratio, cache_lines, cache_options)
+            cache_choice = _cache_choice(cache or "full", cache_ratio, cache_lines, cache_options)
         return cls(model=choice, cache=cache_choice, sampling=sampling, seed=seed, batch_size=batch_size,
                    memory_budget=memory_budget, s3_endpoint_url=s3_endpoint_url)
 
