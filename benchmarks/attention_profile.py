@@ -106,8 +106,8 @@ def table(recorder: Recorder) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from linegen.jobs.evaluate import EvalOptions, requests_for
-    from linegen.jobs.models import ModelChoice
+    from linegen.quality.evaluate import EvalOptions, requests_for
+    from linegen.settings.model_choice import ModelChoice
     from linegen.workers.cache import make_policy
     from linegen.workers.engine import Engine
 

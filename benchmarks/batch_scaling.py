@@ -11,8 +11,8 @@ import argparse
 
 import torch
 
-from linegen.benchmarks.engine_bench import _requests
-from linegen.benchmarks.roofline import matmul_rate, read_bandwidth, wave_bytes, wave_flops
+from linegen.bench.engine_bench import _requests
+from linegen.bench.roofline import matmul_rate, read_bandwidth, wave_bytes, wave_flops
 from linegen.workers.cache import make_policy
 from linegen.workers.engine import Engine
 from linegen.workers.engine.packing import weights_bytes

@@ -3,7 +3,7 @@
 GPU: LlamaGen GPT-XL 384 px, random weights, bf16, CFG 4 with the model's sampling defaults; every
 policy at batch 256 and at its packed maximum (the engine's own packing plan for the device's
 free memory), the eager reference path vs the compiled one (CUDA graphs); then images/s, peak
-memory and the fraction of the compute and memory rooflines (benchmarks/roofline.py, rates
+memory and the fraction of the compute and memory rooflines (linegen/bench/roofline.py, rates
 measured here), beside the LineAR paper's figures. Before that, compiled vs eager greedy tokens
 on a small fp32 model, and after it, if time is left, whether VQ decoding overlaps decoding.
 
@@ -12,7 +12,7 @@ the static step eagerly (the step a CUDA graph captures, without the capture): i
 spend longer compiling each shape than the whole smoke run may take (tests/test_static_step.py
 covers inductor on a tiny model).
 
-Only torch and linegen.workers / linegen.benchmarks are imported; the script fails if anything
+Only torch and linegen.workers / linegen.bench / linegen.benchmarks are imported; the script fails if anything
 pulled in Ray, boto3 or the rest of linegen.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 import torch
 
 import linegen
-from linegen.benchmarks.roofline import matmul_rate, read_bandwidth, roofline
+from linegen.bench.roofline import matmul_rate, read_bandwidth, roofline
 from linegen.workers.cache import make_policy
 from linegen.workers.engine import Engine, GenRequest, SamplingParams
 from linegen.workers.engine.overlap import ImageDecoder

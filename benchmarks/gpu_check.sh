@@ -6,7 +6,7 @@
 # one H100/H200. Writes the table as markdown to $OUT/gpu_check.md ($OUT if set, else benchmarks/).
 #
 # It needs only python3 with torch (numpy, pillow): no Ray, no boto3, no pip install, and linegen
-# need not be installed — linegen.workers and linegen.benchmarks are imported from this working tree
+# need not be installed — linegen.workers, linegen.bench and linegen.benchmarks are imported from this working tree
 # through a temporary package folder.
 #
 #   bash benchmarks/gpu_check.sh            # on the GPU machine
@@ -21,6 +21,7 @@ mkdir "$pkg/linegen"
 cp "$repo/linegen/__init__.py" "$pkg/linegen/__init__.py"
 ln -s "$repo/workers" "$pkg/linegen/workers"
 ln -s "$repo/benchmarks" "$pkg/linegen/benchmarks"
+ln -s "$repo/linegen/bench" "$pkg/linegen/bench"
 
 out_dir="${OUT:-$repo/benchmarks}"
 mkdir -p "$out_dir"

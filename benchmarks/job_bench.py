@@ -20,7 +20,7 @@ def bare_loop(model: str, images: int, batch: int) -> dict:
 
     from linegen.workers.engine import requests_for
     from linegen.jobs.manifest import ManifestRow
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.model_choice import ModelChoice
     from linegen.jobs.plan import expand_items
     from linegen.workers.cache import make_policy
     from linegen.workers.engine import Engine
@@ -40,8 +40,8 @@ def bare_loop(model: str, images: int, batch: int) -> dict:
 
 
 def job_run(model: str, images: int, batch: int, shard_size: int, out: str) -> dict:
-    from linegen.jobs.cache_choice import CacheChoice
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.cache_choice import CacheChoice
+    from linegen.settings.model_choice import ModelChoice
     from linegen.jobs.run import run_embedded
     from linegen.jobs.spec import JobSpec
     from linegen.workers.models.registry import get_spec

@@ -4,7 +4,7 @@ fidelity to the full cache at one ratio.
     python -m linegen.benchmarks.linear_variants --ratio 1/6 --samples 32            # calibration seeds
     python -m linegen.benchmarks.linear_variants --ratio 1/6 --samples 64 --seed 0   # eval seeds
 
-Same machinery as `linegen tune` (jobs/tune.py): the full cache's own samples of the requests
+Same machinery as `linegen tune` (linegen/quality/tune.py): the full cache's own samples of the requests
 (classes in turn, the model's sampling defaults) are forced through every candidate; the table
 reports mean KL(full || candidate) per step and top-1 agreement. Seed 1 gives the calibration
 items settings are chosen on; `linegen eval` judges on seed 0.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from linegen.jobs.tune import CALIBRATION_SEED, CANDIDATES, Candidate
+from linegen.quality.tune import CALIBRATION_SEED, CANDIDATES, Candidate
 
 # Single switches and their neighbours, beyond the named option sets (benchmarks/RESULTS.md).
 GRID: tuple[Candidate, ...] = (
@@ -38,8 +38,8 @@ GRID: tuple[Candidate, ...] = (
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from linegen.jobs.models import ModelChoice
-    from linegen.jobs.tune import TuneOptions, render_table, tune
+    from linegen.settings.model_choice import ModelChoice
+    from linegen.quality.tune import TuneOptions, render_table, tune
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="linegen-shapes-c2i")

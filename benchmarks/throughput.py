@@ -1,9 +1,9 @@
-"""Measure generation throughput per device for `linegen cost --estimate` (benchmarks/throughput.json).
+"""Measure generation throughput per device for `linegen cost --estimate` (linegen/cost/throughput.json).
 
 Runs a real `linegen run` job (embedded Ray, actor, PNG + Parquet, commits) per cache policy on this
 machine and reads images per device-second from the job's own stats (the `_SUCCESS` summary):
 the same quantity `linegen cost` multiplies by $/device-hour. `--write` appends the rows to
-benchmarks/throughput.json with the machine and date; rows are only ever measured, never typed in.
+linegen/cost/throughput.json with the machine and date; rows are only ever measured, never typed in.
 
     python -m linegen.benchmarks.throughput --model test-tiny --policies full,linear --ratio 1/6 \\
         --images 256 --batch 16 --shard-size 64 --device cpu [--write]
@@ -23,8 +23,8 @@ TABLE = Path(__file__).resolve().parent / "throughput.json"
 
 def measure(model: str, policy: str, ratio: str | None, images: int, batch: int, shard_size: int, device: str,
             random_weights: bool) -> dict:
-    from linegen.jobs.cache_choice import CacheChoice
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.cache_choice import CacheChoice
+    from linegen.settings.model_choice import ModelChoice
     from linegen.jobs.run import run_embedded
     from linegen.jobs.spec import JobSpec
     from linegen.workers.models.registry import get_spec

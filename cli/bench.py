@@ -1,4 +1,4 @@
-"""`linegen bench`: cache policies side by side on one model (thin over benchmarks/engine_bench.py)."""
+"""`linegen bench`: cache policies side by side on one model (thin over linegen/bench/engine_bench.py)."""
 from __future__ import annotations
 
 import json
@@ -36,9 +36,9 @@ def bench_command(
     as_json: bool = Json,
 ) -> None:
     """Measure the cache policies side by side: memory, packing and throughput as ratios to `full`."""
-    from linegen.benchmarks.engine_bench import BenchOptions, parse_variants, run_bench
-    from linegen.benchmarks.report import render_bench
-    from linegen.jobs.models import ModelChoice
+    from linegen.bench.engine_bench import BenchOptions, parse_variants, run_bench
+    from linegen.bench.tables import render_bench
+    from linegen.settings.model_choice import ModelChoice
 
     choice = ModelChoice(name=model, random_weights=True, device=device)
     choice.spec()  # an unknown model is a one-line error before anything is built

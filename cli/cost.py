@@ -26,7 +26,7 @@ def cost_command(
     as_json: bool = Json,
 ) -> None:
     """A job's cost (device-seconds from its stats x $/device-hour, $/1k images), or --estimate a manifest's."""
-    from linegen.jobs.api import connect
+    from linegen.api import connect
 
     from linegen.jobs.spec import DEFAULT_OUT
 
@@ -74,7 +74,7 @@ def cost_command(
 
 
 def _estimate(ctx, manifest, model, gpu, gpus, cache, cache_ratio, from_job, as_json) -> None:
-    from linegen.jobs.estimate import estimate
+    from linegen.cost.estimate import estimate
 
     cache = cache or "full"
     storage = None

@@ -8,11 +8,11 @@ from typing import Optional
 import typer
 
 from linegen.cli.flags import Json, ModelFlags, SamplingFlags, opt, option
-from linegen.jobs.evaluate import DEFAULT_POLICIES
+from linegen.quality.evaluate import DEFAULT_POLICIES
 
 
 def _choice(model, checkpoint, vq_checkpoint, device, dtype, compile="off"):
-    from linegen.jobs.settings import Settings
+    from linegen.settings.resolve import Settings
 
     return Settings.from_flags(model=model, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint, device=device,
                                dtype=dtype, compile=compile).model
@@ -42,7 +42,7 @@ def eval_command(
     as_json: bool = Json,
 ) -> None:
     """Quality of each cache policy and ratio vs the full cache: class accuracy, FD, token match, KL, top-1."""
-    from linegen.jobs.evaluate import EvalOptions, default_classifier, evaluate, render_table
+    from linegen.quality.evaluate import EvalOptions, default_classifier, evaluate, render_table
 
     opts = EvalOptions(model=_choice(model, checkpoint, vq_checkpoint, device, dtype, compile), policies=_split(policies),
                        ratios=_split(ratios), samples=samples, fidelity_samples=fidelity_samples,
@@ -71,7 +71,7 @@ def grid_command(
     as_json: bool = Json,
 ) -> None:
     """A PNG grid of samples per class (rows) for several cache policies side by side (same seeds)."""
-    from linegen.jobs.evaluate import GridOptions, make_grid
+    from linegen.quality.evaluate import GridOptions, make_grid
 
     opts = GridOptions(model=_choice(model, checkpoint, vq_checkpoint, device, dtype), out=out,
                        policies=_split(policies), ratio=ratio, per_class=per_class, seed=seed,

@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from linegen.jobs.cache_choice import POLICY_NAMES
+from linegen.settings.cache_choice import POLICY_NAMES
 
 
 def option(default: Any, *names: str, help: str, aliases: tuple[str, ...] = (), **kw: Any) -> Any:

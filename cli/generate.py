@@ -23,10 +23,10 @@ def generate_command(
     as_json: bool = Json,
 ) -> None:
     """Generate --count images for each --class-id with one model, into --out."""
-    from linegen.cluster.config import load_config
-    from linegen.jobs.generate import check_out_folder, check_request, generate_to_folder
-    from linegen.jobs.generator import Generator
-    from linegen.jobs.settings import Settings
+    from linegen.settings.config_file import load_config
+    from linegen.generate_folder import check_out_folder, check_request, generate_to_folder
+    from linegen.generator import Generator
+    from linegen.settings.resolve import Settings
 
     settings = Settings.from_flags(**settings_of(model, cache, sampling, batch, store), config=load_config(config))
     check_request(settings.model.spec(), class_id, count)

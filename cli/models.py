@@ -10,7 +10,7 @@ from linegen.cli.flags import Json
 
 def models_command(as_json: bool = Json) -> None:
     """List the registered models."""
-    from linegen.jobs.models import model_table
+    from linegen.settings.model_choice import model_table
 
     rows = model_table()
     if as_json:

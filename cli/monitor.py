@@ -83,7 +83,7 @@ def monitor_command(
     as_json: bool = Json,
 ) -> None:
     """Live view of a cluster: nodes, CPUs/GPUs, GPU use ("n/a" if unreported), jobs with progress, ETA, cost."""
-    from linegen.jobs.api import connect
+    from linegen.api import connect
     from linegen.jobs.remote import monitor_snapshot
     from linegen.jobs.stats import StatsCache
 

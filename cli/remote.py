@@ -1,6 +1,6 @@
 """`linegen submit | list | status | logs | cancel | resume`: jobs on a remote Ray cluster.
 
-Each command resolves where to point (flags, config file, environment: jobs.api.connect), calls
+Each command resolves where to point (flags, config file, environment: linegen.api.connect), calls
 one function of the API and renders its answer (a rich table, or JSON with --json).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _connect(conn: ConnectionFlags, store: StoreFlags | None = None, out: str | 
              price: PriceFlags | None = None, *, local_default: bool = False):
     """Where the command points; ``local_default``: without --out or a config, the output root is
     the one `linegen run` writes to."""
-    from linegen.jobs.api import connect
+    from linegen.api import connect
     from linegen.jobs.spec import DEFAULT_OUT
 
     return connect(**vars(conn), out=out, s3_endpoint_url=store.s3_endpoint_url if store else None,
@@ -56,7 +56,7 @@ def submit_command(
     as_json: bool = Json,
 ) -> None:
     """Submit a job to a Ray cluster and return at once (prints the job id)."""
-    from linegen.jobs.api import submit
+    from linegen.api import submit
 
     result = submit(manifest, out=out, at=at, after=after, ship_code=not no_ship_code, driver_cpus=driver_cpus,
                     **vars(job), **vars(conn), **vars(price), **settings_of(model, cache, sampling, batch, store))

@@ -23,7 +23,7 @@ def run_command(
     as_json: bool = Json,
 ) -> None:
     """Run a job on the embedded local Ray: every manifest item once, resumable, to --out."""
-    from linegen.cluster.config import load_config
+    from linegen.settings.config_file import load_config
     from linegen.jobs.prepare import prepare_job
     from linegen.jobs.run import JobInterrupted, run_embedded
     from linegen.jobs.spec import JobSpec
@@ -96,7 +96,7 @@ def _interrupted(e, as_json: bool) -> None:
 
 
 def _dry_run(prepared, as_json: bool) -> None:
-    from linegen.jobs.estimate import dry_run
+    from linegen.cost.estimate import dry_run
 
     doc = dry_run(prepared)
     if as_json:
@@ -126,7 +126,7 @@ def validate_command(
     as_json: bool = Json,
 ) -> None:
     """Validate a manifest: every bad row with file, line and field; the item count."""
-    from linegen.jobs.api import validate
+    from linegen.api import validate
     from linegen.jobs.manifest import ManifestError
 
     try:

@@ -30,10 +30,10 @@ def tune_command(
     as_json: bool = Json,
 ) -> None:
     """Pick the cache setting closest to the full cache at --ratio on this model; `run` and `submit` then use it."""
-    from linegen.cluster.config import Config, ConfigError, default_config_path, load_config
-    from linegen.cluster.config_write import write_model_keys
-    from linegen.jobs.models import ModelChoice
-    from linegen.jobs.tune import TuneOptions, render_table, tune
+    from linegen.settings.config_file import Config, ConfigError, default_config_path, load_config
+    from linegen.settings.config_edit import write_model_keys
+    from linegen.settings.model_choice import ModelChoice
+    from linegen.quality.tune import TuneOptions, render_table, tune
     from linegen.workers.models.registry import DEFAULT_MODEL
 
     name = model or DEFAULT_MODEL

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 from linegen.jobs.plan import Shard
 
 PREFETCH = 2  # shards queued per worker

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 
 from linegen.jobs import layout
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 from linegen.jobs.manifest import Conditioning, manifest_extension, parse_manifest
 from linegen.jobs.plan import Plan
 from linegen.jobs.spec import JobSpec, read_spec

@@ -5,7 +5,7 @@
 - done = shards with a commit marker (one LIST);
 - device-seconds, per-device time and batch timings from the committed shards' stats Parquet
   (jobs.stats, read once per shard; a `StatsCache` keeps them across refreshes of ``linegen monitor``);
-- cost = device-seconds x the price table (jobs.cost), so far and projected;
+- cost = device-seconds x the price table (linegen.cost.job_cost), so far and projected;
 - ``_SUCCESS`` / ``_FAILED`` / ``_CANCELLED`` markers for how it ended;
 - live progress from ``_progress.json``, which the running driver rewrites every ``LIVE_EVERY_S``
   from its workers' waves (`write_live`): images decoded but not committed yet, images/s and ETA

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from linegen.jobs import layout
-from linegen.jobs.cache_choice import CacheChoice
-from linegen.jobs.errors import UserError
-from linegen.jobs.models import ModelChoice
+from linegen.settings.cache_choice import CacheChoice
+from linegen.errors import UserError
+from linegen.settings.model_choice import ModelChoice
 from linegen.workers.models.config import SamplingParams
 
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -88,7 +88,7 @@ class JobSpec:
         relative and an absolute spelling of one file are the same job.
         """
         from linegen.jobs.schedule import parse_duration
-        from linegen.jobs.settings import Settings
+        from linegen.settings.resolve import Settings
         from linegen.jobs.storage import absolute_uri
 
         if config is not None:

@@ -11,8 +11,8 @@ import json
 import time
 
 from linegen.jobs import layout
-from linegen.jobs.cost import job_cost
-from linegen.jobs.errors import UserError
+from linegen.cost.job_cost import job_cost
+from linegen.errors import UserError
 from linegen.jobs.plan import shard_id
 from linegen.jobs.schedule import utc_iso
 from linegen.jobs.stats import read_shard_stats

@@ -142,7 +142,7 @@ class Tally:
         return (decoded - d_old) / span if span > 0 and decoded > d_old else 0.0
 
     def snapshot(self, event: str = "") -> Progress:
-        from linegen.jobs.cost import job_cost
+        from linegen.cost.job_cost import job_cost
 
         decoded, secs = self.decoded()
         flight, _ = self.in_flight()

@@ -54,7 +54,7 @@ def test_regular_install_puts_only_linegen_on_the_path(tmp_path: Path) -> None:
     doc = json.loads(r.stdout)
     assert doc["file"].startswith(str(target)) and doc["top"] == [] and doc["weights"] == [True, True]
     for module in ("linegen.jobs.storage.s3", "linegen.jobs.remote.submit", "linegen.workers.cache.linear",
-                   "linegen.cli.main", "linegen.benchmarks.engine_bench", "linegen.jobs.api"):
+                   "linegen.cli.main", "linegen.bench.engine_bench", "linegen.api"):
         assert module in doc["mods"]
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from linegen.benchmarks.engine_bench import BenchOptions, Variant, parse_variants, run_bench
-from linegen.benchmarks.report import render_bench
+from linegen.bench.engine_bench import BenchOptions, Variant, parse_variants, run_bench
+from linegen.bench.tables import render_bench
 from linegen.workers.models.registry import get_spec
 
 SPEC = get_spec("test-tiny")

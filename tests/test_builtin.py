@@ -13,7 +13,7 @@ from linegen.workers.builtin.classifier import classify, frechet_distance, load_
 from linegen.workers.models.registry import DEFAULT_MODEL, get_spec
 
 SPEC = get_spec("linegen-shapes-c2i")
-CLASSIFIER = str(__import__("linegen.jobs.evaluate", fromlist=["x"]).default_classifier())
+CLASSIFIER = str(__import__("linegen.quality.evaluate", fromlist=["x"]).default_classifier())
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +55,7 @@ def test_builtin_model_is_the_default_with_shipped_weights():
 
 
 def test_shipped_weights_load_and_generate():
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.model_choice import ModelChoice
     from linegen.workers.cache import make_policy
     from linegen.workers.engine import Engine, GenRequest, SamplingParams
 
@@ -72,7 +72,7 @@ def test_shipped_weights_load_and_generate():
 def test_shipped_model_draws_recognisable_classes():
     """The shipped GPT, sampled with its defaults, draws shapes the classifier recognises (full
     cache measured 90.6 % on 500 samples; 20 fixed seeds here, so the bar leaves room for noise)."""
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.model_choice import ModelChoice
     from linegen.workers.cache import make_policy
     from linegen.workers.engine import Engine, GenRequest, SamplingParams
 

@@ -9,7 +9,7 @@ import torch
 from linegen.workers.cache import CacheConfigError, Layout, make_policy, parse_ratio
 from linegen.workers.cache.kv import KVCache
 from linegen.workers.engine import Engine, GenRequest, SamplingParams
-from linegen.workers.engine.fidelity import fidelity
+from linegen.quality.fidelity import fidelity
 from linegen.workers.engine.packing import PackingError
 from linegen.workers.models.config import GPTConfig, ModelSpec
 from linegen.workers.models.gpt import GPT

@@ -16,10 +16,10 @@ import pytest
 
 from linegen.cluster import jobs_api
 from linegen.cluster.address import ClusterAddress, resolve_cluster
-from linegen.cluster.config import ConfigError, load_config, parse_config
+from linegen.settings.config_file import ConfigError, load_config, parse_config
 from linegen.cluster.jobs_api import ClusterError
 from linegen.cluster.local import LocalCluster, free_port
-from linegen.cluster.prices import PriceTable, UnknownDevice, canonical_device, cost, parse_price
+from linegen.cost.prices import PriceTable, UnknownDevice, canonical_device, cost, parse_price
 from linegen.cluster.utilisation import snapshot
 
 try:  # the fixtures are also registered in conftest.py; these module-level ones win here

@@ -163,7 +163,7 @@ def test_c7_unknown_config_keys_name_key_and_line(tmp_path: Path, text: str, key
 
 
 def test_c7_models_entries_type_check_the_cache_keys(tmp_path: Path) -> None:
-    from linegen.cluster.config import ConfigError, parse_config
+    from linegen.settings.config_file import ConfigError, parse_config
 
     cfg = parse_config('[models.test-tiny]\ncache = "linear"\ncache_ratio = 0.25\ncache_options = { anchors = 2 }\n',
                        "/x/c.toml")

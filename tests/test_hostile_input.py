@@ -101,7 +101,7 @@ def test_a5_sampling_overrides_beyond_float() -> None:
     assert issue.field == "top_k"
     with pytest.raises(ValueError, match="cfg_scale must be"):
         SamplingParams(cfg_scale=10**400)
-    from linegen.jobs.settings import Settings
+    from linegen.settings.resolve import Settings
 
     with pytest.raises(UserError, match="top_k must be"):
         Settings.from_flags(model="test-tiny", random_weights=True, top_k=10**40)

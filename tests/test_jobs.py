@@ -418,8 +418,8 @@ def ray_local():
 
 
 def _spec(manifest: Path, out: Path, job_id: str, **kw):
-    from linegen.jobs.cache_choice import CacheChoice
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.cache_choice import CacheChoice
+    from linegen.settings.model_choice import ModelChoice
     from linegen.workers.models.config import SamplingParams
     from linegen.jobs.spec import JobSpec
 
@@ -525,8 +525,8 @@ def test_actor_reports_a_storage_outage_instead_of_hanging(monkeypatch: pytest.M
     import socket
 
     from linegen.jobs.manifest import Conditioning, parse_manifest
-    from linegen.jobs.cache_choice import CacheChoice
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.cache_choice import CacheChoice
+    from linegen.settings.model_choice import ModelChoice
     from linegen.jobs.plan import Plan
     from linegen.workers.models.config import SamplingParams
     from linegen.jobs.sink import ShardSink

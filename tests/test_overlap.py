@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from linegen.jobs.cache_choice import CacheChoice
+from linegen.settings.cache_choice import CacheChoice
 from linegen.jobs.manifest import Conditioning, parse_manifest
-from linegen.jobs.models import ModelChoice
+from linegen.settings.model_choice import ModelChoice
 from linegen.jobs.plan import Plan
 from linegen.jobs.sink import ShardSink
 from linegen.jobs.storage import open_storage

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from linegen.jobs import layout
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 from linegen.jobs.outcome import clear_outcome, read_outcome, write_cancelled, write_failed
 from linegen.jobs.schedule import (IGNORE_SCHEDULE_ENV, JobCancelled, dependency_state, describe_time, parse_at,
                            wait_for_start)
@@ -88,7 +88,7 @@ def test_submit_at_is_stated_in_utc_too(tz_berlin) -> None:
 
 
 def _spec(job_id: str, out: str, **kw):
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.model_choice import ModelChoice
     from linegen.jobs.spec import JobSpec
 
     return JobSpec(job_id=job_id, manifest="m.jsonl", out=out, model=ModelChoice("test-tiny"), **kw)
@@ -347,7 +347,7 @@ def test_runtime_env_ships_code_and_no_secrets(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_estimate_from_table_and_no_measurement(tmp_path: Path) -> None:
-    from linegen.jobs.estimate import estimate
+    from linegen.cost.estimate import estimate
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"class_id": 1, "count": 1000}\n{"class_id": 2, "count": 500}\n')
@@ -369,7 +369,7 @@ def test_estimate_from_table_and_no_measurement(tmp_path: Path) -> None:
 
 
 def test_estimate_from_the_shipped_table(tmp_path: Path) -> None:
-    from linegen.jobs.estimate import estimate
+    from linegen.cost.estimate import estimate
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"class_id": 1, "count": 100}\n')
@@ -379,7 +379,7 @@ def test_estimate_from_the_shipped_table(tmp_path: Path) -> None:
 
 
 def test_throughput_table_rows_are_complete() -> None:
-    from linegen.jobs.estimate import TABLE_PATH
+    from linegen.cost.estimate import TABLE_PATH
 
     data = json.loads(TABLE_PATH.read_text())
     for row in data["rows"]:

@@ -214,7 +214,7 @@ def test_dtype_auto_reads_the_cpu_flags():
 
 def test_model_choice_takes_compile_and_dtype_auto():
     from linegen.jobs.errors import UserError
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.model_choice import ModelChoice
 
     choice = ModelChoice(name="test-tiny", dtype="auto", device="cpu")
     choice.check()

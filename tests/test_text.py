@@ -247,9 +247,9 @@ def _actor_sink(tmp_path):
 
 
 def test_actor_encodes_each_prompt_once(t5_dir, t2i_ckpts, tmp_path):
-    from linegen.jobs.cache_choice import CacheChoice
+    from linegen.settings.cache_choice import CacheChoice
     from linegen.jobs.manifest import Conditioning, parse_manifest
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.model_choice import ModelChoice
     from linegen.jobs.plan import Plan
     from linegen.workers.models.config import SamplingParams
     from linegen.workers.actor import GenerationActor
@@ -337,7 +337,7 @@ def test_bad_text_input_is_a_clear_error_and_writes_nothing(tmp_path, t5_dir, mo
 
 
 def test_bench_runs_a_t2i_model():
-    from linegen.benchmarks.engine_bench import BenchOptions, run_bench
+    from linegen.bench.engine_bench import BenchOptions, run_bench
 
     report = run_bench(BenchOptions(model=SPEC.name, policies=("full", "linear"), ratios=("1/4",), batch=2,
                                     memory_budget="64MiB", cfg_scale=2.0, warmup=False))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import jobs_helpers as H
-from linegen.cluster.config import ConfigError, parse_config
-from linegen.cluster.config_write import set_model_keys, write_model_keys
-from linegen.jobs.cache_choice import FALLBACK
+from linegen.settings.config_file import ConfigError, parse_config
+from linegen.settings.config_edit import set_model_keys, write_model_keys
+from linegen.settings.cache_choice import FALLBACK
 from linegen.workers.models.registry import get_spec
 
 VALUES = {"cache": "linear", "cache_ratio": "1/6", "cache_options": {"anchor_lines": 1, "decay": 1.0, "cfg_shared": True}}
@@ -88,8 +88,8 @@ def test_config_cache_keys_are_checked(entry, match):
 
 
 def test_cache_resolution_order(tmp_path):
-    from linegen.cluster.config import load_config
-    from linegen.jobs.settings import Settings
+    from linegen.settings.config_file import load_config
+    from linegen.settings.resolve import Settings
 
     path = tmp_path / "c.toml"
     path.write_text('[models]\nlinegen-shapes-c2i = { cache = "h2o", cache_ratio = "1/8", '

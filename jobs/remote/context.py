@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 
 # Seconds to wait for the dashboard to answer one request: a refused connection fails at once,
 # but a busy head (a job decoding on the same node) can take a few seconds to answer.
@@ -20,7 +20,7 @@ class Context:
     s3_endpoint_url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
     config_prices: dict[str, float] = field(default_factory=dict)
     flag_prices: dict[str, float] = field(default_factory=dict)
-    config: Any | None = None  # cluster.config.Config
+    config: Any | None = None  # linegen.settings.config_file.Config
 
     def require_cluster(self):
         if self.address is None:
@@ -71,8 +71,8 @@ def make_context(cluster: str | None = None, token: str | None = None, headers: 
     The output root: ``out``, else the config's ``[output] out``, else, when no cluster is given,
     ``default_out`` (the local commands pass `jobs.spec.DEFAULT_OUT`, where `linegen run` writes)."""
     from linegen.cluster.address import resolve_cluster
-    from linegen.cluster.config import ConfigError, load_config
-    from linegen.cluster.prices import parse_price
+    from linegen.settings.config_file import ConfigError, load_config
+    from linegen.cost.prices import parse_price
 
     try:
         cfg = load_config(config)

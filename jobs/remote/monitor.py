@@ -1,7 +1,7 @@
 """What a person watches: `linegen monitor`'s cluster snapshot and `linegen cost JOB`'s report."""
 from __future__ import annotations
 
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 from linegen.jobs.remote.attempts import states_from_snapshot
 from linegen.jobs.remote.context import HTTP_TIMEOUT_S, Context
 from linegen.jobs.remote.status import statuses_of, locate
@@ -9,8 +9,8 @@ from linegen.jobs.remote.status import statuses_of, locate
 
 def job_cost_report(ctx: Context, job_id: str) -> dict:
     """Cost from the job's stats: device-seconds per device x $/device-hour; $/1k images."""
-    from linegen.cluster.prices import PriceTable
-    from linegen.jobs.cost import cost_of
+    from linegen.cost.prices import PriceTable
+    from linegen.cost.job_cost import cost_of
     from linegen.jobs.progress import read_progress
 
     loc = locate(ctx, job_id)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 from linegen.jobs.remote.attempts import (META_AFTER, META_ATTEMPT, META_ENDPOINT, META_JOB, META_MODEL,
                                           META_NOW, META_OUT, META_START, META_VERSION)
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 from linegen.jobs.remote.attempts import ACTIVE, META_ENDPOINT, META_MODEL, META_OUT, attempt_doc, attempts_of, \
     derive_state, group_attempts
 from linegen.jobs.remote.context import HTTP_TIMEOUT_S, Context
@@ -124,7 +124,7 @@ def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = 
                with_stats: bool = True, now: float | None = None, loc: Located | None = None) -> JobStatus:
     """State, progress (shards and images done/total), images/s, ETA, errors and cost so far."""
     from linegen.jobs import layout
-    from linegen.jobs.cost import cost_of
+    from linegen.cost.job_cost import cost_of
     from linegen.jobs.progress import read_progress
     from linegen.jobs.schedule import describe_time, utc_iso
 

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 from linegen.jobs.remote.attempts import ACTIVE, attempt_number, attempts_of
 from linegen.jobs.remote.context import HTTP_TIMEOUT_S, Context
 from linegen.jobs.remote.shipping import (DEFAULT_DRIVER_CPUS, absolute_out, entrypoint, metadata,

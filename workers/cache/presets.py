@@ -4,7 +4,7 @@ A preset is a plain dict of a policy's options; options given next to it overrid
 `paper` is LineAR as docs/linear.md specifies it (4 anchor tokens, 1 recent line, the last
 line's summed attention, one selection per row), kept reachable so the method can still be
 reproduced and compared. The others are the single switches and combinations that
-`linegen tune` (jobs/tune.py) and the sweep in benchmarks/RESULTS.md measure.
+`linegen tune` (linegen/quality/tune.py) and the sweep in benchmarks/RESULTS.md measure.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 def job_cost(device_seconds: dict[str, float], images: int, overrides: dict[str, float] | None = None) -> dict:
-    from linegen.cluster.prices import PriceTable
+    from linegen.cost.prices import PriceTable
 
     table = PriceTable.builtin().with_overrides(overrides)
     usd, unknown, used = 0.0, [], {}

@@ -6,7 +6,7 @@ found, from:
 1. a job's own stats (``--from-job JOB``): images / device-seconds of its committed shards;
 2. finished jobs under the output root (``--out`` / config) with the same model, cache policy and
    ratio that ran on the same device (their ``_SUCCESS`` summaries), the most recent first;
-3. ``benchmarks/throughput.json``: rows measured by our benchmarks (model, device, cache policy,
+3. ``linegen/cost/throughput.json``: rows measured by our benchmarks (model, device, cache policy,
    ratio, images/s, batch, source, date); a row is only ever written by a measured run;
 
 and the answer says which. The throughput is looked up before the manifest is read, so a missing
@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from linegen.jobs.cache_choice import CacheChoice
+from linegen.settings.cache_choice import CacheChoice
 from linegen.workers.cache import DEFAULT_RATIO
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 
-TABLE_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "throughput.json"
+TABLE_PATH = Path(__file__).resolve().parent / "throughput.json"  # package data
 
 
 def _row_cache(policy: Any, ratio: Any) -> CacheChoice:
@@ -44,7 +44,7 @@ def load_table(path: Path | str | None = None) -> list[dict]:
 
 
 def from_table(model: str, device: str, cache: CacheChoice, rows: list[dict]) -> dict | None:
-    from linegen.cluster.prices import canonical_device
+    from linegen.cost.prices import canonical_device
 
     matches = [r for r in rows if r.get("model") == model and canonical_device(str(r.get("device"))) == device
                and cache.same_budget(_row_cache(r.get("cache_policy"), r.get("ratio")))]
@@ -59,7 +59,7 @@ def from_table(model: str, device: str, cache: CacheChoice, rows: list[dict]) ->
 
 
 def _device_of(device_seconds: dict[str, float]) -> str | None:
-    from linegen.cluster.prices import canonical_device
+    from linegen.cost.prices import canonical_device
 
     names = {canonical_device(d) for d in device_seconds if d}
     return names.pop() if len(names) == 1 else None
@@ -134,9 +134,9 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
              s3_endpoint_url: str | None = None, table: list[dict] | None = None) -> dict:
     """The estimate document. ``throughput`` is None (and ``reason`` says why) when nothing was
     measured for this model, device and cache."""
-    from linegen.cluster.prices import PriceTable, canonical_device
+    from linegen.cost.prices import PriceTable, canonical_device
     from linegen.jobs.manifest import Conditioning, read_manifest, total_items
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.model_choice import ModelChoice
 
     if gpus < 1:
         raise UserError(f"--gpus must be >= 1, got {gpus}")
@@ -191,7 +191,7 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
 def measured_rates(model: str, cache: CacheChoice, storage=None, table: list[dict] | None = None) -> list[dict]:
     """Every device with a measured throughput for ``model`` and ``cache``: a finished job under
     the output root first, else the benchmark table; one entry per device."""
-    from linegen.cluster.prices import canonical_device
+    from linegen.cost.prices import canonical_device
 
     rows = load_table() if table is None else table
     found = finished_job_rates(storage, model, cache) if storage is not None else {}
@@ -205,7 +205,7 @@ def measured_rates(model: str, cache: CacheChoice, storage=None, table: list[dic
 def dry_run(job, *, prices: dict[str, float] | None = None) -> dict:
     """What `linegen run --dry-run` prints for a planned (not recorded) job: items, shards, what is
     already committed, and time and cost on every device whose throughput was measured."""
-    from linegen.cluster.prices import PriceTable, canonical_device
+    from linegen.cost.prices import PriceTable, canonical_device
     from linegen.jobs import layout
     from linegen.jobs.plan import shard_index
     from linegen.jobs.spec import read_spec

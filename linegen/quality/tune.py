@@ -14,9 +14,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from linegen.jobs.cache_choice import CacheChoice
-from linegen.jobs.errors import UserError
-from linegen.jobs.models import ModelChoice
+from linegen.settings.cache_choice import CacheChoice
+from linegen.errors import UserError
+from linegen.settings.model_choice import ModelChoice
 
 # Request seeds of `linegen eval` derive from its --seed (0 by default); tuning on seed 1's
 # requests keeps the items a setting is chosen on apart from those it is judged on.
@@ -125,7 +125,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     """Measure every candidate on the calibration items and pick the lowest KL."""
     import torch
 
-    from linegen.jobs.evaluate import EvalOptions, requests_for
+    from linegen.quality.evaluate import EvalOptions, requests_for
     from linegen.workers.cache import make_policy
     from linegen.workers.engine import Engine
 

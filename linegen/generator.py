@@ -18,10 +18,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 from linegen.jobs.manifest import Conditioning, parse_rows
 from linegen.jobs.plan import Item, expand_items
-from linegen.jobs.settings import Settings
+from linegen.settings.resolve import Settings
 
 
 @dataclass

@@ -7,7 +7,7 @@ Each policy can run in several variants (decode path and dtype, e.g. `off:float3
 measured in turn (interleaved per repeat) so a drifting machine load hits them alike; compile time
 is reported apart and never inside throughput.
 The run also measures the machine's plain matmul rates (fp32 and bf16) and memory read rate, and
-reports each row's roofline (benchmarks/roofline.py): FLOPs and bytes per step, the images/s they
+reports each row's roofline (linegen/bench/roofline.py): FLOPs and bytes per step, the images/s they
 bound, and the fraction of that bound and of the GEMM rates the engine reached.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from linegen.benchmarks.roofline import (decode_flops, matmul_rate, read_bandwidth, roofline, wave_bytes,  # noqa: F401
+from linegen.bench.roofline import (decode_flops, matmul_rate, read_bandwidth, roofline, wave_bytes,  # noqa: F401
                                          wave_flops)
 from linegen.workers.cache import POLICY_NAMES, Layout, make_policy
 from linegen.workers.engine import Engine, GenRequest, SamplingParams

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 from linegen.workers.cache import DEFAULT_RATIO, POLICY_NAMES, CacheConfigError, Layout, make_policy, parse_ratio
 
 __all__ = ["DEFAULT_RATIO", "POLICY_NAMES", "CacheChoice"]

@@ -8,7 +8,7 @@ Engine in batched waves, and compared with the full cache:
   * token match: fraction of tokens equal to the full cache's, same seed (sampling diverges after
     the first difference, so this is a strict measure);
   * fidelity, teacher-forced on the full cache's own samples: mean KL(full || policy) per step and
-    top-1 agreement of the guided next-token distributions (workers/engine/fidelity.py).
+    top-1 agreement of the guided next-token distributions (linegen/quality/fidelity.py).
 Nothing here imports torch at module level (jobs/ rule); the work happens in `evaluate()`.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from linegen.jobs.cache_choice import POLICY_NAMES
-from linegen.jobs.errors import UserError
-from linegen.jobs.models import ModelChoice
+from linegen.settings.cache_choice import POLICY_NAMES
+from linegen.errors import UserError
+from linegen.settings.model_choice import ModelChoice
 
 DEFAULT_POLICIES = ("full", "linear", "linear/paper") + tuple(p for p in POLICY_NAMES if p not in ("full", "linear"))
 DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
@@ -99,7 +99,7 @@ def _logprobs(engine, requests, tokens, max_batch: int):
     """Guided next-token log-probabilities [n, N, V] under teacher forcing on `tokens`."""
     import torch
 
-    from linegen.workers.engine.fidelity import _guided_logprobs
+    from linegen.quality.fidelity import _guided_logprobs
 
     return torch.cat([_guided_logprobs(engine, requests[i:i + max_batch], tokens[i:i + max_batch])
                       for i in range(0, len(requests), max_batch)])

@@ -1,7 +1,7 @@
 """The Python API behind `import linegen` (and the CLI): run, validate, submit, status, read_rows.
 
 Every function takes the same keywords as the CLI's flags (``--cache-ratio`` is ``cache_ratio``);
-settings that decide the images are the keywords of `jobs.settings.Settings.from_flags`. Errors
+settings that decide the images are the keywords of `linegen.settings.resolve.Settings.from_flags`. Errors
 are `linegen.UserError` subclasses carrying the one-line message the CLI prints.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 
 ROWS_MANIFEST = "rows.jsonl"  # how a job made from Python rows names its manifest (its copy keeps them)
 
@@ -101,7 +101,7 @@ def validate(manifest, *, model: str | None = None, text_encoder: str | None = N
     With a model, rows are checked against it; with a t2i model and its text encoder, the prompts
     the tokenizer will cut are listed by line."""
     from linegen.jobs.manifest import Conditioning, parse_rows, read_manifest, total_items
-    from linegen.jobs.models import ModelChoice
+    from linegen.settings.model_choice import ModelChoice
 
     conditioning = spec = None
     if model is not None:
@@ -137,7 +137,7 @@ def read_rows(manifest: str, *, model: str | None = None, s3_endpoint_url: str |
 
     conditioning = None
     if model is not None:
-        from linegen.jobs.models import ModelChoice
+        from linegen.settings.model_choice import ModelChoice
 
         conditioning = Conditioning.of(ModelChoice(name=model, random_weights=True).spec())
     rows = read_manifest(manifest, conditioning, endpoint_url=s3_endpoint_url)

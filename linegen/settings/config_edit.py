@@ -6,7 +6,7 @@ as text, not re-serialised, so the user's comments, order and layout survive:
   * an entry written inline (``NAME = { ... }`` or ``NAME = "checkpoint"``) is rewritten as one
     inline table holding its old values and the new ones (that line's own comment is lost);
   * a model without an entry gets a ``[models.NAME]`` table at the end of the file.
-The result is parsed again (cluster/config.py) before it replaces the file, atomically.
+The result is parsed again (linegen/settings/config_file.py) before it replaces the file, atomically.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from linegen.cluster.config import ConfigError, parse_config
+from linegen.settings.config_file import ConfigError, parse_config
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 
 
 def check_request(spec, class_ids: list[int], count: int) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from linegen.jobs.cache_choice import AUTO, CacheChoice, recommended
-from linegen.jobs.errors import UserError
-from linegen.jobs.models import ModelChoice
+from linegen.settings.cache_choice import AUTO, CacheChoice, recommended
+from linegen.errors import UserError
+from linegen.settings.model_choice import ModelChoice
 from linegen.workers.models.config import SamplingParams
 
 
@@ -38,7 +38,7 @@ class Settings:
         """Settings from flag values (None: the model's or the config file's default).
 
         ``cache_options``: a dict, or ``KEY=VALUE`` strings as `--cache-option` gives them.
-        ``config``: a loaded config (cluster.config.Config) whose ``[models]`` entry for the
+        ``config``: a loaded config (linegen.settings.config_file.Config) whose ``[models]`` entry for the
         model supplies checkpoints the flags leave out, and the cache when no cache flag is given
         (``cache`` None means "the entry's cache, else full").
         """

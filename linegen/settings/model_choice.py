@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 
-from linegen.jobs.errors import UserError
+from linegen.errors import UserError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 COMPILE = ("auto", "on", "off")

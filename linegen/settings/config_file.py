@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from linegen.cluster.address import redact_url
-from linegen.cluster.prices import parse_price
+from linegen.cost.prices import parse_price
 from linegen.errors import UserError
 
 
