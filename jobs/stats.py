@@ -36,7 +36,7 @@ def _epoch(v: Any) -> float:
 
 
 def read_shard_stats(storage, job_id: str, shard_id: str) -> ShardStats:
-    from linegen.jobs.writer import from_parquet_bytes
+    from linegen.jobs.parquet import from_parquet_bytes
 
     table = from_parquet_bytes(storage.get(layout.stats_key(job_id, shard_id)))
     present = [c for c in COLUMNS if c in table.column_names]  # prompts_truncated: absent in older files

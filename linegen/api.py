@@ -152,7 +152,7 @@ def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_e
     from linegen.jobs import layout
     from linegen.jobs.sink import committed_file, read_commit
     from linegen.jobs.storage import open_storage
-    from linegen.jobs.writer import from_parquet_bytes
+    from linegen.jobs.parquet import from_parquet_bytes
 
     storage = open_storage(out, endpoint_url=s3_endpoint_url)
     tables = []

@@ -22,10 +22,24 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
-def _module_level_imports(path: Path, known: set[str]) -> set[str]:
-    """linegen modules imported when `path` is imported (top-level statements only)."""
+def _is_type_checking_block(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """linegen modules `path` imports anywhere: at the top, inside functions (lazy imports count:
+    a cycle hidden behind a function-local import is still a cycle), not under `if TYPE_CHECKING:`,
+    which never runs."""
     out = set()
-    for node in ast.parse(path.read_text()).body:
+
+    def walk(node: ast.AST) -> None:
+        if _is_type_checking_block(node):
+            for child in node.orelse:
+                walk(child)
+            return
         names = []
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
@@ -36,15 +50,14 @@ def _module_level_imports(path: Path, known: set[str]) -> set[str]:
                 name = name.rpartition(".")[0]
             if name:
                 out.add(name)
+        for child in ast.iter_child_nodes(node):
+            walk(child)
+
+    walk(ast.parse(path.read_text()))
     return out
 
 
-def test_no_import_circles() -> None:
-    mods = _modules()
-    graph = {m: _module_level_imports(p, set(mods)) - {m} for m, p in mods.items()}
-    # A package's own __init__ importing its submodules is how re-exports work, not a circle.
-    for m in graph:
-        graph[m] = {d for d in graph[m] if not m.startswith(d + ".")}
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     seen: dict[str, int] = {}
     cycles = []
 
@@ -60,7 +73,30 @@ def test_no_import_circles() -> None:
     for m in sorted(graph):
         if m not in seen:
             visit(m, [m])
-    assert cycles == []
+    return cycles
+
+
+def test_no_import_circles() -> None:
+    mods = _modules()
+    graph = {m: _imports(p, set(mods)) - {m} for m, p in mods.items()}
+    # A package's own __init__ importing its submodules is how re-exports work, not a circle.
+    for m in graph:
+        graph[m] = {d for d in graph[m] if not m.startswith(d + ".")}
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_sees_lazy_imports() -> None:
+    """The check above must see an import inside a function: a two-module circle closed lazily."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        a, b = Path(d, "a.py"), Path(d, "b.py")
+        a.write_text("import pkg.b\n")
+        b.write_text("def f():\n    from pkg.a import x\n")
+        graph = {"pkg.a": _imports(a, {"pkg.a", "pkg.b"}) - {"pkg.a"},
+                 "pkg.b": _imports(b, {"pkg.a", "pkg.b"}) - {"pkg.b"}}
+    assert graph == {"pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"}}
+    assert _cycles(graph) != []
 
 
 def test_dependencies_point_one_way() -> None:

@@ -191,7 +191,7 @@ def _check_csv_header(columns: list[str], line: int, v: Validator) -> bool:
 
 
 def parse_parquet(data: bytes, v: Validator) -> None:
-    from linegen.jobs.writer import from_parquet_bytes  # lazy: only Parquet manifests pay for pyarrow
+    from linegen.jobs.parquet import from_parquet_bytes  # lazy: only Parquet manifests pay for pyarrow
 
     try:
         table = from_parquet_bytes(data)

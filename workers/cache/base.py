@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
+from linegen.workers.cache.layout import Layout
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -32,22 +34,6 @@ DEFAULT_RATIO = "1/6"
 
 class CacheConfigError(ValueError):
     """A cache setting that cannot work (bad ratio, budget smaller than the protected set...)."""
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where tokens sit: `prefix` condition tokens, then a `grid` x `grid` raster of visual tokens."""
-
-    prefix: int
-    grid: int
-
-    @property
-    def width(self) -> int:
-        return self.grid
-
-    @property
-    def num_tokens(self) -> int:
-        return self.grid * self.grid
 
 
 def parse_ratio(text: str | float) -> float:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from linegen.workers.cache.base import Layout
+from linegen.workers.cache.layout import Layout
 
 
 @dataclass

@@ -15,9 +15,10 @@ from linegen.workers.cache.static import StaticKVCache
 from linegen.workers.engine.graphs import BUCKETS, StepGraphs, bucket_for, bucket_sizes, span_for, spans
 from linegen.workers.engine.sampling import BatchSampling, guide, sample, top_k_bound
 from linegen.workers.engine.step import StepShape, StepState
+from linegen.workers.engine.wave import GenRequest, WaveResult, WaveStats, peak_memory_bytes
 
-if TYPE_CHECKING:
-    from linegen.workers.engine.engine import Engine, GenRequest, WaveResult
+if TYPE_CHECKING:  # the engine owns this decoder; typing only, never imported from here at run time
+    from linegen.workers.engine.engine import Engine
 
 
 class StaticDecoder:
@@ -30,7 +31,7 @@ class StaticDecoder:
     def buckets(self) -> tuple[int, ...]:
         return bucket_sizes(self.engine.max_batch, BUCKETS[self.backend])
 
-    def shapes(self, requests: list["GenRequest"]) -> list[StepShape]:
+    def shapes(self, requests: list[GenRequest]) -> list[StepShape]:
         e = self.engine
         n = bucket_for(len(requests), self.buckets())
         params = [r.sampling for r in requests]
@@ -41,7 +42,7 @@ class StaticDecoder:
                           use_top_p=any(p.top_p < 1 for p in params))
                 for span in spans(capacity, compresses, self.backend)]
 
-    def missing(self, requests: list["GenRequest"]) -> int:
+    def missing(self, requests: list[GenRequest]) -> int:
         """How many step shapes this wave would have to build first."""
         storage_ok = self._storage is not None and self._storage[0] == self.engine.max_batch
         return sum(1 for s in self.shapes(requests) if not storage_ok or not self.graphs.has(s))
@@ -59,8 +60,7 @@ class StaticDecoder:
         return self._storage[1], self._storage[2]
 
     # -- one wave ---------------------------------------------------------------------------
-    def run(self, requests: list["GenRequest"], reason: str) -> "WaveResult":
-        from linegen.workers.engine.engine import WaveResult, WaveStats, peak_memory_bytes
+    def run(self, requests: list[GenRequest], reason: str) -> WaveResult:
 
         e, n = self.engine, len(requests)
         shapes = self.shapes(requests)
