@@ -42,6 +42,7 @@ def bare_loop(model: str, images: int, batch: int) -> dict:
 def job_run(model: str, images: int, batch: int, shard_size: int, out: str) -> dict:
     from linegen.settings.cache_choice import CacheChoice
     from linegen.settings.model_choice import ModelChoice
+    from linegen.jobs.prepare import prepare_job
     from linegen.jobs.run import run_embedded
     from linegen.jobs.spec import JobSpec
     from linegen.workers.models.registry import get_spec
@@ -59,7 +60,7 @@ def job_run(model: str, images: int, batch: int, shard_size: int, out: str) -> d
             marks["last_commit"] = time.time()
 
     t0 = time.time()
-    summary = run_embedded(spec, progress=progress)
+    summary = run_embedded(prepare_job(spec), progress=progress)
     wall = time.time() - t0
     # steady state: from the actor's first wave (stats started_at) to the last commit seen
     import pyarrow.parquet as pq

@@ -25,6 +25,7 @@ def measure(model: str, policy: str, ratio: str | None, images: int, batch: int,
             random_weights: bool) -> dict:
     from linegen.settings.cache_choice import CacheChoice
     from linegen.settings.model_choice import ModelChoice
+    from linegen.jobs.prepare import prepare_job
     from linegen.jobs.run import run_embedded
     from linegen.jobs.spec import JobSpec
     from linegen.workers.models.registry import get_spec
@@ -39,7 +40,7 @@ def measure(model: str, policy: str, ratio: str | None, images: int, batch: int,
                        cache=CacheChoice(policy, ratio if policy != "full" else None),
                        sampling=spec_m.default_sampling,
                        shard_size=shard_size, batch_size=batch, workers=1)
-        summary = run_embedded(spec)
+        summary = run_embedded(prepare_job(spec))
     devices = summary["device_seconds_by_device"]
     return {"model": model, "device": ", ".join(sorted(devices)), "cache_policy": policy,
             "ratio": ratio if policy != "full" else None, "images_per_s": round(summary["images_per_device_s"], 3),

@@ -17,6 +17,7 @@ from typing import Any, List, Optional
 
 import typer
 
+from linegen.jobs.spec import DEFAULT_MAX_ATTEMPTS, DEFAULT_SHARD_SIZE
 from linegen.settings.cache_choice import POLICY_NAMES
 
 
@@ -102,13 +103,13 @@ class JobFlags:
     """A job's identity and how it is cut into work."""
 
     job_id: Optional[str] = flag(None, "--job-id", help="Job id (re-run with the same id and --out to resume; on a cluster also the Ray submission id).")
-    shard_size: int = flag(1000, "--shard-size", help="Images per shard (the unit of commit and resume).")
+    shard_size: int = flag(DEFAULT_SHARD_SIZE, "--shard-size", help="Images per shard (the unit of commit and resume).")
     workers: Optional[int] = flag(None, "--workers", help="Exactly N model-holding workers (--min-workers N --max-workers N).")
     min_workers: Optional[int] = flag(None, "--min-workers", help="Workers always requested; fewer placed for longer than --wait-for-resources fails the job (default 1).")
     max_workers: Optional[int] = flag(None, "--max-workers", help="At most this many workers (default: as many as the cluster places for a GPU run; 1 on CPU).")
     gpus_per_worker: Optional[float] = flag(None, "--gpus-per-worker", help="GPUs each worker asks Ray for (default 1 for a GPU run, 0 with --device cpu). Pending workers are the autoscaler's demand; a GPU run never falls back to CPU.")
     wait_for_resources: Optional[str] = flag(None, "--wait-for-resources", help="How long the job may wait with fewer than --min-workers placed before it fails, e.g. 10m, 1h or forever (default: forever when submitted, 5m for `linegen run`).")
-    max_attempts: int = flag(3, "--max-attempts", help="Attempts per shard; a lost node (preemption) does not spend one, a crash or error does.")
+    max_attempts: int = flag(DEFAULT_MAX_ATTEMPTS, "--max-attempts", help="Attempts per shard; a lost node (preemption) does not spend one, a crash or error does.")
     format: str = flag("parquet", "--format", help="Image shards: parquet (images/SHARD.parquet, Hugging Face datasets) or webdataset (images/SHARD.tar: KEY.png, KEY.json, KEY.tokens.npy).")
 
 

@@ -36,7 +36,7 @@ def run_command(
     prepared = prepare_job(spec)  # the whole manifest and every setting, before anything is shown
     try:
         if as_json:
-            typer.echo(json.dumps(run_embedded(spec, prepared=prepared), indent=2))
+            typer.echo(json.dumps(run_embedded(prepared), indent=2))
             return
         _run_with_bar(spec, prepared)
     except JobInterrupted as e:
@@ -67,7 +67,7 @@ def _run_with_bar(spec, prepared) -> None:
                        eta=f"ETA {duration(p.eta_s)}" if p.eta_s is not None else "",
                        cost=f"{money(p.usd)} so far" if p.usd else "")
 
-        summary = run_embedded(spec, progress=show, prepared=prepared)
+        summary = run_embedded(prepared, progress=show)
     Console().print(summary_table(summary))
 
 

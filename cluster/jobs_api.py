@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linegen.cluster.address import ClusterAddress, redact_text
-from linegen.errors import UserError
+from linegen.errors import UserError, one_line
 
 TERMINAL_STATUSES = frozenset({"STOPPED", "SUCCEEDED", "FAILED"})
 ALL_STATUSES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
@@ -78,17 +78,6 @@ class JobState:
 
 
 # --------------------------------------------------------------------------- one-line errors
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """A message cut to one line: the last line of a traceback, else the first non-empty line."""
-    s = str(text).strip()
-    lines = [ln.strip() for ln in s.splitlines() if ln.strip()]
-    if not lines:
-        return ""
-    line = lines[-1] if ("Traceback" in s and len(lines) > 1) else lines[0]
-    line = re.sub(r"\s+", " ", line)
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _network_reason(exc: BaseException) -> str:

@@ -21,100 +21,84 @@ import time
 from typing import Callable
 
 from linegen.jobs import layout
-from linegen.jobs.errors import JobFailed, UserError
-from linegen.jobs.pool import POLL_S, PREFETCH, Pool, Run, Shape, Worker, pool_shape
+from linegen.errors import UserError, one_line
+from linegen.jobs.errors import JobFailed
+from linegen.jobs.pool import POLL_S, PREFETCH, Pool, Run, Shape, Worker, WorkerNumbers, pool_shape
 from linegen.jobs.prepare import PreparedJob, load_job, prepare_job
-from linegen.jobs.progress import clear_live
-from linegen.jobs.spec import JobSpec
+from linegen.jobs.progress import Progress, clear_live
 from linegen.jobs.summary import write_success
-from linegen.jobs.tally import Progress, Tally, Todo
+from linegen.jobs.tally import Tally, Todo
 
-def run_job(spec: JobSpec, progress: Callable[[Progress], None] | None = None,
-            prepared: PreparedJob | None = None, *, submitted: bool = False) -> dict:
-    """Generate every uncommitted shard of the job, then write `_SUCCESS`; Ray must be initialised.
-    ``submitted``: the driver of a submitted job (its cluster may autoscale: `--device auto`
-    asks for GPUs and it waits for them as long as `--wait-for-resources` allows)."""
-    job = prepared or prepare_job(spec)
+
+def run_job(job: PreparedJob, progress: Callable[[Progress], None] | None = None, *, submitted: bool = False) -> dict:
+    """Generate every uncommitted shard of a prepared job, then write `_SUCCESS`; Ray must be
+    initialised. ``submitted``: the driver of a submitted job (its cluster may autoscale: `--device
+    auto` asks for GPUs and it waits for them as long as `--wait-for-resources` allows)."""
+    spec = job.spec
     committed = layout.committed_shards(job.storage, spec.job_id)
     tally = Tally(job, committed, progress)
-    tally.report("planned", force=True)
+    tally.report(WorkerNumbers(), "planned", force=True)
     todo = Todo(job.shards, committed)
     try:
         if len(todo):
-            _generate(job, todo, tally, pool_shape(spec, submitted=submitted))
+            Scheduler(job, todo, tally, pool_shape(spec, submitted=submitted)).run()
         if tally.failed:
             raise JobFailed(spec.job_id, tally.failed)
         summary = write_success(job, time.time() - tally.t0, tally.generated, tally.counts)
     except UserError as e:
         tally.state, tally.waiting = "failed", str(e).splitlines()[0]
-        tally.report("failed", force=True)
+        tally.report(WorkerNumbers(), "failed", force=True)
         raise
     except BaseException:  # Ctrl-C, SIGTERM (`linegen cancel`), a crash: the driver stops reporting
         tally.state, tally.waiting = "stopped", ""
-        tally.report("stopped", force=True)
+        tally.report(WorkerNumbers(), "stopped", force=True)
         raise
     clear_live(job.storage, spec.job_id)  # _SUCCESS says everything now
     tally.state = "succeeded"
     if tally.progress is not None:
-        tally.progress(tally.snapshot("finished"))
+        tally.progress(tally.snapshot(WorkerNumbers(), "finished"))
     return summary
 
 
-def _generate(job: PreparedJob, todo: Todo, tally: Tally, shape: Shape) -> None:
-    """Hand shards to the workers until each is committed or out of attempts."""
-    from ray.exceptions import ActorUnavailableError, RayActorError
+class Scheduler:
+    """Hands a job's shards to an elastic pool of workers until each is committed or out of
+    attempts. One round of `run`: scale the pool, dispatch shards, check it has the workers it
+    needs, collect the workers' answers, find workers whose node is gone, report."""
 
-    from linegen.jobs.sink import ShardSink
-    from linegen.workers.metrics import DRIVER_SERIES, Recorder
+    def __init__(self, job: PreparedJob, todo: Todo, tally: Tally, shape: Shape):
+        from linegen.jobs.sink import ShardSink
+        from linegen.workers.metrics import DRIVER_SERIES, Recorder
 
-    spec = job.spec
-    sink = ShardSink.for_job(job)
-    pool = Pool(job, sink, shape)
-    tally.pool, tally.shape, tally.state = pool, shape, "waiting"
-    metrics = Recorder(DRIVER_SERIES, job_id=spec.job_id)
-    crashes, last_death = 0, ""
-    short_since: float | None = time.monotonic()  # since when fewer than min_workers are placed
-    peak = 0
+        self.spec, self.todo, self.tally, self.shape = job.spec, todo, tally, shape
+        self.pool = Pool(job, ShardSink.for_job(job), shape)
+        self.metrics = Recorder(DRIVER_SERIES, job_id=job.spec.job_id)
+        self.crashes = 0  # workers that died by themselves (not with their node)
+        self.last_death = ""  # why the last one did
+        self.short_since: float | None = time.monotonic()  # since when fewer than min_workers are placed
+        self.peak = 0  # the most workers placed at once
+        tally.shape, tally.state = shape, "waiting"
 
-    def requeue(run: Run, why: str, *, node_lost: bool) -> None:
-        metrics.add("linegen_shards_requeued")
-        if node_lost:
-            tally.counts["requeued_node_lost"] += 1
-            todo.retry.append(Run(run.shard, run.attempt + 1, run.failures))
-            return
-        metrics.add("linegen_shards_failed")
-        tally.counts["failed_attempts"] += 1
-        if run.failures + 1 >= spec.max_attempts:
-            tally.failed[run.shard.shard_id] = why
-        else:
-            tally.counts["requeued_failed"] += 1
-            todo.retry.append(Run(run.shard, run.attempt + 1, run.failures + 1))
+    def run(self) -> None:
+        while len(self.todo) or self.pool.busy():
+            self.scale()
+            self.dispatch()
+            if not self.has_workers():
+                break
+            self.collect()
+            self.find_lost_nodes()
+            self.report()
+        for name in list(self.pool.workers):
+            self.pool.remove(name)
+        self.metrics.set("linegen_workers_placed", 0)
+        self.metrics.set("linegen_workers_pending", 0)
 
-    def lose(w: Worker, error: BaseException | None, why: str) -> None:
-        """A worker is gone: requeue its shards, free for a lost node, spending an attempt for a crash."""
-        nonlocal crashes, last_death
-        node_lost = error is not None and pool.lost_with_node(w, error)
-        pool.remove(w.name)
-        tally.retire(w)
-        for run in w.in_flight:
-            requeue(run, why, node_lost=node_lost)
-        if node_lost:
-            tally.counts["workers_lost_with_nodes"] += 1
-            if w.node_id:
-                tally.lost_nodes.add(w.node_id)
-                tally.counts["nodes_lost"] = len(tally.lost_nodes)
-            tally.report(f"{w.name} lost with its node; {len(w.in_flight)} shard(s) requeued (no attempt spent)")
-        else:
-            crashes += 1
-            tally.counts["worker_crashes"] += 1
-            last_death = why
-            tally.note(f"{w.name}: {why}")
-            tally.report("worker restarted")
-
-    def scale() -> None:
+    # -- the steps of one round -------------------------------------------------------------
+    def scale(self) -> None:
+        """Request or withdraw workers so the pool fits the shards left; release idle ones at the end."""
+        pool, shape, todo = self.pool, self.shape, self.todo
         placed, pending = pool.placed(), pool.pending()
         remaining = len(todo) + sum(len(w.in_flight) for w in placed)
-        budget_left = crashes < spec.max_attempts * max(1, shape.min_workers, peak)
+        budget_left = self.crashes < self.spec.max_attempts * max(1, shape.min_workers, self.peak)
         cap = shape.max_workers if shape.max_workers is not None else remaining
         want = min(cap, remaining) if budget_left else 0
         # a new worker is of use only with a shard to hand it; without --max-workers, grow as fast
@@ -132,35 +116,45 @@ def _generate(job: PreparedJob, todo: Todo, tally: Tally, shape: Shape) -> None:
         if not len(todo):  # nothing left to hand out: release idle workers (GPUs go back to the cluster)
             for w in placed:
                 if not w.in_flight:
-                    tally.retire(pool.remove(w.name))
+                    pool.remove(w.name)
 
-    while len(todo) or pool.busy():
-        scale()
-        placed = pool.placed()
-        peak = max(peak, len(placed))
-        for w in placed:  # top up every placed worker's queue
-            while len(todo) and len(w.in_flight) < PREFETCH:
-                pool.submit(w, todo.pop())
+    def dispatch(self) -> None:
+        """Top up every placed worker's queue to PREFETCH shards."""
+        placed = self.pool.placed()
+        self.peak = max(self.peak, len(placed))
+        for w in placed:
+            while len(self.todo) and len(w.in_flight) < PREFETCH:
+                self.pool.submit(w, self.todo.pop())
+
+    def has_workers(self) -> bool:
+        """Say why the job waits (if it does), fail it once it has waited too long, and give up on
+        the shards left when no worker is left and none may be requested (crashes used up the budget)."""
+        pool, shape, tally = self.pool, self.shape, self.tally
+        placed = len(pool.placed())
         now = time.monotonic()
-        if len(placed) >= shape.min_workers:
-            short_since = None
-        elif short_since is None:
-            short_since = now
-        tally.waiting = "" if len(placed) >= shape.min_workers else (
-            f"waiting for resources: {len(placed)}/{len(pool.workers)} workers placed (each needs "
+        if placed >= shape.min_workers:
+            self.short_since = None
+        elif self.short_since is None:
+            self.short_since = now
+        tally.waiting = "" if placed >= shape.min_workers else (
+            f"waiting for resources: {placed}/{len(pool.workers)} workers placed (each needs "
             f"{shape.needs()}; {pool.cluster_text()})" + ("; a GPU run never falls back to CPU" if shape.gpu else ""))
         tally.state = "running" if placed else "waiting"
-        if short_since is not None and shape.wait_s is not None and now - short_since > shape.wait_s:
-            raise UserError(f"waited {shape.wait_s:g} s for resources: {len(placed)} of at least "
+        if self.short_since is not None and shape.wait_s is not None and now - self.short_since > shape.wait_s:
+            raise UserError(f"waited {shape.wait_s:g} s for resources: {placed} of at least "
                             f"{shape.min_workers} worker(s) placed (each needs {shape.needs()}; "
                             f"{pool.cluster_text()}); --wait-for-resources bounds this")
-        if not pool.workers:  # no worker and none may be requested: crashes used up the budget
-            for sid in todo.clear():
-                tally.failed[sid] = last_death or "no worker left"
-            break
-        metrics.set("linegen_workers_placed", len(placed))
-        metrics.set("linegen_workers_pending", len(pool.pending()))
+        if not pool.workers:
+            for sid in self.todo.clear():
+                tally.failed[sid] = self.last_death or "no worker left"
+            return False
+        self.metrics.set("linegen_workers_placed", placed)
+        self.metrics.set("linegen_workers_pending", len(pool.pending()))
+        return True
 
+    def collect(self) -> None:
+        """Wait up to POLL_S for any worker's answer, then take every answer that is in."""
+        pool = self.pool
         refs = pool.refs()
         ready, _ = pool.ray.wait(list(refs), num_returns=1, timeout=POLL_S)
         if ready:
@@ -168,70 +162,97 @@ def _generate(job: PreparedJob, todo: Todo, tally: Tally, shape: Shape) -> None:
         for ref in ready:
             name, kind = refs[ref]
             w = pool.workers.get(name)
-            if w is None:
-                continue
-            try:
-                answer = pool.ray.get(ref)
-            except ActorUnavailableError:  # a blip (the node's network): ask again
-                if kind == "poll":
-                    pool.arm(w)
-                else:
-                    w.where_ref = w.actor.where.remote()
-                continue
-            except RayActorError as e:
-                lose(w, e, f"worker died: {_last_line(e)}")
-                continue
-            except Exception as e:  # noqa: BLE001 - the call itself failed: treat the worker as broken
-                lose(w, None, f"worker failed: {_last_line(e)}")
-                continue
-            if kind == "where":
-                w.where_ref, w.placed_at = None, time.time()
-                w.node_id, w.host = answer.get("node_id"), answer.get("host")
-                pool.read_nodes(force=True)
+            if w is not None:
+                self.answer(w, kind, ref)
+
+    def answer(self, w: Worker, kind: str, ref) -> None:
+        """One worker's answer: where it was placed, or a poll's finished shards and live numbers."""
+        from ray.exceptions import ActorUnavailableError, RayActorError
+
+        pool = self.pool
+        try:
+            answer = pool.ray.get(ref)
+        except ActorUnavailableError:  # a blip (the node's network): ask again
+            if kind == "poll":
                 pool.arm(w)
-                tally.report(f"{w.name} placed on {pool.node_names().get(w.node_id or '', w.host)}")
-                continue
-            if answer["load_error"]:
-                lose(w, None, answer["load_error"])
-                continue
-            w.loaded, w.live = answer["loaded"], answer["live"]
-            for seq, outcome in answer["outcomes"]:
-                if seq > w.acked:
-                    w.acked = seq
-                    _settle(w, outcome, tally, requeue, metrics)
+            else:
+                w.where_ref = w.actor.where.remote()
+            return
+        except RayActorError as e:
+            return self.lose(w, e, f"worker died: {one_line(e, last=True)}")
+        except Exception as e:  # noqa: BLE001 - the call itself failed: treat the worker as broken
+            return self.lose(w, None, f"worker failed: {one_line(e, last=True)}")
+        if kind == "where":
+            w.where_ref, w.placed_at = None, time.time()
+            w.node_id, w.host = answer.get("node_id"), answer.get("host")
+            pool.read_nodes(force=True)
             pool.arm(w)
-        for w in pool.placed():  # workers on nodes that are gone, before Ray reports each actor
-            if not pool.node_alive(w.node_id):
-                lose(w, RuntimeError("its node has died"), "its node has died")
-        tally.report()
-    for name in list(pool.workers):
-        tally.retire(pool.remove(name))
-    metrics.set("linegen_workers_placed", 0)
-    metrics.set("linegen_workers_pending", 0)
+            return self.report(f"{w.name} placed on {pool.node_names().get(w.node_id or '', w.host)}")
+        if answer["load_error"]:
+            return self.lose(w, None, answer["load_error"])
+        w.loaded, w.live = answer["loaded"], answer["live"]
+        for seq, outcome in answer["outcomes"]:
+            if seq > w.acked:
+                w.acked = seq
+                self.settle(w, outcome)
+        pool.arm(w)
 
+    def find_lost_nodes(self) -> None:
+        """Workers on nodes that are gone, before Ray reports each actor."""
+        for w in self.pool.placed():
+            if not self.pool.node_alive(w.node_id):
+                self.lose(w, RuntimeError("its node has died"), "its node has died")
 
-def _settle(w: Worker, outcome, tally: Tally, requeue, metrics) -> None:
-    """Book one shard outcome reported by a worker."""
-    run = next((r for r in w.in_flight if r.shard.shard_id == outcome.shard_id and r.attempt == outcome.attempt),
-               None)
-    if run is None:
-        return  # not ours any more (requeued elsewhere)
-    w.in_flight.remove(run)
-    if outcome.status in ("committed", "already"):
-        tally.shards_done += 1
-        tally.images_done += run.shard.size
-        tally.generated += outcome.images if outcome.status == "committed" else 0
-        metrics.add("linegen_shards_committed")
-        tally.report(f"{outcome.shard_id} {outcome.status}")
-    else:
-        requeue(run, outcome.error or "failed", node_lost=False)
-        tally.report(f"{outcome.shard_id} failed: {outcome.error}")
+    def report(self, event: str = "") -> None:
+        self.tally.report(self.pool.numbers(), event)
 
+    # -- what happens to a shard or a worker ------------------------------------------------
+    def settle(self, w: Worker, outcome) -> None:
+        """Book one shard outcome a worker reported."""
+        run = next((r for r in w.in_flight if r.shard.shard_id == outcome.shard_id and r.attempt == outcome.attempt),
+                   None)
+        if run is None:
+            return  # not ours any more (requeued elsewhere)
+        w.in_flight.remove(run)
+        if outcome.status in ("committed", "already"):
+            self.tally.committed(run.shard.size, outcome.images if outcome.status == "committed" else 0)
+            self.metrics.add("linegen_shards_committed")
+            self.report(f"{outcome.shard_id} {outcome.status}")
+        else:
+            self.requeue(run, outcome.error or "failed", node_lost=False)
+            self.report(f"{outcome.shard_id} failed: {outcome.error}")
 
-def _last_line(e: BaseException) -> str:
-    """Ray wraps an actor's own error in a long message; its last line names the cause."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else type(e).__name__
+    def lose(self, w: Worker, error: BaseException | None, why: str) -> None:
+        """A worker is gone: requeue its shards, free for a lost node, spending an attempt for a crash."""
+        node_lost = error is not None and self.pool.lost_with_node(w, error)
+        self.pool.remove(w.name)
+        for run in w.in_flight:
+            self.requeue(run, why, node_lost=node_lost)
+        if node_lost:
+            self.tally.node_lost(w.node_id)
+            self.report(f"{w.name} lost with its node; {len(w.in_flight)} shard(s) requeued (no attempt spent)")
+        else:
+            self.crashes += 1
+            self.tally.counts["worker_crashes"] += 1
+            self.last_death = why
+            self.tally.note(f"{w.name}: {why}")
+            self.report("worker restarted")
+
+    def requeue(self, run: Run, why: str, *, node_lost: bool) -> None:
+        """A shard goes back to the queue: free when its node was lost, else it spends an attempt."""
+        counts = self.tally.counts
+        self.metrics.add("linegen_shards_requeued")
+        if node_lost:
+            counts["requeued_node_lost"] += 1
+            self.todo.retry.append(Run(run.shard, run.attempt + 1, run.failures))
+            return
+        self.metrics.add("linegen_shards_failed")
+        counts["failed_attempts"] += 1
+        if run.failures + 1 >= self.spec.max_attempts:
+            self.tally.failed[run.shard.shard_id] = why
+        else:
+            counts["requeued_failed"] += 1
+            self.todo.retry.append(Run(run.shard, run.attempt + 1, run.failures + 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 if p.event:
                     print(json.dumps({"progress": p.__dict__}), flush=True)
 
-            summary = run_job(spec, progress=show, submitted=True)
+            summary = run_job(prepare_job(spec), progress=show, submitted=True)
         except UserError as e:
             from linegen.cluster.address import redact_text
 

@@ -157,7 +157,7 @@ class Plan(Sequence[Shard]):
     the images: shard i is built on demand from a running total of the rows' counts."""
 
     def __init__(self, rows: Sequence[ManifestRow], *, job_seed: int, sampling: SamplingParams,
-                 shard_size: int = 1000):
+                 shard_size: int):
         if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
             raise ValueError(f"shard_size must be an integer >= 1, got {shard_size!r}")
         self.rows = list(rows)

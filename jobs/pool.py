@@ -86,6 +86,23 @@ class Run:
 
 
 @dataclass
+class WorkerNumbers:
+    """What the pool's workers report, summed: the numbers the driver hands its tally."""
+    decoded: int = 0  # images decoded by this run's workers, gone ones included (committed or not)
+    device_seconds: dict[str, float] = field(default_factory=dict)  # by device, gone workers included
+    in_flight_images: int = 0  # decoded in shards not committed yet
+    in_flight_seconds: dict[str, float] = field(default_factory=dict)
+    placed: int = 0
+    pending: int = 0
+    first_wave_at: float | None = None  # the earliest first wave of any worker (epoch s)
+    workers: list[dict] = field(default_factory=list)  # one `Worker.doc` each
+
+
+def _add_seconds(into: dict[str, float], device: str, seconds: float) -> None:
+    into[device] = into.get(device, 0.0) + seconds
+
+
+@dataclass
 class Worker:
     name: str
     actor: object
@@ -119,6 +136,7 @@ class Pool:
         self.workers: dict[str, Worker] = {}
         self.nodes: dict[str, dict] = {}  # node id -> ray.nodes() entry
         self.nodes_read_at = 0.0
+        self.retired = WorkerNumbers()  # what workers that are gone decoded
 
     # -- membership -------------------------------------------------------------------------
     def request(self) -> Worker:
@@ -138,11 +156,15 @@ class Pool:
         return w
 
     def remove(self, name: str) -> Worker:
+        """Stop a worker; what it decoded stays counted."""
         w = self.workers.pop(name)
         try:
             self.ray.kill(w.actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already dead
             pass
+        self.retired.decoded += int(w.live.get("images", 0))
+        if w.live.get("device_seconds"):
+            _add_seconds(self.retired.device_seconds, w.live.get("device") or "unknown", float(w.live["device_seconds"]))
         return w
 
     def placed(self) -> list[Worker]:
@@ -153,6 +175,27 @@ class Pool:
 
     def busy(self) -> bool:
         return any(w.in_flight for w in self.workers.values())
+
+    def numbers(self) -> WorkerNumbers:
+        """The workers' live reports summed (from their last poll), gone workers' work included."""
+        n = WorkerNumbers(decoded=self.retired.decoded, device_seconds=dict(self.retired.device_seconds),
+                          placed=len(self.placed()), pending=len(self.pending()),
+                          workers=[w.doc(self.node_names()) for w in self.workers.values()])
+        for w in self.workers.values():
+            dev = w.live.get("device") or "unknown"
+            n.decoded += int(w.live.get("images", 0))
+            if w.live.get("device_seconds"):
+                _add_seconds(n.device_seconds, dev, float(w.live["device_seconds"]))
+            first = w.live.get("first_wave_at")
+            if first and (n.first_wave_at is None or first < n.first_wave_at):
+                n.first_wave_at = first
+            live = w.live.get("in_flight") or {}
+            for run in w.in_flight:
+                entry = live.get(run.shard.shard_id)
+                if entry and entry.get("attempt") == run.attempt:  # this attempt's, not an older one's
+                    n.in_flight_images += int(entry.get("decoded", 0))
+                    _add_seconds(n.in_flight_seconds, dev, float(entry.get("device_seconds", 0.0)))
+        return n
 
     # -- calls ------------------------------------------------------------------------------
     def submit(self, w: Worker, run: Run) -> None:

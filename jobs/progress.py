@@ -37,6 +37,24 @@ LIVE_STATES = ("starting", "waiting", "running")  # what a driver that still wor
 
 
 @dataclass
+class Progress:
+    """A running job's live progress, as its driver reports it (to a callback and `_progress.json`)."""
+    images_done: int  # committed + decoded in shards not committed yet (live, from the first wave)
+    images_total: int
+    shards_done: int
+    shards_total: int
+    images_per_s: float
+    eta_s: float | None
+    failed: list[str] = field(default_factory=list)
+    event: str = ""
+    images_committed: int = 0
+    usd: float | None = None  # cost so far of this run's waves
+    workers_placed: int = 0
+    workers_pending: int = 0
+    waiting: str = ""  # why nothing runs, e.g. "waiting for resources: 0/4 workers placed (...)"
+
+
+@dataclass
 class JobProgress:
     job_id: str
     spec: Any | None  # JobSpec, or None when job.json is missing

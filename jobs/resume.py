@@ -17,4 +17,4 @@ def resume_local(out: str, job_id: str, *, s3_endpoint_url: str | None = None,
     from linegen.jobs.spec import check_job_id
 
     spec = load_job(out, check_job_id(job_id), s3_endpoint_url)
-    return run_embedded(spec, progress=progress, num_cpus=num_cpus, prepared=prepare_job(spec))
+    return run_embedded(prepare_job(spec), progress=progress, num_cpus=num_cpus)

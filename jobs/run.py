@@ -15,9 +15,9 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from linegen.jobs.driver import PreparedJob, prepare_job, run_job
-from linegen.jobs.tally import Progress
-from linegen.jobs.spec import JobSpec
+from linegen.jobs.driver import run_job
+from linegen.jobs.prepare import PreparedJob
+from linegen.jobs.progress import Progress
 
 INTERRUPTED = "interrupted; run the same command again to resume"
 
@@ -73,9 +73,9 @@ def interruptible(on_second: Callable[[], None] | None = None) -> Iterator[_Guar
             signal.signal(sig, old)
 
 
-def run_embedded(spec: JobSpec, progress: Callable[[Progress], None] | None = None,
-                 num_cpus: int | None = None, prepared: PreparedJob | None = None) -> dict:
-    prepared = prepared or prepare_job(spec)  # every check and the whole manifest before Ray starts
+def run_embedded(prepared: PreparedJob, progress: Callable[[Progress], None] | None = None,
+                 num_cpus: int | None = None) -> dict:
+    """Run a prepared job (every check and the whole manifest done before Ray starts) here."""
     from linegen.jobs.summary import finished_summary
 
     done = finished_summary(prepared)  # every shard already committed: the markers answer, no Ray
@@ -90,11 +90,11 @@ def run_embedded(spec: JobSpec, progress: Callable[[Progress], None] | None = No
     cluster = LocalCluster(num_cpus=num_cpus, auth_mode="disabled", log_to_driver=False,
                            init_kwargs={"logging_level": logging.ERROR})
     # local_outcome outside: an interruption is recorded after the cluster is gone
-    with local_outcome(prepared.storage, spec.job_id), interruptible(on_second=cluster.kill) as guard:
+    with local_outcome(prepared.storage, prepared.spec.job_id), interruptible(on_second=cluster.kill) as guard:
         try:
             cluster.start()
             guard.arm()  # ray.init installed its own SIGTERM handler
-            return run_job(spec, progress=progress, prepared=prepared)
+            return run_job(prepared, progress=progress)
         except KeyboardInterrupt as e:
             cluster.kill()  # every process of the cluster, now, before anything else is printed
             raise guard.interrupted(e) from None

@@ -42,7 +42,6 @@ from linegen.jobs.storage import Storage, StorageNotFound
 
 # Stats fields the sink knows better than the worker; a worker may omit them.
 _IDENTITY_FIELDS = ("job_id", "shard_id", "attempt", "model", "cache_policy", "cache_ratio")
-KINDS = ("images", "stats")
 
 
 class ShardSink:

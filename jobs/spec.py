@@ -24,6 +24,8 @@ from linegen.workers.models.config import SamplingParams
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEFAULT_OUT = "out"  # the output root of `linegen run` (and the local commands) when none is given
 ROWS_MANIFEST = "rows.jsonl"  # what a job made from Python rows records as its manifest (its copy keeps them)
+DEFAULT_SHARD_SIZE = 1000  # images per shard: the unit of commit and resume
+DEFAULT_MAX_ATTEMPTS = 3  # executions of a shard that may fail (a lost node does not spend one)
 FORMATS = ("parquet", "webdataset")  # image shards: images/<shard>.parquet or images/<shard>.tar
 
 # The settings that decide which images a job holds: a job id reused with any of them different
@@ -55,11 +57,11 @@ class JobSpec:
     cache: CacheChoice = field(default_factory=CacheChoice)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int = 0
-    shard_size: int = 1000
+    shard_size: int = DEFAULT_SHARD_SIZE
     workers: int | None = None  # None: one per GPU, or a CPU-sized pool without GPUs
     batch_size: int | None = None  # None: as many as the memory budget allows
     memory_budget: str | None = None  # e.g. "20GiB"; None: a fraction of free device memory
-    max_attempts: int = 3
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     # In memory the URL as given; job.json holds it redacted (to_json), and so does repr.
     s3_endpoint_url: str | None = field(default=None, repr=False)
     created_at: float = field(default_factory=time.time)
@@ -76,10 +78,10 @@ class JobSpec:
     format: str = "parquet"  # one of FORMATS
 
     @classmethod
-    def from_flags(cls, *, manifest: str, out: str | None = None, job_id: str | None = None, shard_size: int = 1000,
+    def from_flags(cls, *, manifest: str, out: str | None = None, job_id: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
                    workers: int | None = None, min_workers: int | None = None, max_workers: int | None = None,
                    gpus_per_worker: float | None = None, wait_for_resources: str | None = None,
-                   max_attempts: int = 3, format: str = "parquet", config: Any = None,
+                   max_attempts: int = DEFAULT_MAX_ATTEMPTS, format: str = "parquet", config: Any = None,
                    **settings) -> "JobSpec":
         """A job from flag values; ``settings`` are the keywords of `Settings.from_flags`.
 

@@ -69,7 +69,6 @@ def image_schema(class_names: Sequence[str] | None = None) -> pa.Schema:
     )
 
 
-IMAGE_SCHEMA = image_schema()
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 

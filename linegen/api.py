@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from linegen.errors import UserError
+from linegen.jobs.spec import DEFAULT_SHARD_SIZE, ROWS_MANIFEST
 
-ROWS_MANIFEST = "rows.jsonl"  # how a job made from Python rows names its manifest (its copy keeps them)
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,14 @@ def _manifest_source(manifest) -> tuple[str, bytes | None]:
     return ROWS_MANIFEST, data
 
 
-def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: int = 1000,
+def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
         workers: int | None = None, format: str = "parquet", progress: Callable | None = None,
         num_cpus: int | None = None, **settings) -> JobResult:
     """Run a job on the embedded local Ray (or the Ray this process already initialised).
 
     ``manifest``: a path/URI (.jsonl, .csv, .parquet) or a list of row dicts, validated exactly
     like a file. Re-running with the same ``job_id`` and ``out`` resumes: every item exactly once.
-    ``progress`` receives `jobs.tally.Progress` updates.
+    ``progress`` receives `jobs.progress.Progress` updates.
     """
     from linegen.jobs.prepare import prepare_job
     from linegen.jobs.run import run_embedded
@@ -90,7 +90,7 @@ def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: in
     spec = JobSpec.from_flags(manifest=name, out=out, job_id=job_id, shard_size=shard_size, workers=workers,
                               format=format, **settings)
     prepared = prepare_job(spec, manifest_data=data)  # the whole manifest and every setting first
-    summary = run_embedded(spec, progress=progress, prepared=prepared, num_cpus=num_cpus)
+    summary = run_embedded(prepared, progress=progress, num_cpus=num_cpus)
     return JobResult(job_id=spec.job_id, out=spec.out, summary=summary, s3_endpoint_url=spec.s3_endpoint_url,
                      format=spec.format)
 
@@ -180,7 +180,7 @@ def connect(*, cluster: str | None = None, out: str | None = None, token: str | 
 
 def submit(manifest: str, *, cluster: str | None = None, out: str | None = None, job_id: str | None = None,
            at: str | None = None, after: str | None = None, ship_code: bool = True, driver_cpus: float = 0.1,
-           shard_size: int = 1000, workers: int | None = None, token: str | None = None,
+           shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None, token: str | None = None,
            token_file: str | None = None, headers: list[str] | None = None, config: str | None = None,
            prices: list[str] | None = None, **settings):
     """Submit a job to a Ray cluster and return at once (`jobs.remote.SubmitResult`)."""

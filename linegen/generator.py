@@ -38,21 +38,14 @@ class Generator:
         """``flags``: the keywords of `linegen run` (checkpoint, vq_checkpoint, text_encoder,
         cache, cache_ratio, cache_options, seed, cfg_scale, top_k, top_p, temperature, batch_size,
         memory_budget, device, dtype, random_weights, s3_endpoint_url, config); or ready ``settings``."""
-        from linegen.workers.engine import Engine
-        from linegen.workers.sizes import parse_bytes
+        from linegen.workers.runner import ModelRunner
 
         self.settings = settings if settings is not None else Settings.from_flags(model=model, **flags)
         self.settings.check()
-        spec, gpt, vq, device = self.settings.model.load()
-        self.spec = spec
-        self.text = self.settings.model.load_text_encoder(device)
-        policy = self.settings.cache.build(spec.prefix_len, spec.grid)
-        self.engine = Engine(gpt, vq, spec, policy, device=device, max_batch=1, compile=self.settings.model.compile)
-        if self.settings.batch_size is not None:
-            self.engine.max_batch = self.settings.batch_size
-        else:
-            budget = parse_bytes(self.settings.memory_budget) if self.settings.memory_budget else None
-            self.engine.max_batch = self.engine.plan_packing(budget).max_sequences
+        self.runner = ModelRunner(self.settings.model, self.settings.cache, batch_size=self.settings.batch_size,
+                                  memory_budget=self.settings.memory_budget)
+        self.engine, self.spec = self.runner.engine, self.runner.spec
+        spec = self.spec
         self.conditioning = Conditioning.of(spec)
         self.cache_ratio = self.settings.cache.effective_ratio(spec.prefix_len, spec.grid)
         self.decode_path = ""  # how the last wave decoded (compile=auto says why)
@@ -84,15 +77,11 @@ class Generator:
         """Images for every item the rows ask for, in row then replica order."""
         import numpy as np
 
-        from linegen.workers.engine import requests_for
-        from linegen.workers.engine.overlap import ImageDecoder
-
         items = self.items(rows)
         self.engine.add_work(len(items))  # compile=auto weighs the whole call, not one wave
         out: list[GeneratedImage] = []
         step = self.engine.max_batch
-        decoder = ImageDecoder(self.engine)  # on a GPU a wave's images decode while the next wave runs
-        previous = None
+        previous = None  # on a GPU a wave's images decode while the next wave runs
 
         def collect(wave, prompt_info, tokens, images) -> None:
             images = images.result()  # waits for this wave's VQ decoding
@@ -104,20 +93,16 @@ class Generator:
             if progress is not None:
                 progress(len(out), len(items))
 
-        try:
-            for start in range(0, len(items), step):
-                wave = items[start:start + step]
-                requests, prompt_info = requests_for(wave, self.text)
-                result = self.engine.run_wave(requests)
-                self.decode_path = result.stats.compile_decision
-                current = (wave, prompt_info, result.tokens.numpy().astype(np.int32), decoder.submit(result.tokens))
-                if previous is not None:
-                    collect(*previous)
-                previous = current
+        for start in range(0, len(items), step):
+            wave = items[start:start + step]
+            result, prompt_info, images = self.runner.decode(wave)
+            self.decode_path = result.stats.compile_decision
+            current = (wave, prompt_info, result.tokens.numpy().astype(np.int32), images)
             if previous is not None:
                 collect(*previous)
-        finally:
-            decoder.close()
+            previous = current
+        if previous is not None:
+            collect(*previous)
         return out
 
     def __call__(self, batch) -> dict[str, list]:

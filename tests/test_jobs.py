@@ -430,6 +430,7 @@ def _spec(manifest: Path, out: Path, job_id: str, **kw):
 
 def test_actor_killed_mid_job_is_replaced_and_items_stay_exactly_once(ray_local, tmp_path: Path) -> None:
     from linegen.jobs.driver import run_job
+    from linegen.jobs.prepare import prepare_job
 
     ray = ray_local
     manifest = H.write_manifest(tmp_path / "manifest.jsonl", E2E_ROWS)
@@ -449,7 +450,7 @@ def test_actor_killed_mid_job_is_replaced_and_items_stay_exactly_once(ray_local,
 
     def target() -> None:
         try:
-            outcome["summary"] = run_job(spec, progress=progress)
+            outcome["summary"] = run_job(prepare_job(spec), progress=progress)
         except BaseException as e:  # noqa: BLE001 - reported below
             outcome["error"] = e
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from linegen.errors import one_line
 from linegen.workers.metrics import WORKER_SERIES, Recorder
 
 
@@ -168,22 +169,14 @@ class GenerationActor:
 
         if self._cpu_threads:
             torch.set_num_threads(self._cpu_threads)
-        from linegen.workers.engine import Engine
-        from linegen.workers.sizes import parse_bytes
+        from linegen.workers.runner import ModelRunner
 
-        self.spec, gpt, vq, device = self._model.load()
-        self.text = self._model.load_text_encoder(device)  # None for class-conditional models
+        self.runner = ModelRunner(self._model, self._cache, batch_size=self._batch_size,
+                                  memory_budget=self._memory_budget)
+        self.engine, self.packing, self.spec = self.runner.engine, self.runner.packing, self.runner.spec
+        self.text = self.runner.text  # None for class-conditional models
         self.model_name = self.spec.name
-        policy = self._cache.build(self.spec.prefix_len, self.spec.grid)
-        self.engine = Engine(gpt, vq, self.spec, policy, device=device, max_batch=1,
-                             compile=getattr(self._model, "compile", "off"))
-        budget = parse_bytes(self._memory_budget) if self._memory_budget else None
-        self.packing = self.engine.plan_packing(budget)
-        self.engine.max_batch = self._batch_size or self.packing.max_sequences
-        from linegen.workers.engine.overlap import ImageDecoder
-
-        self.images = ImageDecoder(self.engine)
-        self.device_name = torch.cuda.get_device_name(device) if str(device).startswith("cuda") else "cpu"
+        self.device_name = self.runner.model.device_name
 
     def _take_wave(self, pending: list[_Pending]) -> list[tuple[_Pending, object]]:
         """Up to max_batch items, oldest shard first, taking the next queued shard when one runs dry."""
@@ -221,8 +214,6 @@ class GenerationActor:
             return
         finally:
             self._loaded.set()
-        from linegen.workers.engine import requests_for
-
         pending: list[_Pending] = []
         in_flight = None  # a decoded wave whose images are still being decoded (GPU only)
         while not self._stop:
@@ -234,9 +225,7 @@ class GenerationActor:
                 continue
             started = time.time()
             try:
-                requests, prompt_info = requests_for([it for _, it in wave], self.text)
-                result = self.engine.run_wave(requests)
-                images = self.images.submit(result.tokens)
+                result, prompt_info, images = self.runner.decode([it for _, it in wave])
             except Exception as e:  # a shard that cannot be generated fails, the actor goes on
                 self._fail_wave(pending, wave, e)
                 continue
@@ -326,5 +315,4 @@ def _unique(seq):
 
 
 def _one_line(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".splitlines()
-    return text[0] if text else type(e).__name__
+    return one_line(f"{type(e).__name__}: {e}")

@@ -26,6 +26,7 @@ from linegen.workers.models.config import ModelSpec
 from linegen.workers.models.loading import load_model
 from linegen.workers.models.precision import resolve_dtype_name
 from linegen.workers.models.registry import get_spec
+from linegen.workers.runner import LoadedModel
 from linegen.workers.sizes import parse_bytes
 
 FIELDS = ("kv_bytes_per_sequence", "max_sequences", "tokens_per_s", "images_per_s",
@@ -141,8 +142,9 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
         p.check(layout)
     variants = opts.variants or (Variant(opts.compile, opts.dtype),)
     dtypes = {v: resolve_dtype_name(v.dtype, device.type) for v in variants}
-    gpts = {name: load_model(spec, opts.checkpoint, opts.vq_checkpoint, device=device, dtype=getattr(torch, name))[0]
-            for name in dict.fromkeys(dtypes.values())}
+    models = {name: LoadedModel(spec, load_model(spec, opts.checkpoint, opts.vq_checkpoint, device=device,
+                                                 dtype=getattr(torch, name))[0], None, device)
+              for name in dict.fromkeys(dtypes.values())}
     budget = parse_bytes(opts.memory_budget) if opts.memory_budget else None
     guided = opts.cfg_scale > 1
     rows_per_seq = 2 if guided else 1
@@ -151,8 +153,8 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     log("plain matmul rate: " + ", ".join(f"{n} {r / 1e9:.1f} GFLOP/s" for n, r in rates.items())
         + f"; memory read {bandwidth / 1e9:.1f} GB/s")
     if opts.warmup:  # first-call costs (allocator, kernels, CUDA context) stay out of the table
-        for gpt in gpts.values():
-            _timed_wave(Engine(gpt, None, spec, make_policy("full"), device=device, max_batch=1), 1, opts.cfg_scale, 1)
+        for model in models.values():
+            _timed_wave(model.engine(make_policy("full")), 1, opts.cfg_scale, 1)
     # Every (policy, batch, variant) engine is built first; each repeat then runs all of them in
     # turn, so a drifting machine load hits every row alike (the fastest wave of each counts).
     # A static engine's buffers are released after each wave: only one wave's cache is alive.
@@ -163,13 +165,13 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
             opts.max_batch_ratios is None or ratio_text in opts.max_batch_ratios)
         per_variant = {}
         for v in variants:
-            gpt = gpts[dtypes[v]]
-            engine = Engine(gpt, None, spec, policy, device=device, max_batch=max(opts.batch, 1), compile=v.compile)
+            model = models[dtypes[v]]
+            engine = model.engine(policy, max_batch=max(opts.batch, 1), compile=v.compile)
             plan = engine.plan_packing(budget, guided=guided)
             measures = {"batch": _Measure(engine, opts.batch)}
             if not opts.skip_max_batch and wants_max:
                 n = plan.max_sequences if opts.max_batch_cap is None else min(plan.max_sequences, opts.max_batch_cap)
-                measures["max"] = _Measure(Engine(gpt, None, spec, policy, device=device, max_batch=n, compile=v.compile), n)
+                measures["max"] = _Measure(model.engine(policy, max_batch=n, compile=v.compile), n)
             per_variant[v] = (engine, plan, measures)
         setups.append((name, ratio_text, policy, per_variant))
     for _ in range(opts.repeats):

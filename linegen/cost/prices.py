@@ -155,10 +155,6 @@ class PriceTable:
     def builtin(cls) -> PriceTable:
         return cls()
 
-    @classmethod
-    def from_overrides(cls, overrides: Mapping[str, object] | Iterable[str] | None = None) -> PriceTable:
-        return cls().with_overrides(overrides)
-
     def with_overrides(self, overrides: Mapping[str, object] | Iterable[str] | None,
                        source: str = "user override") -> PriceTable:
         """A new table with ``overrides`` applied: a mapping ``{"H100": 3.29}`` (e.g. the config's

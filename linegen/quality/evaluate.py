@@ -99,9 +99,9 @@ def _logprobs(engine, requests, tokens, max_batch: int):
     """Guided next-token log-probabilities [n, N, V] under teacher forcing on `tokens`."""
     import torch
 
-    from linegen.quality.fidelity import _guided_logprobs
+    from linegen.quality.fidelity import guided_logprobs
 
-    return torch.cat([_guided_logprobs(engine, requests[i:i + max_batch], tokens[i:i + max_batch])
+    return torch.cat([guided_logprobs(engine, requests[i:i + max_batch], tokens[i:i + max_batch])
                       for i in range(0, len(requests), max_batch)])
 
 
@@ -113,12 +113,14 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
     from linegen.workers.builtin import shapes
     from linegen.workers.builtin.classifier import classify, frechet_distance, load_classifier
     from linegen.workers.cache import CacheConfigError
-    from linegen.workers.engine import Engine
+    from linegen.quality.fidelity import divergence
+    from linegen.workers.runner import LoadedModel
 
     spec = opts.model.spec()
     _check(opts, spec)
     t_start = time.perf_counter()
-    spec, gpt, vq, device = opts.model.load()
+    model = LoadedModel.load(opts.model, text=False)
+    spec = model.spec
     clf = load_classifier(opts.classifier, spec.gpt.num_classes)
     n_cls = spec.gpt.num_classes
 
@@ -142,8 +144,7 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
     for name, ratio in configs:
         try:
             policy = _build(name, ratio)
-            engine = Engine(gpt, vq, spec, policy, device=device, max_batch=opts.max_batch,
-                            compile=opts.model.compile)
+            engine = model.engine(policy, max_batch=opts.max_batch, compile=opts.model.compile)
         except CacheConfigError as e:
             raise UserError(f"{name} at {ratio}: {e}") from None
         t0 = time.perf_counter()
@@ -163,8 +164,8 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
             if nf:
                 got = _logprobs(engine, requests[:nf], full["tokens"][:nf], opts.max_batch)
                 ref = full["logprobs"]
-                row["kl_mean"] = float((ref.exp() * (ref - got)).sum(-1).mean())
-                row["top1_agreement"] = float((ref.argmax(-1) == got.argmax(-1)).float().mean())
+                kl, agree = divergence(ref, got)
+                row["kl_mean"], row["top1_agreement"] = float(kl.mean()), float(agree.mean())
                 del got
         row["decode_s"] = round(decode_s, 2)
         row["wall_s"] = round(time.perf_counter() - t0, 2)
@@ -174,7 +175,7 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
             f"top1 {row.get('top1_agreement', float('nan')):.3f} ({row['wall_s']:.0f}s)")
     del torch
     return {
-        "model": spec.name, "device": str(device),
+        "model": spec.name, "device": str(model.device),
         "settings": {"samples": opts.samples, "fidelity_samples": nf, "seed": opts.seed,
                      "cfg_scale": requests[0].sampling.cfg_scale, "top_k": requests[0].sampling.top_k,
                      "temperature": requests[0].sampling.temperature,
@@ -222,14 +223,15 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
     from PIL import Image, ImageDraw
 
     from linegen.workers.cache import CacheConfigError
-    from linegen.workers.engine import Engine
+    from linegen.workers.runner import LoadedModel
 
     spec = opts.model.spec()
     if spec.gpt.cond != "c2i":
         raise UserError(f"model {spec.name} is text-conditional; `grid` needs a class-conditional model")
     if opts.per_class < 1:
         raise UserError("--per-class must be >= 1")
-    spec, gpt, vq, device = opts.model.load()
+    model = LoadedModel.load(opts.model, text=False)
+    spec = model.spec
     n_cls, k, size = spec.gpt.num_classes, opts.per_class, spec.image_size
     ev = EvalOptions(model=opts.model, seed=opts.seed, cfg_scale=opts.cfg_scale, top_k=opts.top_k)
     requests = requests_for(ev, spec, n_cls * k)  # request i: class i % n_cls
@@ -237,8 +239,7 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
     for name in opts.policies:
         try:
             policy = _build(name, opts.ratio)
-            engine = Engine(gpt, vq, spec, policy, device=device, max_batch=opts.max_batch,
-                            compile=opts.model.compile)
+            engine = model.engine(policy, max_batch=opts.max_batch, compile=opts.model.compile)
         except CacheConfigError as e:
             raise UserError(str(e)) from None
         t0 = time.perf_counter()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from linegen.workers.engine.engine import Engine, GenRequest
+from linegen.workers.engine import Engine, GenRequest
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,13 @@ class Fidelity:
         return {"kl_mean": self.kl_mean, "top1_agreement": self.top1_agreement, "steps": self.steps}
 
 
-def _guided_logprobs(engine: Engine, requests: list[GenRequest], tokens: torch.Tensor) -> torch.Tensor:
+def divergence(ref: torch.Tensor, got: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per step, of two guided next-token log-distributions [..., V]: KL(ref || got) in nats and
+    whether their top-1 tokens agree (1.0 / 0.0), each [...]."""
+    return (ref.exp() * (ref - got)).sum(-1), (ref.argmax(-1) == got.argmax(-1)).float()
+
+
+def guided_logprobs(engine: Engine, requests: list[GenRequest], tokens: torch.Tensor) -> torch.Tensor:
     steps: list[torch.Tensor] = []
     engine.run_wave(requests, forced=tokens, on_logits=lambda _step, g: steps.append(torch.log_softmax(g, -1).cpu()))
     return torch.stack(steps, dim=1)  # [n, N, V]
@@ -33,8 +39,7 @@ def fidelity(full: Engine, policy: Engine, requests: list[GenRequest], tokens: t
     """tokens [n, N]: the sequence to force; default: what the full cache samples for `requests`."""
     if tokens is None:
         tokens = full.run_wave(requests).tokens
-    ref = _guided_logprobs(full, requests, tokens)
-    got = _guided_logprobs(policy, requests, tokens)
-    kl = (ref.exp() * (ref - got)).sum(-1)  # [n, N]
-    agree = (ref.argmax(-1) == got.argmax(-1)).float()
+    ref = guided_logprobs(full, requests, tokens)
+    got = guided_logprobs(policy, requests, tokens)
+    kl, agree = divergence(ref, got)  # [n, N] each
     return Fidelity(kl_mean=float(kl.mean()), top1_agreement=float(agree.mean()), steps=int(kl.numel()))

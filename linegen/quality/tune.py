@@ -127,12 +127,14 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
 
     from linegen.quality.evaluate import EvalOptions, requests_for
     from linegen.workers.cache import make_policy
-    from linegen.workers.engine import Engine
+    from linegen.quality.fidelity import divergence
+    from linegen.workers.runner import LoadedModel
 
     spec = opts.model.spec()
     _check(opts, spec)
     t_start = time.perf_counter()
-    spec, gpt, _vq, device = opts.model.load()
+    model = LoadedModel.load(opts.model, text=False)
+    spec = model.spec
     ev = EvalOptions(model=opts.model, seed=opts.seed, cfg_scale=opts.cfg_scale, top_k=opts.top_k)
     requests = requests_for(ev, spec, opts.samples)
     if opts.temperature is not None:
@@ -140,7 +142,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
 
         requests = [replace(r, sampling=r.sampling.with_overrides(temperature=opts.temperature)) for r in requests]
     batch = min(opts.max_batch, opts.samples)
-    full = Engine(gpt, None, spec, make_policy("full"), device=device, max_batch=batch)
+    full = model.engine(make_policy("full"), max_batch=batch, images=False)
 
     # Build every candidate first: one that cannot hold the budget is a row, not a failure.
     engines, rows_by_label, budget = {}, {}, None
@@ -150,7 +152,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
         except UserError as e:
             rows_by_label[cand.label] = CandidateScore(cand.label, cand.policy, {}, None, None, 0.0, str(e))
             continue
-        engines[cand.label] = (cand, policy, Engine(gpt, None, spec, policy, device=device, max_batch=batch))
+        engines[cand.label] = (cand, policy, model.engine(policy, max_batch=batch, images=False))
         budget = policy.budget(engines[cand.label][2].layout)
     if not engines:
         raise UserError(f"no candidate fits a budget of {opts.ratio} on {spec.name}: "
@@ -172,8 +174,9 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
 
             def compare(step, g, acc=acc):
                 r, got = ref[step], torch.log_softmax(g.float(), -1)
-                acc["kl"] = acc["kl"] + (r.exp() * (r - got)).sum()
-                acc["agree"] = acc["agree"] + (r.argmax(-1) == got.argmax(-1)).sum()
+                kl, agree = divergence(r, got)
+                acc["kl"] = acc["kl"] + kl.sum()
+                acc["agree"] = acc["agree"] + agree.sum()
 
             engine.run_wave(wave, forced=tokens, on_logits=compare)
             kl_sum[label] += float(acc["kl"])
@@ -191,7 +194,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     return TuneResult(model=spec.name, ratio=opts.ratio, budget_tokens=budget, num_tokens=spec.num_tokens,
                       samples=opts.samples, seed=opts.seed,
                       sampling={"cfg_scale": sp.cfg_scale, "top_k": sp.top_k, "temperature": sp.temperature},
-                      rows=rows, best=best, wall_s=round(time.perf_counter() - t_start, 1), device=str(device))
+                      rows=rows, best=best, wall_s=round(time.perf_counter() - t_start, 1), device=str(model.device))
 
 
 def render_table(result: TuneResult) -> str:

@@ -17,7 +17,6 @@ Scoring receives a `LineContext` (workers/cache/context.py) whose tensors and he
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
 

@@ -14,7 +14,6 @@ step over preallocated buffers, reused by every wave).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -24,9 +23,9 @@ from torch import Tensor
 from linegen.workers.cache import CachePolicy, Layout
 from linegen.workers.cache.kv import KVCache, cache_bytes_per_row
 from linegen.workers.engine.compile_choice import ENGINE_MODES, Decision, decide
-from linegen.workers.engine.sampling import BatchSampling, SamplingParams, guide, sample
+from linegen.workers.engine.sampling import BatchSampling, guide, sample
 from linegen.workers.engine.static_wave import StaticDecoder
-from linegen.workers.engine.wave import GenRequest, WaveResult, WaveStats, peak_memory_bytes, requests_for  # noqa: F401
+from linegen.workers.engine.wave import GenRequest, WaveResult, WaveStats, peak_memory_bytes
 from linegen.workers.models.config import ModelSpec
 from linegen.workers.models.gpt import GPT
 
@@ -204,12 +203,3 @@ class Engine:
             t = tokens[i:i + self.decode_chunk].to(self.device, non_blocking=True)  # async when pinned
             out.append(np.asarray(to_uint8(self.vq.decode_code(t, self.spec.grid).float().cpu())))
         return np.concatenate(out)
-
-    def generate(self, requests: list[GenRequest]) -> tuple[Tensor, list[WaveStats]]:
-        """All tokens [len(requests), N] in request order, decoded in waves of max_batch."""
-        tokens, stats = [], []
-        for i in range(0, len(requests), self.max_batch):
-            res = self.run_wave(requests[i:i + self.max_batch])
-            tokens.append(res.tokens)
-            stats.append(res.stats)
-        return torch.cat(tokens), stats

@@ -68,8 +68,3 @@ def get_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def custom_spec(base: ModelSpec, **gpt_overrides) -> ModelSpec:
-    """A registered model with a different GPT size (benchmarks: 'width 256, 8 layers')."""
-    from dataclasses import replace
-
-    return replace(base, name=f"{base.name}+custom", gpt=replace(base.gpt, **gpt_overrides))
