@@ -321,16 +321,7 @@ def start_head(
     tdir.mkdir(parents=True, exist_ok=True)
     log_path = tdir / "ray-start.log"
 
-    child_env = dict(os.environ)
-    # `python` in job entrypoints should be this Python (e.g. the venv with linegen installed).
-    bindir = str(Path(sys.executable).parent)
-    child_env["PATH"] = bindir + os.pathsep + child_env.get("PATH", os.defpath)
-    for k, v in (env or {}).items():
-        if v is None:
-            child_env.pop(k, None)
-        else:
-            child_env[k] = str(v)
-
+    child_env = _head_env(env)
     cmd = _ray_executable() + [
         "start",
         "--head",
@@ -363,31 +354,50 @@ def start_head(
         )
     head = HeadProcess(proc=proc, host=host, port_dashboard=port_dashboard, port_gcs=port_gcs,
                        temp_dir=tdir, log_path=log_path, env=child_env, owns_temp_dir=owns)
-    base = f"http://{host}:{port_dashboard}"
+    _wait_until_ready(head, t0 + ready_timeout, ready_timeout)
+    head.started_in_s = time.monotonic() - t0
+    return head
+
+
+def _head_env(env: Mapping[str, str | None] | None) -> dict[str, str]:
+    """This process's environment plus ``env`` (a None value removes a variable)."""
+    child_env = dict(os.environ)
+    # `python` in job entrypoints should be this Python (e.g. the venv with linegen installed).
+    bindir = str(Path(sys.executable).parent)
+    child_env["PATH"] = bindir + os.pathsep + child_env.get("PATH", os.defpath)
+    for k, v in (env or {}).items():
+        if v is None:
+            child_env.pop(k, None)
+        else:
+            child_env[k] = str(v)
+    return child_env
+
+
+def _wait_until_ready(head: HeadProcess, deadline: float, ready_timeout: float) -> None:
+    """Until the dashboard answers and the head node is ALIVE; stops the head and raises if it
+    exits or the deadline passes."""
+    base = f"http://{head.host}:{head.port_dashboard}"
     # With token auth we can look inside only if we know the token.
-    token = child_env.get("RAY_AUTH_TOKEN", "").strip()
+    token = head.env.get("RAY_AUTH_TOKEN", "").strip()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    deadline = t0 + ready_timeout
     dashboard_up = False
     while True:
-        if proc.poll() is not None:
-            tail = _tail(log_path)
+        if head.proc.poll() is not None:
+            tail = _tail(head.log_path)
             head.stop()
-            raise HeadStartError(f"ray start exited with code {proc.returncode}:\n{tail}")
+            raise HeadStartError(f"ray start exited with code {head.proc.returncode}:\n{tail}")
         if not dashboard_up:
             code = _probe(base + "/api/version", headers=headers)
             # 401/403 without a known token: the dashboard is up with token auth on; that is
             # as far as we can check.
             if code in (401, 403) and not token:
-                break
+                return
             dashboard_up = code == 200
         # Then wait for the head node itself (jobs need its raylet).
         if dashboard_up and _head_node_alive(base, headers):
-            break
+            return
         if time.monotonic() > deadline:
-            tail = _tail(log_path)
+            tail = _tail(head.log_path)
             head.stop()
             raise HeadStartError(f"Ray head at {base} not ready after {ready_timeout:g} s:\n{tail}")
         time.sleep(0.25)
-    head.started_in_s = time.monotonic() - t0
-    return head

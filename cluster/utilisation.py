@@ -162,35 +162,7 @@ def _remote(address: ClusterAddress, timeout: float) -> dict[str, Any]:
         if summary is not None:
             warnings.append("/nodes?view=summary: unexpected answer")
 
-    nodes: list[dict[str, Any]] = []
-    for row in node_rows:
-        node_id = row.get("node_id")
-        res = {k: _clean(v) for k, v in (row.get("resources_total") or {}).items() if _num(v) is not None}
-        cpus = float(res.get("CPU", 0))
-        gpus_total = float(res.get("GPU", 0))
-        alive = row.get("state") == "ALIVE"
-        node_usage = usage_by_node.get(node_id) if alive else None
-        hw = hw_by_node.get(node_id)
-        if hw is not None and isinstance(hw.get("gpus"), list):
-            gpus: Any = [_gpu_entry(g) for g in hw["gpus"]]
-        else:
-            gpus = NA
-        entry = {
-            "node_id": node_id,
-            "address": row.get("node_ip"),
-            "hostname": (hw or {}).get("hostname") or row.get("node_name"),
-            "alive": alive,
-            "is_head": bool(row.get("is_head_node")),
-            "resources_total": res,
-            "cpus_total": _clean(cpus),
-            "cpus_in_use": _in_use(node_usage, "CPU", cpus) if alive else NA,
-            "gpus_total": _clean(gpus_total),
-            "gpus_in_use": _in_use(node_usage, "GPU", gpus_total) if alive else NA,
-            "gpus": gpus,
-        }
-        entry.update(_gpu_aggregate(gpus) if isinstance(gpus, list) else {
-            "gpu_utilisation_percent": NA, "gpu_memory_used_bytes": NA, "gpu_memory_total_bytes": NA})
-        nodes.append(entry)
+    nodes = [_node_entry(row, usage_by_node, hw_by_node) for row in node_rows]
     nodes.sort(key=lambda n: (not n["is_head"], not n["alive"], str(n["address"]), str(n["node_id"])))
 
     jobs_raw = best_effort("/api/jobs/")
@@ -206,6 +178,34 @@ def _remote(address: ClusterAddress, timeout: float) -> dict[str, Any]:
         "warnings": warnings,
     }
     return snap
+
+
+def _node_entry(row: dict, usage_by_node: dict, hw_by_node: dict[str, dict]) -> dict[str, Any]:
+    """One node of the snapshot from its /api/v0/nodes row, Ray's resource use and the hardware summary."""
+    node_id = row.get("node_id")
+    res = {k: _clean(v) for k, v in (row.get("resources_total") or {}).items() if _num(v) is not None}
+    cpus = float(res.get("CPU", 0))
+    gpus_total = float(res.get("GPU", 0))
+    alive = row.get("state") == "ALIVE"
+    node_usage = usage_by_node.get(node_id) if alive else None
+    hw = hw_by_node.get(node_id)
+    gpus: Any = [_gpu_entry(g) for g in hw["gpus"]] if hw is not None and isinstance(hw.get("gpus"), list) else NA
+    entry = {
+        "node_id": node_id,
+        "address": row.get("node_ip"),
+        "hostname": (hw or {}).get("hostname") or row.get("node_name"),
+        "alive": alive,
+        "is_head": bool(row.get("is_head_node")),
+        "resources_total": res,
+        "cpus_total": _clean(cpus),
+        "cpus_in_use": _in_use(node_usage, "CPU", cpus) if alive else NA,
+        "gpus_total": _clean(gpus_total),
+        "gpus_in_use": _in_use(node_usage, "GPU", gpus_total) if alive else NA,
+        "gpus": gpus,
+    }
+    entry.update(_gpu_aggregate(gpus) if isinstance(gpus, list) else {
+        "gpu_utilisation_percent": NA, "gpu_memory_used_bytes": NA, "gpu_memory_total_bytes": NA})
+    return entry
 
 
 def _local() -> dict[str, Any]:

@@ -176,7 +176,14 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
             _add(p.device_seconds, p.live.get("device_seconds_by_device"))
         return p
 
-    cache = cache or StatsCache()
+    _read_stats_into(p, storage, job_id, committed, cache or StatsCache(), since)
+    return p
+
+
+def _read_stats_into(p: JobProgress, storage: Storage, job_id: str, committed: list[str], cache: StatsCache,
+                     since: float | None) -> None:
+    """Device-seconds, batch times, and (for a running attempt) images/s and ETA from the committed
+    shards' stats."""
     root = repr(storage)
 
     def load(shard_id: str) -> ShardStats | None:
@@ -204,7 +211,7 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
         p.last_commit_at = max(b[1] for b in batches)
         p.first_batch_at = min(b[0] for b in batches)
     if p.live_fresh and p.images_per_s is not None:
-        return p  # the driver's own rate, from the first wave on
+        return  # the driver's own rate, from the first wave on
     if since is not None and not p.succeeded:
         recent = [b for b in batches if b[1] >= since]
         if recent:
@@ -216,7 +223,6 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
             p.eta_s = max(0.0, (p.images_total - p.images_done) / p.images_per_s)
     elif p.summary is not None:
         p.images_per_s = p.summary.get("images_per_s_this_run")
-    return p
 
 
 def _read_live_into(p: JobProgress, storage: Storage, job_id: str) -> None:

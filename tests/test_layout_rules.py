@@ -169,3 +169,16 @@ def test_old_flag_spelling_still_works(tmp_path: Path) -> None:
     r = runner.invoke(app, ["bench", "--model", "test-tiny", "--policies", "linear", "--ratio", "7/6", "--batch", "1",
                             "--skip-max-batch", "--no-warmup"])
     assert r.exit_code != 0 and "ratio must be in (0, 1]" in r.output, r.output
+
+
+def test_no_product_function_longer_than_80_lines() -> None:
+    """A function a reader must hold in their head at once stays on one screen (docstring included)."""
+    long = []
+    for folder in ("jobs", "workers", "cluster", "cli", "linegen"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = node.end_lineno - node.lineno + 1
+                    if n > 80:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert long == []

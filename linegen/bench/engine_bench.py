@@ -16,8 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from linegen.bench.roofline import (decode_flops, matmul_rate, read_bandwidth, roofline, wave_bytes,  # noqa: F401
-                                         wave_flops)
+from linegen.bench.roofline import matmul_rate, read_bandwidth, roofline, wave_bytes, wave_flops
 from linegen.workers.cache import POLICY_NAMES, Layout, make_policy
 from linegen.workers.engine import Engine, GenRequest, SamplingParams
 from linegen.workers.engine.compile_choice import ENGINE_MODES
@@ -131,6 +130,28 @@ class _Measure:
     compile_s: float = 0.0
 
 
+def _measure_interleaved(setups: list, variants: tuple, opts: BenchOptions, device: torch.device, log) -> None:
+    """Each repeat runs every (policy, batch, variant) engine in turn, so a drifting machine load
+    hits every row alike; the fastest wave of each counts. A static engine's buffers are released
+    after each wave: only one wave's cache is alive."""
+    for _ in range(opts.repeats):
+        for name, ratio_text, policy, per_variant in setups:
+            for which in ("batch", "max"):
+                for v in variants:
+                    m = per_variant[v][2].get(which)
+                    if m is None:
+                        continue
+                    res = _timed_wave(m.engine, m.batch, opts.cfg_scale, 1)
+                    m.engine.release()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    m.compile_s += res.stats.compile_s
+                    if m.best is None or res.stats.decode_s < m.best.stats.decode_s:
+                        m.best = res
+                    log(f"  {name} {ratio_text or ''} [{v.label}] batch {m.batch}: {m.batch / res.stats.decode_s:.4f} "
+                        f"images/s (compile {res.stats.compile_s:.1f} s)")
+
+
 def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     device = torch.device(opts.device)
     spec = build_spec(opts)
@@ -155,10 +176,7 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     if opts.warmup:  # first-call costs (allocator, kernels, CUDA context) stay out of the table
         for model in models.values():
             _timed_wave(model.engine(make_policy("full")), 1, opts.cfg_scale, 1)
-    # Every (policy, batch, variant) engine is built first; each repeat then runs all of them in
-    # turn, so a drifting machine load hits every row alike (the fastest wave of each counts).
-    # A static engine's buffers are released after each wave: only one wave's cache is alive.
-    setups = []
+    setups = []  # every (policy, batch, variant) engine is built before the first measurement
     for name, ratio_text in runs:
         policy = policies[(name, ratio_text)]
         wants_max = opts.full_max_batch if name == "full" else (
@@ -174,22 +192,7 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
                 measures["max"] = _Measure(model.engine(policy, max_batch=n, compile=v.compile), n)
             per_variant[v] = (engine, plan, measures)
         setups.append((name, ratio_text, policy, per_variant))
-    for _ in range(opts.repeats):
-        for name, ratio_text, policy, per_variant in setups:
-            for which in ("batch", "max"):
-                for v in variants:
-                    m = per_variant[v][2].get(which)
-                    if m is None:
-                        continue
-                    res = _timed_wave(m.engine, m.batch, opts.cfg_scale, 1)
-                    m.engine.release()
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    m.compile_s += res.stats.compile_s
-                    if m.best is None or res.stats.decode_s < m.best.stats.decode_s:
-                        m.best = res
-                    log(f"  {name} {ratio_text or ''} [{v.label}] batch {m.batch}: {m.batch / res.stats.decode_s:.4f} "
-                        f"images/s (compile {res.stats.compile_s:.1f} s)")
+    _measure_interleaved(setups, variants, opts, device, log)
     results = []
     for name, ratio_text, policy, per_variant in setups:
         for v in variants:

@@ -76,11 +76,7 @@ def sample_check(gpt, vq, spec, classifier_path: str | None, per_class: int = 2,
     return acc
 
 
-def main(argv: list[str] | None = None) -> None:
-    from linegen.workers.models.checkpoint import load_vq, read_checkpoint
-    from linegen.workers.models.gpt import GPT
-    from linegen.workers.models.registry import get_spec
-
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vq", default="workers/builtin/weights/shapes_vq.pt")
     p.add_argument("--out", default="workers/builtin/weights/shapes_gpt.pt")
@@ -103,12 +99,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classifier", default="workers/builtin/weights/shapes_classifier.pt",
                    help="for the end-of-training sample check (skipped if missing)")
     p.add_argument("--check-every", type=int, default=0, help="sample check every K steps (0: only at the end)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from linegen.workers.models.checkpoint import load_vq
+    from linegen.workers.models.registry import get_spec
+
+    args = _parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     spec = get_spec(args.model)
     vq = load_vq(spec.vq, args.vq, with_encoder=True)
 
+    codes, labels = _training_codes(args, vq, spec.gpt.vocab_size)
+    gpt = _new_gpt(spec, args.init)
+    step, t0 = _train(gpt, vq, spec, codes, labels, args)
+    gpt.eval()
+    torch.save({"model": gpt.state_dict()}, args.out)
+    print(f"saved {args.out} after {time.time() - t0:.0f}s ({step} steps)", flush=True)
+    sample_check(gpt, vq, spec, args.classifier, log=lambda m: print(m, flush=True))
+
+
+def _training_codes(args: argparse.Namespace, vq, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images' VQ codes and labels: rendered and encoded once (or from --codes-cache)."""
     if args.codes_cache and Path(args.codes_cache).is_file():
         z = np.load(args.codes_cache)
         codes_np, labels_np = z["codes"], z["labels"]
@@ -119,18 +133,28 @@ def main(argv: list[str] | None = None) -> None:
         if args.codes_cache:
             np.savez(args.codes_cache, codes=codes_np, labels=labels_np)
     codes = torch.from_numpy(codes_np.astype(np.int64))
-    labels = torch.from_numpy(labels_np)
     used = len(np.unique(codes_np))
-    print(f"{len(codes)} sequences of {codes.shape[1]} tokens; {used}/{spec.gpt.vocab_size} codes used", flush=True)
+    print(f"{len(codes)} sequences of {codes.shape[1]} tokens; {used}/{vocab_size} codes used", flush=True)
+    return codes, torch.from_numpy(labels_np)
+
+
+def _new_gpt(spec, init: str | None):
+    from linegen.workers.models.checkpoint import read_checkpoint
+    from linegen.workers.models.gpt import GPT
 
     gpt = GPT(spec.gpt)
-    if args.init:
-        gpt.load_state_dict(read_checkpoint(args.init))
+    if init:
+        gpt.load_state_dict(read_checkpoint(init))
     else:  # LlamaGen's init
         for m in gpt.modules():
             if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
                 torch.nn.init.normal_(m.weight, std=0.02)
     gpt.train()
+    return gpt
+
+
+def _train(gpt, vq, spec, codes: torch.Tensor, labels: torch.Tensor, args: argparse.Namespace) -> tuple[int, float]:
+    """AdamW on a cosine schedule with warm-up and class dropout; -> (last step, start time)."""
     decay = [p_ for n, p_ in gpt.named_parameters() if p_.dim() >= 2]
     no_decay = [p_ for n, p_ in gpt.named_parameters() if p_.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
@@ -171,10 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         if progress >= 1.0 and step < args.steps:
             print(f"time limit reached at step {step}", flush=True)
             break
-    gpt.eval()
-    torch.save({"model": gpt.state_dict()}, args.out)
-    print(f"saved {args.out} after {time.time() - t0:.0f}s ({step} steps)", flush=True)
-    sample_check(gpt, vq, spec, args.classifier, log=lambda m: print(m, flush=True))
+    return step, t0
 
 
 if __name__ == "__main__":
