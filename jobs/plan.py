@@ -206,7 +206,8 @@ class Plan(Sequence[Shard]):
                        (s.cfg_scale, s.temperature, s.top_k, s.top_p))).encode())
         # repr gives one exact text per value (floats round-trip, strings are quoted), so a prompt
         # containing separators cannot collide with another field layout; a chunk at a time, as
-        # one repr of a list is far cheaper than one per row.
+        # one repr of a list is far cheaper than one per row. The order is part of every recorded
+        # fingerprint: it is not the manifest's field list, and never changes.
         fields = attrgetter("index", "count", "seed", "class_id", "prompt", "id", "cfg_scale", "temperature",
                             "top_k", "top_p")
         for start in range(0, len(self.rows), _FINGERPRINT_CHUNK):

@@ -133,7 +133,7 @@ def _truncated_prompts(rows, text_encoder: str, limit: int, endpoint_url: str | 
 def read_rows(manifest: str, *, model: str | None = None, s3_endpoint_url: str | None = None) -> list[dict]:
     """A manifest's rows as dicts with their ``row`` index, for `Generator` and Ray Data
     (``ray.data.from_items(linegen.read_rows(path))``); validated like `linegen run` does."""
-    from linegen.jobs.manifest import Conditioning, read_manifest
+    from linegen.jobs.manifest import ALLOWED_FIELDS, Conditioning, read_manifest
 
     conditioning = None
     if model is not None:
@@ -141,8 +141,7 @@ def read_rows(manifest: str, *, model: str | None = None, s3_endpoint_url: str |
 
         conditioning = Conditioning.of(ModelChoice(name=model, random_weights=True).spec())
     rows = read_manifest(manifest, conditioning, endpoint_url=s3_endpoint_url)
-    keys = ("prompt", "class_id", "count", "seed", "id", "cfg_scale", "temperature", "top_k", "top_p")
-    return [{"row": r.index, **{k: getattr(r, k) for k in keys if getattr(r, k) is not None}} for r in rows]
+    return [{"row": r.index, **{k: getattr(r, k) for k in ALLOWED_FIELDS if getattr(r, k) is not None}} for r in rows]
 
 
 def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_endpoint_url: str | None = None):
