@@ -53,14 +53,14 @@ def test_actor_pipelines_waves_and_commits_each_image_with_its_tokens(tmp_path):
     sink = ShardSink(open_storage(str(tmp_path / "out")), "job-o", spec.name, "full", 1.0)
     actor = GenerationActor(ModelChoice(name=spec.name, device="cpu", compile="off"), CacheChoice(), sink, batch_size=3)
     actor.info()  # the model loads on the engine thread
-    actor.images = ImageDecoder(actor.engine, threaded=True)  # before any shard: the loop reads it per wave
+    actor.runner.images = ImageDecoder(actor.engine, threaded=True)  # before any shard: the loop reads it per wave
     events, run_wave, finish_wave = [], actor.engine.run_wave, actor._finish_wave
 
     def slow_decode(tokens):  # a decoder slower than a wave, as a GPU's VQ can be: forces the overlap
         time.sleep(0.3)
         return actor.engine.decode_images(tokens)
 
-    actor.images._decode_on_side_stream = slow_decode
+    actor.runner.images._decode_on_side_stream = slow_decode
     actor.engine.run_wave = lambda requests: (events.append(("run", len(requests))), run_wave(requests))[1]
     actor._finish_wave = lambda pending, wave, *rest: (events.append(("finish", len(wave))),
                                                        finish_wave(pending, wave, *rest))[1]
