@@ -44,7 +44,7 @@ def run_job(spec: JobSpec, progress: Callable[[Progress], None] | None = None,
             _generate(job, todo, tally, pool_shape(spec, submitted=submitted))
         if tally.failed:
             raise JobFailed(spec.job_id, tally.failed)
-        summary = write_success(job, time.time() - tally.t0, tally.generated, tally.counts)
+        summary = write_success(job, time.time() - tally.t0, tally.generated, tally.counts, timeline=tally.timeline)
     except UserError as e:
         tally.state, tally.waiting = "failed", str(e).splitlines()[0]
         tally.report("failed", force=True)
@@ -78,6 +78,7 @@ def _generate(job: PreparedJob, todo: Todo, tally: Tally, shape: Shape) -> None:
 
     def requeue(run: Run, why: str, *, node_lost: bool) -> None:
         metrics.add("linegen_shards_requeued")
+        tally.mark("requeued" if node_lost else "failed", shard=run.shard.shard_id)
         if node_lost:
             tally.counts["requeued_node_lost"] += 1
             todo.retry.append(Run(run.shard, run.attempt + 1, run.failures))
@@ -100,6 +101,9 @@ def _generate(job: PreparedJob, todo: Todo, tally: Tally, shape: Shape) -> None:
             requeue(run, why, node_lost=node_lost)
         if node_lost:
             tally.counts["workers_lost_with_nodes"] += 1
+            if w.node_id and w.node_id not in tally.lost_nodes:
+                metrics.add("linegen_nodes_lost")
+                tally.mark("node_lost", node=pool.node_names().get(w.node_id, w.host))
             if w.node_id:
                 tally.lost_nodes.add(w.node_id)
                 tally.counts["nodes_lost"] = len(tally.lost_nodes)
@@ -160,6 +164,8 @@ def _generate(job: PreparedJob, todo: Todo, tally: Tally, shape: Shape) -> None:
             break
         metrics.set("linegen_workers_placed", len(placed))
         metrics.set("linegen_workers_pending", len(pool.pending()))
+        metrics.set("linegen_images_total", tally.images_total)
+        metrics.set("linegen_images_done", min(tally.images_total, tally.images_done + tally.in_flight()[0]))
 
         refs = pool.refs()
         ready, _ = pool.ray.wait(list(refs), num_returns=1, timeout=POLL_S)
@@ -208,6 +214,7 @@ def _generate(job: PreparedJob, todo: Todo, tally: Tally, shape: Shape) -> None:
         tally.retire(pool.remove(name))
     metrics.set("linegen_workers_placed", 0)
     metrics.set("linegen_workers_pending", 0)
+    metrics.set("linegen_images_done", tally.images_done)
 
 
 def _settle(w: Worker, outcome, tally: Tally, requeue, metrics) -> None:

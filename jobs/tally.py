@@ -17,6 +17,7 @@ from linegen.jobs.prepare import PreparedJob
 from linegen.jobs.progress import LIVE_EVERY_S, write_live
 
 REPORT_EVERY_S = 1.0  # the caller's progress callback, at most this often (and on every event)
+TIMELINE_MAX = 5000  # recovery events kept per run
 RATE_WINDOW_S = 60.0  # images/s is measured over the last minute of waves
 
 
@@ -82,6 +83,7 @@ class Tally:
         self.counts = {"nodes_lost": 0, "workers_lost_with_nodes": 0, "requeued_node_lost": 0, "worker_crashes": 0,
                        "failed_attempts": 0, "requeued_failed": 0}
         self.lost_nodes: set[str] = set()
+        self.timeline: list[dict] = []  # timed recovery events (node lost, shard requeued/failed), for reports
         self.retired = {"images": 0, "device_seconds": {}}  # what workers that are gone decoded
         self.samples: deque[tuple[float, int]] = deque()  # (time, images decoded this run)
         self.first_wave_at: float | None = None
@@ -143,12 +145,13 @@ class Tally:
 
     def snapshot(self, event: str = "") -> Progress:
         from linegen.cost.job_cost import job_cost
+        from linegen.watch.headline import eta_s
 
         decoded, secs = self.decoded()
         flight, _ = self.in_flight()
         done = min(self.images_total, self.images_done + flight)
         rate = self.rate(decoded)
-        eta = (self.images_total - done) / rate if rate > 0 else None
+        eta = eta_s(self.images_total, done, rate)  # the dashboard's formula (linegen/watch/headline.py)
         try:
             usd = job_cost(secs, max(1, done), self.job.spec.prices)["usd"] if secs else None
         except Exception:  # noqa: BLE001 - a bad price never stops a job
@@ -157,6 +160,12 @@ class Tally:
         pending = len(self.pool.pending()) if self.pool else 0
         return Progress(done, self.images_total, self.shards_done, len(self.job.shards), rate, eta,
                         sorted(self.failed), event, self.images_done, usd, placed, pending, self.waiting)
+
+    def mark(self, event: str, **where: str | None) -> None:
+        """A timed recovery event (``node_lost``, ``requeued``, ``failed``) for `linegen report`'s
+        time axis; bounded, since a job that keeps failing should not grow its progress file."""
+        if len(self.timeline) < TIMELINE_MAX:
+            self.timeline.append({"at": time.time(), "event": event, **{k: v for k, v in where.items() if v}})
 
     def note(self, text: str) -> None:
         """A line for the progress object's recent events (not an event of the callback)."""
@@ -199,5 +208,6 @@ class Tally:
                         "list": [w.doc(pool.node_names()) for w in pool.workers.values()] if pool else []},
             "shards": {**self.counts, "failed": len(self.failed)},
             "events": list(self.events),
+            "timeline": self.timeline,
         }
         write_live(self.job.storage, self.job.spec.job_id, doc)

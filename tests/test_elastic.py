@@ -13,7 +13,9 @@ all reading what the `elastic` fixture saw):
     its worker holds shards: the job completes exactly-once, and with ``--max-attempts 1`` a
     lost node spending an attempt would have failed it;
 and metrics: the head (started with ``--metrics-export-port``) exports the driver's
-``ray_linegen_*`` series, a worker node the worker's, with non-zero values.
+``ray_linegen_*`` series, a worker node the worker's, with non-zero values; a real Prometheus
+(Debian's `prometheus`, scraping the nodes Ray's service-discovery file lists) has every panel
+of linegen's Grafana dashboard non-empty for this job.
 
 The GCS's health check is set to notice a dead node in ~3 s (RAY_health_check_*), so the test
 does not wait Ray's default ~30 s per loss; nothing else is tuned.
@@ -38,8 +40,12 @@ from linegen.cluster.local import HeadProcess, free_port, start_head
 
 try:
     import jobs_helpers as H
+    from dashboard_check import evaluate
+    from prometheus_server import Prometheus
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import jobs_helpers as H
+    from tests.dashboard_check import evaluate
+    from tests.prometheus_server import Prometheus
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -146,14 +152,25 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def elastic(cluster: Cluster, tmp_path_factory) -> dict:
+def prometheus(cluster: Cluster, tmp_path_factory):
+    """Prometheus scraping every node Ray's head lists in its service-discovery file, every second."""
+    server = Prometheus.start(cluster.head.temp_dir / "prom_metrics_service_discovery.json",
+                              tmp_path_factory.mktemp("prometheus"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def elastic(cluster: Cluster, prometheus: Prometheus, tmp_path_factory) -> dict:
     """The job, through every phase; what each phase saw, for the tests below."""
     d = tmp_path_factory.mktemp("elastic")
     out, job = d / "out", f"elastic-{uuid.uuid4().hex[:6]}"
     manifest = d / "m.jsonl"
     manifest.write_text("".join(json.dumps({"class_id": i % 10, "count": 1}) + "\n" for i in range(IMAGES)))
     live_path = out / job / "_progress.json"
-    seen: dict = {"job": job, "out": out, "metrics_during": {}}
+    seen: dict = {"job": job, "out": out, "metrics_during": {}, "started_at": time.time()}
 
     def live() -> dict:
         try:
@@ -217,6 +234,7 @@ def elastic(cluster: Cluster, tmp_path_factory) -> dict:
     seen["metrics_node"] = H.wait_for(lambda: (m := scrape(seen["survivor"].metrics_port)).get(
         "ray_linegen_images_generated_total") and m, 60, "the worker's metrics at gpu-4")
     seen["logs"] = cluster.lg("logs", job, "--cluster", cluster.head.url).stdout
+    seen["ended_at"] = time.time()
     return seen
 
 
@@ -271,3 +289,29 @@ def test_metrics_reach_the_heads_prometheus_endpoint(elastic) -> None:
     assert node["ray_linegen_images_generated_total"] > 0 and node["ray_linegen_tokens_generated_total"] > 0, node
     assert node.get("ray_linegen_kv_cache_bytes", 0) > 0 and node.get("ray_linegen_sequences_per_wave", 0) > 0, node
     assert elastic["metrics_during"].get("ray_linegen_workers_placed", 0) >= 1, elastic["metrics_during"]
+
+
+def test_every_dashboard_panel_has_data_for_the_job_on_a_real_prometheus(elastic, prometheus: Prometheus) -> None:
+    """Each panel's queries, variables substituted as Grafana does, return series for this job."""
+    from linegen.watch.dashboard import RAY_NODE_SERIES, build, panels
+    from ray.dashboard.modules.reporter.reporter_agent import METRICS_GAUGES
+
+    _success(elastic)
+    # Ray's node series the GPU/node panels read are the names this Ray exports
+    assert all(name.removeprefix("ray_") in METRICS_GAUGES for name in RAY_NODE_SERIES), RAY_NODE_SERIES
+    H.wait_for(lambda: prometheus.targets_up() >= 2, 30, "Prometheus to scrape the head and a node")
+    end = time.time()
+    # the last samples of the job's end may still be on their way from Ray's agents (2 s) to Prometheus (1 s)
+    time.sleep(4)
+    results = evaluate(prometheus, build(), elastic["job"], elastic["started_at"], end + 4)
+    gpus = bool(prometheus.query_range("ray_node_gpus_available", elastic["started_at"], end))
+    gpu_only = {p.title for p in panels() if p.needs_gpu}
+    empty = [f"{r.title}: {r.expr}" for r in results if r.series == 0 and (gpus or r.title not in gpu_only)]
+    assert not empty, "panels with no data for the job:\n" + "\n".join(empty)
+    titles = {r.title for r in results}
+    assert {"Images/s per worker", "Node losses", "Cost so far", "Workers placed vs pending"} <= titles, titles
+    if not gpus:  # this machine has no GPU: Ray reports none, so the GPU panels have nothing to show
+        print(f"no GPU reported by Ray here; not required to have data: {sorted(gpu_only)}")
+    # and the check can fail: the same query for another job id is empty
+    q = next(r.expr for r in results if r.title == "Images generated")
+    assert not prometheus.query_range(q.replace(elastic["job"], "no-such-job"), elastic["started_at"], end)
