@@ -78,10 +78,11 @@ def render(snap: dict):
 
 def headline_table(docs: list[dict]):
     """The Grafana dashboard's headline row, per job: the same figures by the same formulas
-    (linegen/watch/headline.py)."""
+    (jobs/headline.py)."""
     from rich.table import Table
 
-    from linegen.watch.headline import FIGURES, figures, format_figure
+    from linegen.cli.jobview import format_figure
+    from linegen.jobs.headline import FIGURES, figures
 
     t = Table(title="headline (as on the Grafana dashboard)", expand=False)
     t.add_column("job", no_wrap=True)

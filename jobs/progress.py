@@ -29,7 +29,7 @@ from typing import Any
 from linegen.jobs import layout
 from linegen.jobs.stats import ShardStats, StatsCache, read_shard_stats
 from linegen.jobs.storage import Storage, StorageNotFound
-from linegen.watch.headline import eta_s
+from linegen.jobs.headline import eta_s
 
 READ_THREADS = 8
 LIVE_EVERY_S = 3.0  # how often the driver rewrites _progress.json

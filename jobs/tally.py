@@ -145,13 +145,13 @@ class Tally:
 
     def snapshot(self, event: str = "") -> Progress:
         from linegen.cost.job_cost import job_cost
-        from linegen.watch.headline import eta_s
+        from linegen.jobs.headline import eta_s
 
         decoded, secs = self.decoded()
         flight, _ = self.in_flight()
         done = min(self.images_total, self.images_done + flight)
         rate = self.rate(decoded)
-        eta = eta_s(self.images_total, done, rate)  # the dashboard's formula (linegen/watch/headline.py)
+        eta = eta_s(self.images_total, done, rate)  # the dashboard's formula (jobs/headline.py)
         try:
             usd = job_cost(secs, max(1, done), self.job.spec.prices)["usd"] if secs else None
         except Exception:  # noqa: BLE001 - a bad price never stops a job

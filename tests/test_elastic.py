@@ -40,9 +40,11 @@ from linegen.cluster.local import HeadProcess, free_port, start_head
 
 try:
     import jobs_helpers as H
+    import browser
     from dashboard_check import evaluate
     from prometheus_server import Prometheus
 except ModuleNotFoundError:  # tests/ imported as a package
+    from tests import browser
     from tests import jobs_helpers as H
     from tests.dashboard_check import evaluate
     from tests.prometheus_server import Prometheus
@@ -225,6 +227,9 @@ def elastic(cluster: Cluster, prometheus: Prometheus, tmp_path_factory) -> dict:
                  f"the driver to drop the worker on {victim}")
         if not seen["metrics_during"]:
             seen["metrics_during"] = scrape(cluster.metrics_port)
+            # the report of the running job so far, found through the cluster (its attempts' --out)
+            seen["report_running"] = (d / "running.html", cluster.lg(
+                "report", job, "--cluster", cluster.head.url, "--html", str(d / "running.html"), "--json"))
     seen["survivor"] = next(n for n in cluster.nodes if n.name == "gpu-4")
     state = jobs_api.wait(cluster.head.address(), job, timeout=600, poll=0.5)
     seen["state"] = state
@@ -315,3 +320,31 @@ def test_every_dashboard_panel_has_data_for_the_job_on_a_real_prometheus(elastic
     # and the check can fail: the same query for another job id is empty
     q = next(r.expr for r in results if r.title == "Images generated")
     assert not prometheus.query_range(q.replace(elastic["job"], "no-such-job"), elastic["started_at"], end)
+
+
+def test_the_jobs_report_renders_its_charts_and_images_in_headless_chromium(elastic, cluster: Cluster,
+                                                                            tmp_path: Path) -> None:
+    """`linegen report` mid-job (through the cluster) and after it (from --out), opened in Chromium."""
+    from PIL import Image
+
+    _success(elastic)
+    path, r = elastic["report_running"]
+    assert r.returncode == 0, r.stderr
+    running = path.read_text()
+    assert "— RUNNING" in running and running.count("<svg") == 4 and "data:image/png;base64," in running
+
+    html = tmp_path / "report.html"
+    r = cluster.lg("report", elastic["job"], "--out", str(elastic["out"]), "--html", str(html))
+    assert r.returncode == 0, r.stderr
+    dom = browser.dump_dom(html)
+    assert dom.count("<svg") == 4, "the four charts"
+    assert dom.count("<polyline") >= 4 * 2, "lines per worker (4 workers ran) and the shard/recovery lines"
+    assert dom.count('class="mark"') >= 4 * 3, "the three node losses, marked on each chart"
+    assert dom.count('<img alt="') == 24 and "3 node(s) lost" in dom
+    png = browser.screenshot(html, tmp_path / "report.png")
+    img = Image.open(png).convert("RGB")
+    colours = img.getcolors(maxcolors=1 << 20) or []
+    assert len(colours) > 500, "a blank (or nearly blank) page"  # noise-image samples alone have thousands
+    top = img.crop((0, 0, img.width, 1200))  # the charts: the first series colour is drawn there
+    assert any(c == (31, 119, 180) for _, c in top.getcolors(maxcolors=1 << 20) or []), "no chart line drawn"
+    print(f"report screenshot: {png}")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from linegen.watch import dashboard, headline, svg
+from linegen.jobs import headline
+from linegen.watch import dashboard, svg
 from linegen.workers import metrics
 
 LINEGEN = str(Path(sys.executable).parent / "linegen")

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from linegen.watch.headline import FIGURES, JOB, PRICE_VAR
+from linegen.jobs.headline import FIGURES, JOB, PRICE_VAR
 from linegen.workers.metrics import exported
 
 UID = "linegen-jobs"
@@ -65,7 +65,7 @@ class Row:
 
 def rows() -> tuple[Row, ...]:
     headline = tuple(Panel(f.title, (Target(f.promql(), f.title),), f.unit, "stat",
-                           "Same formula as `linegen monitor` (linegen/watch/headline.py).", width=24 // 8)
+                           "Same formula as `linegen monitor` (jobs/headline.py).", width=24 // 8)
                      for f in FIGURES)
     per_worker = "{{worker}}"
     return (

@@ -19,12 +19,14 @@ from pathlib import Path
 
 from linegen.errors import UserError
 from linegen.watch import svg
-from linegen.watch.headline import FIGURES, format_figure
+from linegen.cli.jobview import format_figure
+from linegen.jobs.headline import FIGURES
 
 STATS_COLUMNS = ["worker", "node", "shard_id", "attempt", "images", "wall_s", "kv_cache_bytes",
                  "peak_memory_bytes", "started_at", "finished_at"]
 SAMPLES = 24
-BINS = 60  # images/s is counted in this many time bins over the job
+BINS = 60  # images/s is counted in at most this many time bins over the job
+BATCHES_PER_BIN = 2  # and a bin is at least this many batches long, so one wave is not a spike
 
 
 @dataclass
@@ -94,8 +96,11 @@ def _samples(storage, job_id: str, committed: list[str], n: int) -> list[tuple[b
 
 # -- charts --------------------------------------------------------------------------------
 
-def _gib(v: float) -> str:
-    return f"{v / 2**30:.2f} GiB" if v >= 2**28 else f"{v / 2**20:.0f} MiB"
+def _bytes(v: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if v >= size:
+            return f"{v / size:.3g} {unit}"
+    return f"{v:.0f} B"
 
 
 def charts(r: JobReport) -> list[svg.Chart]:
@@ -110,12 +115,14 @@ def charts(r: JobReport) -> list[svg.Chart]:
     workers = sorted(by_worker)
 
     # images/s per worker: images finished in each time bin / the bin's width
-    width = span[1] / BINS
+    walls = sorted(b["finished_at"] - b["started_at"] for b in r.batches) or [0.0]
+    nbins = max(1, min(BINS, int(span[1] / max(1e-9, BATCHES_PER_BIN * walls[len(walls) // 2]))))
+    width = span[1] / nbins
     rate_lines = []
     for w in workers:
-        bins = [0.0] * BINS
+        bins = [0.0] * nbins
         for b in by_worker[w]:
-            bins[min(BINS - 1, int((b["finished_at"] - t0) / width))] += b["images"] or 0
+            bins[min(nbins - 1, int((b["finished_at"] - t0) / width))] += b["images"] or 0
         first = min(b["started_at"] for b in by_worker[w]) - t0
         last = max(b["finished_at"] for b in by_worker[w]) - t0
         pts = [((i + 0.5) * width, c / width) for i, c in enumerate(bins) if first - width <= i * width <= last]
@@ -143,8 +150,8 @@ def charts(r: JobReport) -> list[svg.Chart]:
              if e["event"] == "node_lost"]
     return [
         svg.Chart("Images/s per worker", rate_lines, span, lambda v: f"{v:g}", marks),
-        svg.Chart("KV-cache bytes per worker (per wave)", kv, span, _gib, marks),
-        svg.Chart("Peak memory per worker (per wave)", peak, span, _gib, marks),
+        svg.Chart("KV-cache bytes per worker (per wave)", kv, span, _bytes, marks),
+        svg.Chart("Peak memory per worker (per wave)", peak, span, _bytes, marks),
         svg.Chart("Shards committed, retries and node losses", shards, span, lambda v: f"{v:g}", marks),
     ]
 
@@ -169,7 +176,7 @@ def _row(k: str, v) -> str:
 
 def render_html(r: JobReport) -> str:
     from linegen.cli.jobview import money
-    from linegen.watch.headline import figures
+    from linegen.jobs.headline import figures
 
     st = r.status
     values = figures(st)

@@ -1,7 +1,7 @@
 """The headline figures of a job, each defined once and evaluated two ways.
 
 `linegen monitor` evaluates a figure in Python from a job's status document; the Grafana dashboard
-(dashboard.py) renders the same figure as PromQL over the `ray_linegen_*` series. Both come from
+(linegen/watch/dashboard.py) renders the same figure as PromQL over the `ray_linegen_*` series. Both come from
 the one expression tree below, so the formulas cannot drift apart: ETA is (total - done) / rate
 and cost per 1k images is cost / done x 1000 in both. Only the inputs differ by source: a status
 document's numbers, or a PromQL expression over the registry's series (workers/metrics.py).
@@ -173,18 +173,3 @@ def usd_per_1k_images(usd: float | None, images_done: int) -> float | None:
 def figures(status_doc: dict) -> dict[str, float | None]:
     """Every headline figure of one job's status document (`linegen status --json`); None: unknown."""
     return {f.key: f.value(status_doc) for f in FIGURES}
-
-
-def format_figure(f: Figure, v: float | None) -> str:
-    """How monitor prints a figure (the dashboard formats by the same unit ids)."""
-    if v is None:
-        return "n/a"
-    if f.unit == "s":
-        from linegen.cli.jobview import duration
-
-        return duration(v)
-    if f.unit == "currencyUSD":
-        from linegen.cli.jobview import money
-
-        return money(v)
-    return f"{v:,.0f}" if float(v).is_integer() or v >= 100 else f"{v:.2f}"
