@@ -108,3 +108,10 @@ def test_svg_chart_is_wellformed_with_series_marks_and_legend() -> None:
     assert any(e.get("class") == "mark" for e in root.iter(f"{ns}line"))
     assert "w1" in "".join(root.itertext())
     assert svg.nice_ticks(0, 7.3) == [0, 2, 4, 6, 8]
+
+
+def test_report_of_a_job_with_nothing_committed_yet_says_so() -> None:
+    from linegen.watch.report import JobReport, render_html
+
+    page = render_html(JobReport("j", {"state": "WAITING", "images": {"done": 0, "total": 10}}, {}, [], []))
+    assert page.count("<svg") == 4 and page.count("no data yet") == 4 and "no committed images yet" in page

@@ -137,7 +137,7 @@ def charts(r: JobReport) -> list[svg.Chart]:
     for b in r.batches:
         shard_end[b["shard_id"]] = max(shard_end.get(b["shard_id"], 0.0), b["finished_at"])
     done = sorted(shard_end.values())
-    shards = [svg.Line("shards committed", [(t - t0, i + 1) for i, t in enumerate(done)], step=True)]
+    shards = [svg.Line("shards committed", [(t - t0, i + 1) for i, t in enumerate(done)], step=True)] if done else []
     events: dict[str, list[float]] = {}
     for e in sorted(r.timeline, key=lambda e: e["at"]):
         events.setdefault(e["event"], []).append(e["at"] - t0)
