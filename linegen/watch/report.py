@@ -110,8 +110,8 @@ def charts(r: JobReport) -> list[svg.Chart]:
     t1 = max(ends) if ends else t0 + 1
     span = (0.0, max(1.0, t1 - t0))
     by_worker: dict[str, list[dict]] = {}
-    for b in r.batches:
-        by_worker.setdefault(str(b["worker"] or "?"), []).append(b)
+    for b in r.batches:  # workers are named linegen-JOB-worker-N: the legend needs only the end
+        by_worker.setdefault(str(b["worker"] or "?").removeprefix(f"linegen-{r.job_id}-"), []).append(b)
     workers = sorted(by_worker)
 
     # images/s per worker: images finished in each time bin / the bin's width
@@ -169,6 +169,8 @@ table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;paddin
 
 
 def _row(k: str, v) -> str:
+    if k.endswith("_at") and isinstance(v, (int, float)):
+        v = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(v))
     if isinstance(v, (dict, list)):
         v = json.dumps(v, sort_keys=True)
     return f"<tr><th>{escape(str(k))}</th><td>{escape('' if v is None else str(v))}</td></tr>"
