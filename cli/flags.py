@@ -142,6 +142,8 @@ class PriceFlags:
 Json = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables (errors too).")
 Config = typer.Option(None, "--config", help=CONFIG_HELP)
 JobOut = typer.Option(None, "--out", help="Output root holding the job: a local folder or s3://bucket/prefix (default: from the job's metadata on the cluster, else the config's [output] out, else ./out as for `linegen run`).")
+FileOut = typer.Option(None, "--out", help="File to write (default: print to stdout).")
+HtmlOut = typer.Option(None, "--html", help="HTML file to write (default: report-JOB.html in the current folder).")
 Manifest = typer.Argument(..., help="Prompt manifest (.jsonl, .csv, .parquet): local path or s3:// URI.")
 Job = typer.Argument(..., help="Job id.")
 

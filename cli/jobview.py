@@ -149,3 +149,14 @@ def jobs_table(docs: list[dict], title: str | None = None):
                   duration(d.get("eta_s")) if d.get("eta_s") is not None else "", money((d.get("cost") or {}).get("usd")),
                   note)
     return t
+
+
+def format_figure(f, v: float | None) -> str:
+    """How monitor prints a figure (the dashboard formats by the same unit ids)."""
+    if v is None:
+        return "n/a"
+    if f.unit == "s":
+        return duration(v)
+    if f.unit == "currencyUSD":
+        return money(v)
+    return f"{v:,.0f}" if float(v).is_integer() or v >= 100 else f"{v:.2f}"

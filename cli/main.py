@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from linegen.cli import bench, cost, evaluate, generate, models, monitor, remote, run, tune
+from linegen.cli import bench, cost, evaluate, generate, models, monitor, remote, run, tune, watch
 from linegen.cli.errors import JsonErrorsGroup, handle_errors
 from linegen.cli.flags import with_flags
 
@@ -41,6 +41,8 @@ COMMANDS = [
     ("resume", remote.resume_command),
     ("monitor", monitor.monitor_command),
     ("cost", cost.cost_command),
+    ("dashboard", watch.dashboard_command),
+    ("report", watch.report_command),
 ]
 for _name, _command in COMMANDS:
     app.command(_name)(handle_errors(with_flags(_command)))

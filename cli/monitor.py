@@ -67,11 +67,31 @@ def render(snap: dict):
     recent = [d for d in docs if d not in active][-5:]
     parts = [head, totals, nodes]
     parts.append(jobs_table(active, title="running and scheduled jobs") if active else Text("no running or scheduled linegen jobs"))
+    if active:
+        parts.append(headline_table(active))
     if recent:
         parts.append(jobs_table(recent, title="recently finished"))
     for w in snap.get("warnings") or []:
         parts.append(Text(f"note: {w}", style="dim"))
     return Group(*parts)
+
+
+def headline_table(docs: list[dict]):
+    """The Grafana dashboard's headline row, per job: the same figures by the same formulas
+    (jobs/headline.py)."""
+    from rich.table import Table
+
+    from linegen.cli.jobview import format_figure
+    from linegen.jobs.headline import FIGURES, figures
+
+    t = Table(title="headline (as on the Grafana dashboard)", expand=False)
+    t.add_column("job", no_wrap=True)
+    for f in FIGURES:
+        t.add_column(f.title, no_wrap=True)
+    for d in docs:
+        values = d.get("headline") or figures(d)
+        t.add_row(str(d.get("job_id")), *(format_figure(f, values.get(f.key)) for f in FIGURES))
+    return t
 
 
 def monitor_command(

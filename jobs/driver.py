@@ -44,7 +44,7 @@ def run_job(job: PreparedJob, progress: Callable[[Progress], None] | None = None
             Scheduler(job, todo, tally, pool_shape(spec, submitted=submitted)).run()
         if tally.failed:
             raise JobFailed(spec.job_id, tally.failed)
-        summary = write_success(job, time.time() - tally.t0, tally.generated, tally.counts)
+        summary = write_success(job, time.time() - tally.t0, tally.generated, tally.counts, timeline=tally.timeline)
     except UserError as e:
         tally.state, tally.waiting = "failed", str(e).splitlines()[0]
         tally.report(WorkerNumbers(), "failed", force=True)
@@ -91,6 +91,7 @@ class Scheduler:
             self.pool.remove(name)
         self.metrics.set("linegen_workers_placed", 0)
         self.metrics.set("linegen_workers_pending", 0)
+        self.metrics.set("linegen_images_done", self.tally.images_done)
 
     # -- the steps of one round -------------------------------------------------------------
     def scale(self) -> None:
@@ -150,6 +151,8 @@ class Scheduler:
             return False
         self.metrics.set("linegen_workers_placed", placed)
         self.metrics.set("linegen_workers_pending", len(pool.pending()))
+        self.metrics.set("linegen_images_total", tally.images_total)
+        self.metrics.set("linegen_images_done", min(tally.images_total, tally.images_done + pool.numbers().in_flight_images))
         return True
 
     def collect(self) -> None:
@@ -229,6 +232,9 @@ class Scheduler:
         for run in w.in_flight:
             self.requeue(run, why, node_lost=node_lost)
         if node_lost:
+            if w.node_id and w.node_id not in self.tally.lost_nodes:
+                self.metrics.add("linegen_nodes_lost")
+                self.tally.mark("node_lost", node=self.pool.node_names().get(w.node_id, w.host))
             self.tally.node_lost(w.node_id)
             self.report(f"{w.name} lost with its node; {len(w.in_flight)} shard(s) requeued (no attempt spent)")
         else:
@@ -242,6 +248,7 @@ class Scheduler:
         """A shard goes back to the queue: free when its node was lost, else it spends an attempt."""
         counts = self.tally.counts
         self.metrics.add("linegen_shards_requeued")
+        self.tally.mark("requeued" if node_lost else "failed", shard=run.shard.shard_id)
         if node_lost:
             counts["requeued_node_lost"] += 1
             self.todo.retry.append(Run(run.shard, run.attempt + 1, run.failures))

@@ -29,6 +29,7 @@ from typing import Any
 from linegen.jobs import layout
 from linegen.jobs.stats import ShardStats, StatsCache, read_shard_stats
 from linegen.jobs.storage import Storage, StorageNotFound
+from linegen.jobs.headline import eta_s
 
 READ_THREADS = 8
 LIVE_EVERY_S = 3.0  # how often the driver rewrites _progress.json
@@ -219,8 +220,7 @@ def _read_stats_into(p: JobProgress, storage: Storage, job_id: str, committed: l
             images = sum(b[2] for b in recent)
             if span > 0 and images:
                 p.images_per_s = images / span
-        if p.images_per_s and p.images_total is not None:
-            p.eta_s = max(0.0, (p.images_total - p.images_done) / p.images_per_s)
+        p.eta_s = eta_s(p.images_total, p.images_done, p.images_per_s)  # the dashboard's formula
     elif p.summary is not None:
         p.images_per_s = p.summary.get("images_per_s_this_run")
 
@@ -244,5 +244,4 @@ def _read_live_into(p: JobProgress, storage: Storage, job_id: str) -> None:
     p.images_done = max(p.images_done, min(done, p.images_total or done))
     rate = live.get("images_per_s")
     p.images_per_s = float(rate) if rate else None
-    if p.images_per_s and p.images_total is not None:
-        p.eta_s = max(0.0, (p.images_total - p.images_done) / p.images_per_s)
+    p.eta_s = eta_s(p.images_total, p.images_done, p.images_per_s)  # the dashboard's formula

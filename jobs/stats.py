@@ -58,6 +58,21 @@ def read_shard_stats(storage, job_id: str, shard_id: str) -> ShardStats:
     )
 
 
+def read_stats_rows(storage, job_id: str, shard_id: str, columns: list[str]) -> list[dict]:
+    """A committed shard's stats, one dict per engine batch (columns an older file lacks are None);
+    epoch floats for the times. For reports that plot batches rather than add them up."""
+    from linegen.jobs.writer import from_parquet_bytes
+
+    table = from_parquet_bytes(storage.get(layout.stats_key(job_id, shard_id)))
+    d = table.select([c for c in columns if c in table.column_names]).to_pydict()
+    rows = [{c: (d[c][i] if c in d else None) for c in columns} for i in range(table.num_rows)]
+    for r in rows:
+        for c in ("started_at", "finished_at"):
+            if c in r:
+                r[c] = _epoch(r[c])
+    return rows
+
+
 class StatsCache:
     """Committed shards' stats never change, so each is read once per process."""
 

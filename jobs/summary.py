@@ -18,10 +18,11 @@ from linegen.jobs.schedule import utc_iso
 from linegen.jobs.stats import read_shard_stats
 
 
-def write_success(job, wall_s: float, generated: int, recovery: dict | None = None) -> dict:
+def write_success(job, wall_s: float, generated: int, recovery: dict | None = None, *,
+                  timeline: list[dict] | None = None) -> dict:
     """Check that every planned shard is committed and the stats add up to the plan, then write
     and return the summary. ``recovery``: what this run survived (nodes lost, shards requeued,
-    failed attempts), as the driver counted it."""
+    failed attempts), as the driver counted it; ``timeline``: when each of those happened."""
     from linegen.jobs.sink import publish_pending
 
     storage, job_id = job.storage, job.spec.job_id
@@ -56,6 +57,7 @@ def write_success(job, wall_s: float, generated: int, recovery: dict | None = No
         "peak_memory_bytes": peak, "kv_cache_bytes": kv, "prompts_truncated": truncated,
         "finished_at": finished_at, "finished_at_utc": utc_iso(finished_at),
         "recovery_this_run": dict(recovery or {}),
+        "timeline_this_run": list(timeline or []),
     }
     summary["cost"] = job_cost(devices, images, job.spec.prices)  # prices: `submit --price`
     storage.put(layout.success_key(job_id), json.dumps(summary, indent=2).encode())

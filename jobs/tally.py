@@ -16,6 +16,7 @@ from linegen.jobs.prepare import PreparedJob
 from linegen.jobs.progress import LIVE_EVERY_S, Progress, write_live
 
 REPORT_EVERY_S = 1.0  # the caller's progress callback, at most this often (and on every event)
+TIMELINE_MAX = 5000  # recovery events kept per run
 RATE_WINDOW_S = 60.0  # images/s is measured over the last minute of waves
 
 
@@ -65,6 +66,7 @@ class Tally:
         self.counts = {"nodes_lost": 0, "workers_lost_with_nodes": 0, "requeued_node_lost": 0, "worker_crashes": 0,
                        "failed_attempts": 0, "requeued_failed": 0}
         self.lost_nodes: set[str] = set()
+        self.timeline: list[dict] = []  # timed recovery events (node lost, shard requeued/failed), for reports
         self.samples: deque[tuple[float, int]] = deque()  # (time, images decoded this run)
         self.shape: Shape | None = None
         self.waiting = ""
@@ -99,16 +101,23 @@ class Tally:
 
     def snapshot(self, n: WorkerNumbers, event: str = "") -> Progress:
         from linegen.cost.job_cost import job_cost
+        from linegen.jobs.headline import eta_s
 
         done = min(self.images_total, self.images_done + n.in_flight_images)
         rate = self.rate(n.decoded, n.first_wave_at)
-        eta = (self.images_total - done) / rate if rate > 0 else None
+        eta = eta_s(self.images_total, done, rate)  # the dashboard's formula (jobs/headline.py)
         try:
             usd = job_cost(n.device_seconds, max(1, done), self.job.spec.prices)["usd"] if n.device_seconds else None
         except Exception:  # noqa: BLE001 - a bad price never stops a job
             usd = None
         return Progress(done, self.images_total, self.shards_done, len(self.job.shards), rate, eta,
                         sorted(self.failed), event, self.images_done, usd, n.placed, n.pending, self.waiting)
+
+    def mark(self, event: str, **where: str | None) -> None:
+        """A timed recovery event (``node_lost``, ``requeued``, ``failed``) for `linegen report`'s
+        time axis; bounded, since a job that keeps failing should not grow its progress file."""
+        if len(self.timeline) < TIMELINE_MAX:
+            self.timeline.append({"at": time.time(), "event": event, **{k: v for k, v in where.items() if v}})
 
     def note(self, text: str) -> None:
         """A line for the progress object's recent events (not an event of the callback)."""
@@ -148,5 +157,6 @@ class Tally:
                         "list": n.workers},
             "shards": {**self.counts, "failed": len(self.failed)},
             "events": list(self.events),
+            "timeline": self.timeline,
         }
         write_live(self.job.storage, self.job.spec.job_id, doc)

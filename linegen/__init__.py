@@ -29,6 +29,8 @@ _LAZY = {
     "read_rows": "linegen.api",
     "read_images": "linegen.api",
     "connect": "linegen.api",
+    "dashboard": "linegen.api",
+    "report": "linegen.api",
     "JobResult": "linegen.api",
     "Validation": "linegen.api",
     "Generator": "linegen.generator",

@@ -207,3 +207,29 @@ def status(job_id: str, **connection):
 
 
 __all__ = ["JobResult", "Validation", "connect", "read_images", "read_rows", "run", "status", "submit", "validate"]
+
+
+def dashboard(out: str | None = None, *, price: float | None = None) -> dict:
+    """linegen's Grafana dashboard (JSON model) built from the metrics registry; written to ``out``
+    if given. ``price``: the default of its $/GPU-hour variable (default: the built-in H100 price)."""
+    from linegen.watch.dashboard import build, write
+
+    doc = build(price)
+    if out is not None:
+        write(out, doc)
+    return doc
+
+
+def report(job_id: str, *, html: str | None = None, **connection) -> str:
+    """A self-contained HTML report of a job (finished or running; local or S3 output): throughput,
+    memory, shards, node losses, cost, settings and sample images. Written to ``html`` (default
+    ``report-JOB.html``); returns the path. ``connection``: as `connect` (out=, cluster=, ...)."""
+    from linegen.watch.report import write_report
+
+    return write_report(connect(**connection, default_out=_default_out()), job_id, html or f"report-{job_id}.html")
+
+
+def _default_out() -> str:
+    from linegen.jobs.spec import DEFAULT_OUT
+
+    return DEFAULT_OUT

@@ -13,7 +13,9 @@ all reading what the `elastic` fixture saw):
     its worker holds shards: the job completes exactly-once, and with ``--max-attempts 1`` a
     lost node spending an attempt would have failed it;
 and metrics: the head (started with ``--metrics-export-port``) exports the driver's
-``ray_linegen_*`` series, a worker node the worker's, with non-zero values.
+``ray_linegen_*`` series, a worker node the worker's, with non-zero values; a real Prometheus
+(Debian's `prometheus`, scraping the nodes Ray's service-discovery file lists) has every panel
+of linegen's Grafana dashboard non-empty for this job.
 
 The GCS's health check is set to notice a dead node in ~3 s (RAY_health_check_*), so the test
 does not wait Ray's default ~30 s per loss; nothing else is tuned.
@@ -38,8 +40,14 @@ from linegen.cluster.local import HeadProcess, free_port, start_head
 
 try:
     import jobs_helpers as H
+    import browser
+    from dashboard_check import evaluate
+    from prometheus_server import Prometheus
 except ModuleNotFoundError:  # tests/ imported as a package
+    from tests import browser
     from tests import jobs_helpers as H
+    from tests.dashboard_check import evaluate
+    from tests.prometheus_server import Prometheus
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -146,14 +154,25 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def elastic(cluster: Cluster, tmp_path_factory) -> dict:
+def prometheus(cluster: Cluster, tmp_path_factory):
+    """Prometheus scraping every node Ray's head lists in its service-discovery file, every second."""
+    server = Prometheus.start(cluster.head.temp_dir / "prom_metrics_service_discovery.json",
+                              tmp_path_factory.mktemp("prometheus"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def elastic(cluster: Cluster, prometheus: Prometheus, tmp_path_factory) -> dict:
     """The job, through every phase; what each phase saw, for the tests below."""
     d = tmp_path_factory.mktemp("elastic")
     out, job = d / "out", f"elastic-{uuid.uuid4().hex[:6]}"
     manifest = d / "m.jsonl"
     manifest.write_text("".join(json.dumps({"class_id": i % 10, "count": 1}) + "\n" for i in range(IMAGES)))
     live_path = out / job / "_progress.json"
-    seen: dict = {"job": job, "out": out, "metrics_during": {}}
+    seen: dict = {"job": job, "out": out, "metrics_during": {}, "started_at": time.time()}
 
     def live() -> dict:
         try:
@@ -208,7 +227,14 @@ def elastic(cluster: Cluster, tmp_path_factory) -> dict:
                  f"the driver to drop the worker on {victim}")
         if not seen["metrics_during"]:
             seen["metrics_during"] = scrape(cluster.metrics_port)
+            # the report of the running job so far, found through the cluster (its attempts' --out)
+            seen["report_running"] = (d / "running.html", cluster.lg(
+                "report", job, "--cluster", cluster.head.url, "--html", str(d / "running.html"), "--json"))
     seen["survivor"] = next(n for n in cluster.nodes if n.name == "gpu-4")
+    # a worker's gauges (its last wave) live as long as it does: Ray drops them ~2 report intervals
+    # after their process stops, so they are read while gpu-4's worker runs
+    seen["metrics_node_during"] = H.wait_for(lambda: (m := scrape(seen["survivor"].metrics_port)).get(
+        "ray_linegen_sequences_per_wave") and m, 60, "the worker's gauges at gpu-4 while it runs")
     state = jobs_api.wait(cluster.head.address(), job, timeout=600, poll=0.5)
     seen["state"] = state
     seen["files"] = H.local_files(out)
@@ -217,6 +243,7 @@ def elastic(cluster: Cluster, tmp_path_factory) -> dict:
     seen["metrics_node"] = H.wait_for(lambda: (m := scrape(seen["survivor"].metrics_port)).get(
         "ray_linegen_images_generated_total") and m, 60, "the worker's metrics at gpu-4")
     seen["logs"] = cluster.lg("logs", job, "--cluster", cluster.head.url).stdout
+    seen["ended_at"] = time.time()
     return seen
 
 
@@ -266,8 +293,64 @@ def test_node_losses_requeue_without_spending_attempts_and_output_is_exactly_onc
 def test_metrics_reach_the_heads_prometheus_endpoint(elastic) -> None:
     _success(elastic)
     head, node = elastic["metrics_head"], elastic["metrics_node"]
-    assert head["ray_linegen_shards_committed_total"] >= 1, head
-    assert "ray_linegen_workers_placed" in head and "ray_linegen_shards_requeued_total" in head, head
+    # counters outlive their process at the node's metrics agent; gauges (a last value) are dropped
+    # ~2 report intervals after it ends (Ray's gauge TTL), so gauges are checked on mid-job scrapes
+    assert head["ray_linegen_shards_committed_total"] >= 1 and "ray_linegen_shards_requeued_total" in head, head
     assert node["ray_linegen_images_generated_total"] > 0 and node["ray_linegen_tokens_generated_total"] > 0, node
-    assert node.get("ray_linegen_kv_cache_bytes", 0) > 0 and node.get("ray_linegen_sequences_per_wave", 0) > 0, node
+    during = elastic["metrics_node_during"]
+    assert during.get("ray_linegen_kv_cache_bytes", 0) > 0 and during.get("ray_linegen_sequences_per_wave", 0) > 0, during
     assert elastic["metrics_during"].get("ray_linegen_workers_placed", 0) >= 1, elastic["metrics_during"]
+
+
+def test_every_dashboard_panel_has_data_for_the_job_on_a_real_prometheus(elastic, prometheus: Prometheus) -> None:
+    """Each panel's queries, variables substituted as Grafana does, return series for this job."""
+    from linegen.watch.dashboard import RAY_NODE_SERIES, build, panels
+    from ray.dashboard.modules.reporter.reporter_agent import METRICS_GAUGES
+
+    _success(elastic)
+    # Ray's node series the GPU/node panels read are the names this Ray exports
+    assert all(name.removeprefix("ray_") in METRICS_GAUGES for name in RAY_NODE_SERIES), RAY_NODE_SERIES
+    H.wait_for(lambda: prometheus.targets_up() >= 2, 30, "Prometheus to scrape the head and a node")
+    end = time.time()
+    # the last samples of the job's end may still be on their way from Ray's agents (2 s) to Prometheus (1 s)
+    time.sleep(4)
+    results = evaluate(prometheus, build(), elastic["job"], elastic["started_at"], end + 4)
+    gpus = bool(prometheus.query_range("ray_node_gpus_available", elastic["started_at"], end))
+    gpu_only = {p.title for p in panels() if p.needs_gpu}
+    empty = [f"{r.title}: {r.expr}" for r in results if r.series == 0 and (gpus or r.title not in gpu_only)]
+    assert not empty, "panels with no data for the job:\n" + "\n".join(empty)
+    titles = {r.title for r in results}
+    assert {"Images/s per worker", "Node losses", "Cost so far", "Workers placed vs pending"} <= titles, titles
+    if not gpus:  # this machine has no GPU: Ray reports none, so the GPU panels have nothing to show
+        print(f"no GPU reported by Ray here; not required to have data: {sorted(gpu_only)}")
+    # and the check can fail: the same query for another job id is empty
+    q = next(r.expr for r in results if r.title == "Images generated")
+    assert not prometheus.query_range(q.replace(elastic["job"], "no-such-job"), elastic["started_at"], end)
+
+
+def test_the_jobs_report_renders_its_charts_and_images_in_headless_chromium(elastic, cluster: Cluster,
+                                                                            tmp_path: Path) -> None:
+    """`linegen report` mid-job (through the cluster) and after it (from --out), opened in Chromium."""
+    from PIL import Image
+
+    _success(elastic)
+    path, r = elastic["report_running"]
+    assert r.returncode == 0, r.stderr
+    running = path.read_text()
+    assert "— RUNNING" in running and running.count("<svg") == 4 and "data:image/png;base64," in running
+
+    html = tmp_path / "report.html"
+    r = cluster.lg("report", elastic["job"], "--out", str(elastic["out"]), "--html", str(html))
+    assert r.returncode == 0, r.stderr
+    dom = browser.dump_dom(html)
+    assert dom.count("<svg") == 4, "the four charts"
+    assert dom.count("<polyline") >= 4 * 2, "lines per worker (4 workers ran) and the shard/recovery lines"
+    assert dom.count('class="mark"') >= 4 * 3, "the three node losses, marked on each chart"
+    assert dom.count('<img alt="') == 24 and "3 node(s) lost" in dom
+    png = browser.screenshot(html, tmp_path / "report.png")
+    img = Image.open(png).convert("RGB")
+    colours = img.getcolors(maxcolors=1 << 20) or []
+    assert len(colours) > 500, "a blank (or nearly blank) page"  # noise-image samples alone have thousands
+    top = img.crop((0, 0, img.width, 1200))  # the charts: the first series colour is drawn there
+    assert any(c == (31, 119, 180) for _, c in top.getcolors(maxcolors=1 << 20) or []), "no chart line drawn"
+    print(f"report screenshot: {png}")

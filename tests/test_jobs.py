@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -239,6 +240,32 @@ def hf_datasets(tmp_path_factory: pytest.TempPathFactory):
         import datasets
 
         yield datasets, home
+
+
+def test_e2e_report_is_one_self_contained_html(job_output: H.JobOutput, s3_server, tmp_path: Path) -> None:
+    """`linegen report` of the finished job, local and S3: charts as inline SVG, every sample image
+    a PNG data: URI, nothing fetched from anywhere (the browser test is in test_elastic.py)."""
+    import base64
+
+    from PIL import Image
+
+    html = tmp_path / "report.html"
+    args = ["report", job_output.job_id, "--out", job_output.out, "--html", str(html), "--json"]
+    env = None
+    if job_output.kind == "s3":
+        args += ["--s3-endpoint-url", s3_server.endpoint_url]
+        env = s3_server.env()
+    r = H.run_linegen(args, timeout=120, env=env, cwd=tmp_path, log_dir=tmp_path / "logs")
+    assert r.returncode == 0, r.describe()
+    assert json.loads(r.stdout) == {"job_id": job_output.job_id, "html": str(html)}
+    page = html.read_text()
+    assert page.count("<svg") == 4 and page.count("<polyline") >= 3, page[:2000]
+    assert not re.search(r"""(src|href)=["']?(https?:|//)|<script|<link|@import""", page)
+    pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(pngs) == 17  # every image of this small job (the grid shows up to 24)
+    assert {Image.open(io.BytesIO(base64.b64decode(p))).size for p in pngs} == {(IMAGE_SIZE, IMAGE_SIZE)}
+    assert "SUCCEEDED" in page and "17 of 17 images, 5 of 5 shards" in page
+    assert f"<th>shard_size</th><td>{E2E_SHARD_SIZE}</td>" in page and "Cost per 1k images" in page
 
 
 def test_e2e_loads_with_datasets(job_output: H.JobOutput, hf_datasets, tmp_path: Path) -> None:

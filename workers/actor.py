@@ -159,6 +159,7 @@ class GenerationActor:
                 live["device_seconds"] += wall * k / n
         self.metrics.add("linegen_images_generated", n)
         self.metrics.add("linegen_tokens_generated", n * self.spec.num_tokens)
+        self.metrics.add("linegen_device_seconds", wall)
         self.metrics.set("linegen_images_per_s", n / wall if wall > 0 else 0.0)
         self.metrics.set("linegen_kv_cache_bytes", stats.kv_cache_bytes)
         self.metrics.set("linegen_sequences_per_wave", n)

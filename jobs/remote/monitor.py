@@ -42,6 +42,10 @@ def monitor_snapshot(ctx: Context, *, cache=None) -> dict:
         states = states_from_snapshot(snap["jobs"])
     else:
         states = jobs_api.list_jobs(jobs_api.connect(address, timeout=HTTP_TIMEOUT_S))
+    from linegen.jobs.headline import figures
+
     snap["linegen_jobs"] = [s.to_dict() for s in statuses_of(ctx, states, cache=cache)]
+    for doc in snap["linegen_jobs"]:  # the dashboard's headline figures, by the same formulas
+        doc["headline"] = figures(doc)
     snap["cluster"] = ctx.cluster_text()
     return snap

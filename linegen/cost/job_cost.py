@@ -18,7 +18,9 @@ def job_cost(device_seconds: dict[str, float], images: int, overrides: dict[str,
             continue
         usd += secs / 3600 * price.usd_per_hour
         used[dev] = price.usd_per_hour
-    return {"usd": usd, "usd_per_1k_images": usd / images * 1000 if images else None,
+    from linegen.jobs.headline import usd_per_1k_images
+
+    return {"usd": usd, "usd_per_1k_images": usd_per_1k_images(usd, images),  # the dashboard's formula
             "usd_per_hour": used, "unpriced_devices": unknown}
 
 
