@@ -145,11 +145,18 @@ def read_rows(manifest: str, *, model: str | None = None, s3_endpoint_url: str |
     return [{"row": r.index, **{k: getattr(r, k) for k in keys if getattr(r, k) is not None}} for r in rows]
 
 
-def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_endpoint_url: str | None = None):
-    """The image rows of every committed shard of a Parquet job (what a reader may trust)."""
+def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_endpoint_url: str | None = None,
+                verify: bool = True):
+    """The image rows of every committed shard of a Parquet job (what a reader may trust).
+
+    Each file is read through its commit marker and checked against it: its size always, its
+    sha256 too unless ``verify=False`` (faster on large jobs). A marker that names another shard's
+    file, a file that is not the one its marker describes, or one that is not Parquet raises one
+    `linegen.StorageError` naming the marker or the file and what is wrong."""
     import pyarrow as pa
 
     from linegen.jobs import layout
+    from linegen.jobs.marker import DamagedMarker
     from linegen.jobs.sink import committed_file, read_commit
     from linegen.jobs.storage import open_storage
     from linegen.jobs.writer import from_parquet_bytes
@@ -158,10 +165,21 @@ def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_e
     tables = []
     for sid in sorted(layout.committed_shards(storage, job_id)):
         marker = read_commit(storage, job_id, sid)
-        if marker.get("format", "parquet") != "parquet":
-            raise UserError(f"job {job_id} is a {marker['format']} job: read {out.rstrip('/')}/{job_id}/images/*.tar "
+        if marker is None:  # removed since the listing
+            continue
+        if marker.format != "parquet":
+            raise UserError(f"job {job_id} is a {marker.format} job: read {out.rstrip('/')}/{job_id}/images/*.tar "
                             "with the webdataset library (or tarfile)")
-        tables.append(from_parquet_bytes(committed_file(storage, marker, "images"), columns=columns))
+        data = committed_file(storage, marker, "images", verify=verify)
+        try:
+            table = from_parquet_bytes(data, columns=columns)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds; each means the same here
+            raise DamagedMarker(f"{storage.location(marker.files['images'].key)}: not a readable Parquet file "
+                                f"({str(e).splitlines()[0][:160]}; commit marker {marker.where})") from None
+        if table.num_rows != marker.images:
+            raise DamagedMarker(f"{storage.location(marker.files['images'].key)}: {table.num_rows} rows, but its "
+                                f"commit marker {marker.where} says {marker.images}")
+        tables.append(table)
     if not tables:
         raise UserError(f"job {job_id} has no committed shards under {out}")
     return pa.concat_tables(tables)
