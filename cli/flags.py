@@ -129,6 +129,7 @@ class ConnectionFlags:
     token_file: Optional[str] = flag(None, "--token-file", help="File holding the Ray auth token (default: the config's [cluster] token_file).")
     headers: Optional[List[str]] = flag(None, "--header", help="Extra HTTP header NAME=VALUE sent to the cluster (e.g. for a proxy); repeatable.")
     config: Optional[str] = flag(None, "--config", help=CONFIG_HELP)
+    timeout: Optional[float] = flag(None, "--timeout", help="Seconds one request to the cluster may take in all: connecting and the whole answer (default 30; uploads of the code get 1 s more per MiB).")
 
 
 @group

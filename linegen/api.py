@@ -187,26 +187,29 @@ def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_e
 
 def connect(*, cluster: str | None = None, out: str | None = None, token: str | None = None,
             token_file: str | None = None, headers: list[str] | None = None, config: str | None = None,
-            prices: list[str] | None = None, s3_endpoint_url: str | None = None, default_out: str | None = None):
+            prices: list[str] | None = None, s3_endpoint_url: str | None = None, default_out: str | None = None,
+            timeout: float | None = None):
     """Where remote operations point (flags > config file > environment), as `jobs.remote.Context`;
-    ``default_out``: the output root when neither ``out`` nor the config names one."""
+    ``default_out``: the output root when neither ``out`` nor the config names one; ``timeout``:
+    seconds one request to the cluster may take in all (default 30)."""
     from linegen.jobs.remote import make_context
 
     return make_context(cluster=cluster, token=token, headers=headers, out=out, config=config, prices=prices,
-                        s3_endpoint_url=s3_endpoint_url, token_file=token_file, default_out=default_out)
+                        s3_endpoint_url=s3_endpoint_url, token_file=token_file, default_out=default_out,
+                        timeout=timeout)
 
 
 def submit(manifest: str, *, cluster: str | None = None, out: str | None = None, job_id: str | None = None,
            at: str | None = None, after: str | None = None, ship_code: bool = True, driver_cpus: float = 0.1,
            shard_size: int = 1000, workers: int | None = None, token: str | None = None,
            token_file: str | None = None, headers: list[str] | None = None, config: str | None = None,
-           prices: list[str] | None = None, **settings):
+           prices: list[str] | None = None, timeout: float | None = None, **settings):
     """Submit a job to a Ray cluster and return at once (`jobs.remote.SubmitResult`)."""
     from linegen.jobs.remote import submit as submit_job
     from linegen.jobs.spec import JobSpec
 
     ctx = connect(cluster=cluster, out=out, token=token, token_file=token_file, headers=headers, config=config,
-                  prices=prices, s3_endpoint_url=settings.pop("s3_endpoint_url", None))
+                  prices=prices, s3_endpoint_url=settings.pop("s3_endpoint_url", None), timeout=timeout)
     ctx.require_cluster()
     if ctx.out is None:
         raise UserError("no output root: pass --out s3://bucket/prefix or set [output] out in the config file")
