@@ -309,3 +309,23 @@ def test_guarded_reader_bounds() -> None:
             read(field)
     assert f.int("missing", None) is None
 
+
+
+# ----------------------------------------------------------------------------- 7. leftovers
+
+
+def test_leftover_temporary_files_under_attempts_go_when_the_job_finishes(tmp_path: Path) -> None:
+    """A kill during a local write leaves `.tmp-images.parquet-*` in an attempt's folder; the
+    commit of another attempt never touches that folder, so before, it survived `_SUCCESS`."""
+    from linegen.jobs.summary import finished_summary
+
+    job = prepared(tmp_path)
+    attempts = tmp_path / "out" / JOB / "_attempts"
+    killed = attempts / "shard-00000" / "1-0123456789ab" / ".tmp-images.parquet-0123456789ab"
+    killed.parent.mkdir(parents=True)
+    killed.write_bytes(b"half a file")
+    commit_all(job)
+    assert killed.exists()  # the job runs on: another attempt's file is none of this commit's business
+    assert finished_summary(job) is not None  # what `run` does once every shard is committed
+    assert not killed.exists()
+    assert not attempts.exists() or not any(p.is_file() for p in attempts.rglob("*"))
