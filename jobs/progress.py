@@ -79,13 +79,16 @@ def _shard_size_of(shard_id: str, shard_size: int, items: int) -> int:
     return 0 if index is None else max(0, min(shard_size, items - index * shard_size))
 
 
-def write_live(storage: Storage, job_id: str, doc: dict) -> None:
-    """Rewrite the job's _progress.json (best effort: a storage blip never stops the job)."""
+def write_live(storage: Storage, job_id: str, doc: dict) -> bool:
+    """Rewrite the job's _progress.json (best effort: a storage blip never stops the job); whether
+    it was written."""
     try:
         storage.put(layout.progress_key(job_id), json.dumps(doc, default=str).encode())
+        return True
     except Exception as e:  # noqa: BLE001
         print(f"linegen: could not write {layout.progress_key(job_id)}: {str(e).splitlines()[0][:200]}",
               file=sys.stderr, flush=True)
+        return False
 
 
 def clear_live(storage: Storage, job_id: str) -> None:

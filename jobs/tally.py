@@ -88,6 +88,7 @@ class Tally:
         self.pool: Pool | None = None
         self.shape: Shape | None = None
         self.waiting = ""
+        self.storage_down_since: float | None = None  # the driver's own writes fail since (jobs.outage)
         self.last_report = self.last_write = 0.0
         self.state = "starting"
 
@@ -156,7 +157,22 @@ class Tally:
         placed = len(self.pool.placed()) if self.pool else 0
         pending = len(self.pool.pending()) if self.pool else 0
         return Progress(done, self.images_total, self.shards_done, len(self.job.shards), rate, eta,
-                        sorted(self.failed), event, self.images_done, usd, placed, pending, self.waiting)
+                        sorted(self.failed), event, self.images_done, usd, placed, pending, self.why_waiting())
+
+    def storage_unreachable_since(self) -> float | None:
+        """Since when the output storage has not answered, as the driver or any worker sees it."""
+        seen = [w.live.get("storage_unreachable_since") for w in self._workers()] + [self.storage_down_since]
+        seen = [float(t) for t in seen if isinstance(t, (int, float))]
+        return min(seen) if seen else None
+
+    def why_waiting(self) -> str:
+        from linegen.jobs.outage import utc_text
+
+        since = self.storage_unreachable_since()
+        if since is None:
+            return self.waiting
+        outage = f"storage unreachable since {utc_text(since)}; commits wait and retry (--storage-outage-budget)"
+        return f"{outage}; {self.waiting}" if self.waiting else outage
 
     def note(self, text: str) -> None:
         """A line for the progress object's recent events (not an event of the callback)."""
@@ -187,7 +203,8 @@ class Tally:
         doc = {
             "job_id": self.job.spec.job_id, "attempt": os.environ.get("LINEGEN_ATTEMPT"), "pid": os.getpid(),
             "started_at": self.t0, "updated_at": time.time(), "interval_s": LIVE_EVERY_S,
-            "state": self.state, "message": self.waiting,
+            "state": self.state, "message": p.waiting,
+            "storage_unreachable_since": self.storage_unreachable_since(),
             "images_total": p.images_total, "shards_total": p.shards_total,
             "images_done": p.images_done, "images_committed": p.images_committed, "shards_done": p.shards_done,
             "images_per_s": p.images_per_s, "eta_s": p.eta_s, "usd_this_run": p.usd,
@@ -200,4 +217,7 @@ class Tally:
             "shards": {**self.counts, "failed": len(self.failed)},
             "events": list(self.events),
         }
-        write_live(self.job.storage, self.job.spec.job_id, doc)
+        if write_live(self.job.storage, self.job.spec.job_id, doc):
+            self.storage_down_since = None
+        elif self.storage_down_since is None:
+            self.storage_down_since = time.time()
