@@ -89,6 +89,7 @@ class Tally:
         self.shape: Shape | None = None
         self.waiting = ""
         self.storage_down_since: float | None = None  # the driver's own writes fail since (jobs.outage)
+        self.outage_said = False
         self.last_report = self.last_write = 0.0
         self.state = "starting"
 
@@ -165,6 +166,21 @@ class Tally:
         seen = [float(t) for t in seen if isinstance(t, (int, float))]
         return min(seen) if seen else None
 
+    def _say_outage(self) -> None:
+        """One line on stderr (the job's log) when the storage stops answering, one when it is back."""
+        import sys
+
+        from linegen.jobs.outage import utc_text
+
+        since = self.storage_unreachable_since()
+        if (since is not None) == self.outage_said:
+            return
+        self.outage_said = since is not None
+        text = (f"storage unreachable since {utc_text(since)}; commits wait and retry (--storage-outage-budget)"
+                if since is not None else "storage reachable again")
+        self.note(text)
+        print(f"linegen: {text}", file=sys.stderr, flush=True)
+
     def why_waiting(self) -> str:
         from linegen.jobs.outage import utc_text
 
@@ -184,6 +200,7 @@ class Tally:
         now = time.time()
         if event:
             self.note(event)
+        self._say_outage()
         due_cb = self.progress is not None and (event or force or now - self.last_report >= REPORT_EVERY_S)
         due_doc = force or now - self.last_write >= LIVE_EVERY_S
         if not (due_cb or due_doc):
