@@ -242,7 +242,7 @@ def http_get_json(address: ClusterAddress, path: str, *, timeout: float = DEFAUL
         raise unreachable(address, e) from None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or JSON nested past any real answer
         raise not_a_dashboard(address, f"{path.split('?')[0]} did not return JSON") from None
 
 

@@ -102,7 +102,9 @@ class ShardSink:
 
         `tokens` [n, N] and `images` [n, H, W, 3] uint8 are in `shard.items` order. Stats rows
         may omit job_id/shard_id/attempt/model/cache_policy/cache_ratio (filled in here).
-        Storage errors propagate and leave no marker.
+        An unreachable store is waited for (jobs.outage, within the outage budget); other storage
+        errors, and an outage longer than the budget, propagate and leave no marker. Once the
+        marker is written this returns True, even if the move fails (publish_pending redoes it).
         """
         sid = shard.shard_id
         n = len(shard.items)
