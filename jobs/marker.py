@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from linegen.guarded import Fields, load_json_object
+from linegen.guarded import load_json_object
 from linegen.jobs import layout
 from linegen.jobs.storage.base import StorageError
 

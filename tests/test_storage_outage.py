@@ -9,12 +9,10 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-import jobs_helpers as H
 
 FAST = dict(max_attempts=2, connect_timeout=1, read_timeout=10)  # botocore gives up quickly: we ride it out
 
