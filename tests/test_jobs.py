@@ -519,9 +519,10 @@ def test_actor_killed_mid_job_is_replaced_and_items_stay_exactly_once(ray_local,
 
 
 def test_actor_reports_a_storage_outage_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
-    """When the output store is unreachable while an actor takes a new shard, the shard must come
-    back as failed (so the driver requeues it or fails the job), not vanish: an engine thread
-    that dies on the error leaves the driver waiting for that shard forever."""
+    """When the output store stays unreachable (longer than --storage-outage-budget, 2 s here) while
+    an actor takes a new shard, the shard must come back as failed (so the driver requeues it or
+    fails the job), not vanish: an engine thread that dies on the error leaves the driver waiting
+    for that shard forever."""
     import socket
 
     from linegen.jobs.manifest import Conditioning, parse_manifest
@@ -541,7 +542,9 @@ def test_actor_reports_a_storage_outage_instead_of_hanging(monkeypatch: pytest.M
         monkeypatch.setenv(k, v)
     storage = open_storage("s3://bucket/prefix", endpoint_url=f"http://127.0.0.1:{port}",
                            max_attempts=1, connect_timeout=1)
-    sink = ShardSink(storage, "outage", "test-tiny", "full", 1.0)
+    from linegen.jobs.outage import Outage
+
+    sink = ShardSink(storage, "outage", "test-tiny", "full", 1.0, outage=Outage(2.0))
     rows = parse_manifest(b'{"class_id": 1, "count": 2}\n', "m.jsonl", Conditioning("class", 1000))
     shard = Plan(rows, job_seed=0, sampling=SamplingParams(cfg_scale=2.0, top_k=0), shard_size=4)[0]
     actor = GenerationActor(ModelChoice("test-tiny", random_weights=True), CacheChoice(), sink,
