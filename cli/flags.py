@@ -110,6 +110,7 @@ class JobFlags:
     gpus_per_worker: Optional[float] = flag(None, "--gpus-per-worker", help="GPUs each worker asks Ray for (default 1 for a GPU run, 0 with --device cpu). Pending workers are the autoscaler's demand; a GPU run never falls back to CPU.")
     wait_for_resources: Optional[str] = flag(None, "--wait-for-resources", help="How long the job may wait with fewer than --min-workers placed before it fails, e.g. 10m, 1h or forever (default: forever when submitted, 5m for `linegen run`).")
     max_attempts: int = flag(DEFAULT_MAX_ATTEMPTS, "--max-attempts", help="Attempts per shard; a lost node (preemption) does not spend one, a crash or error does.")
+    storage_outage_budget: Optional[str] = flag(None, "--storage-outage-budget", help="How long the output storage may be unreachable before a shard's commit counts as a failed attempt, e.g. 90s, 15m (default 15m); meanwhile the commit waits and retries.")
     format: str = flag("parquet", "--format", help="Image shards: parquet (images/SHARD.parquet, Hugging Face datasets) or webdataset (images/SHARD.tar: KEY.png, KEY.json, KEY.tokens.npy).")
 
 
@@ -129,6 +130,7 @@ class ConnectionFlags:
     token_file: Optional[str] = flag(None, "--token-file", help="File holding the Ray auth token (default: the config's [cluster] token_file).")
     headers: Optional[List[str]] = flag(None, "--header", help="Extra HTTP header NAME=VALUE sent to the cluster (e.g. for a proxy); repeatable.")
     config: Optional[str] = flag(None, "--config", help=CONFIG_HELP)
+    timeout: Optional[float] = flag(None, "--timeout", help="Seconds one request to the cluster may take in all: connecting and the whole answer (default 30; uploads of the code get 1 s more per MiB).")
 
 
 @group

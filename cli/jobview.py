@@ -6,7 +6,7 @@ from typing import Any
 STATE_STYLE = {
     "SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "yellow", "SCHEDULED": "blue",
     "WAITING": "blue", "FAILED": "red", "CANCELLED": "magenta", "INCOMPLETE": "yellow",
-    "UNKNOWN": "dim", "STOPPED": "magenta",
+    "UNKNOWN": "dim", "STOPPED": "magenta", "DAMAGED": "bold red",
 }
 
 

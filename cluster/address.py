@@ -60,6 +60,7 @@ def read_token_file(path: str | os.PathLike[str]) -> str:
 
 
 REDACTED = "***"
+DEFAULT_TIMEOUT_S = 30.0  # one request to the cluster, connect + whole answer (`--timeout`)
 
 
 def _mask_userinfo(userinfo: str) -> str:
@@ -152,6 +153,8 @@ class ClusterAddress:
     token_source: str | None = None
     basic_auth: str | None = field(default=None, repr=False)  # "user:password" from the URL
     display: str = field(default="", init=False)  # the URL as shown: `redact_url` of what was given
+    # Seconds one request may take in all (connect + the whole answer): `--timeout`.
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         given = normalise_url(self.url)
@@ -216,6 +219,7 @@ def resolve_cluster(
     *,
     token_file: str | os.PathLike[str] | None = None,
     default_url: str | None = None,
+    timeout_s: float | None = None,
 ) -> ClusterAddress | None:
     """Which cluster to talk to, or None for the embedded local cluster.
 
@@ -241,4 +245,8 @@ def resolve_cluster(
     if chosen is None:
         return None
     tok, source = _resolve_token(token, token_file)
-    return ClusterAddress(url=chosen, token=tok, headers=dict(headers or {}), token_source=source)
+    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+                                  or not 0 < timeout_s <= 86400):
+        raise ValueError(f"--timeout must be a number of seconds in (0, 86400], got {timeout_s!r}")
+    return ClusterAddress(url=chosen, token=tok, headers=dict(headers or {}), token_source=source,
+                          timeout_s=float(timeout_s or DEFAULT_TIMEOUT_S))

@@ -5,8 +5,10 @@ A thin layer over ``ray.job_submission.JobSubmissionClient`` that
 - talks to exactly the address it is given (Ray's client lets ``RAY_ADDRESS`` /
   ``RAY_API_SERVER_ADDRESS`` override its argument; we suppress that while constructing it),
 - sends the token from `cluster.address.ClusterAddress` as ``Authorization: Bearer <token>``,
-- puts a timeout on every HTTP request (Ray's client has none), and
-- turns every failure into a one-line `ClusterError`.
+- bounds every HTTP request in *total* time (Ray's client has no timeout, and a per-read timeout
+  never fires on a server that drips a byte a second): connect plus the whole answer within
+  ``address.timeout_s`` (``--timeout``, default 30 s), and
+- turns every failure into a one-line `ClusterError`, a server that does not speak HTTP included.
 
 Every function takes a `ClusterAddress` (it connects first) or a client returned by
 `connect()` (to reuse one connection for several calls). Ray is imported lazily.
@@ -14,6 +16,7 @@ Every function takes a `ClusterAddress` (it connects first) or a client returned
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -35,6 +38,8 @@ ALL_STATUSES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
 
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 120.0
+UPLOAD_BYTES_PER_S = 2**20  # an upload (the shipped code) gets 1 s more per MiB on top of --timeout
+MAX_ANSWER_BYTES = 512 * 2**20  # no dashboard answer comes near this (a list of every job: a few MiB)
 
 _env_lock = threading.Lock()
 
@@ -125,6 +130,62 @@ def no_job(address: ClusterAddress, job: str) -> ClusterError:
     return ClusterError(f"no job '{job}' on cluster {address.display}")
 
 
+def not_http(address: ClusterAddress, exc: BaseException) -> ClusterError:
+    detail = one_line(redact_text(str(exc)), 80)
+    return ClusterError(f"{address.display} did not answer with HTTP ({type(exc).__name__}"
+                        f"{': ' + detail if detail else ''}); is this the Ray dashboard's URL (usually port 8265)?")
+
+
+def too_slow(address: ClusterAddress, what: str, total: float) -> ClusterError:
+    return ClusterError(f"no complete answer from {address.display} ({what}) within {total:g} s; "
+                        "raise --timeout if the cluster is just slow")
+
+
+# --------------------------------------------------------------------------- bounded calls
+
+
+def _bounded(address: ClusterAddress, what: str, call, total: float, on_timeout=None):
+    """``call()`` on a helper thread, waited for at most ``total`` s (plus a moment for the call's
+    own deadline to fire first, which ends the thread too). ``on_timeout`` closes what the call
+    holds open, so a stuck read ends instead of lingering."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="linegen-http", daemon=True)
+    t.start()
+    t.join(total + 0.5)
+    if t.is_alive():
+        if on_timeout is not None:
+            try:
+                on_timeout()
+            except Exception:  # noqa: BLE001 - best effort: the answer is "too slow" either way
+                pass
+        raise too_slow(address, what, total)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _read_within(read1, deadline: float, address: ClusterAddress, what: str, total: float) -> bytes:
+    """The whole body, read a chunk at a time with the deadline checked between reads."""
+    chunks, size = [], 0
+    while True:
+        if time.monotonic() > deadline:
+            raise too_slow(address, what, total)
+        chunk = read1(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise ClusterError(f"{address.display} ({what}) answered more than {MAX_ANSWER_BYTES:,} bytes")
+        chunks.append(chunk)
+
+
 # --------------------------------------------------------------------------- raw HTTP
 
 
@@ -136,18 +197,41 @@ def http_get_json(address: ClusterAddress, path: str, *, timeout: float = DEFAUL
     dashboard's REST endpoints (utilisation snapshots).
     """
     req = urllib.request.Request(address.url + path, headers=address.request_headers(), method="GET")
+    total = address.timeout_s
+    deadline = time.monotonic() + total
+    what = path.split("?")[0]
+    opened: list = []
+
+    def call() -> bytes:
+        # Each read waits at most `timeout` (a silent server fails as fast as before); the
+        # deadline bounds the whole answer (a server dripping bytes).
+        with urllib.request.urlopen(req, timeout=min(timeout, total)) as resp:
+            opened.append(resp)
+            return _read_within(resp.read1, deadline, address, what, total)
+
+    def close() -> None:
+        for resp in opened:
+            resp.close()
+
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            body = resp.read()
+        body = _bounded(address, what, call, total, on_timeout=close)
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
             raise auth_rejected(address, e.code) from None
-        raise not_a_dashboard(address, f"HTTP {e.code} on {path.split('?')[0]}") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise not_a_dashboard(address, f"HTTP {e.code} on {what}") from None
+    except http.client.HTTPException as e:  # BadStatusLine, RemoteDisconnected, LineTooLong...
+        if isinstance(e, http.client.RemoteDisconnected):
+            raise unreachable(address, "the server closed the connection without an answer") from None
+        raise not_http(address, e) from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, http.client.HTTPException):
+            raise not_http(address, e.reason) from None
+        raise unreachable(address, e) from None
+    except (OSError, ValueError) as e:
         raise unreachable(address, e) from None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or JSON nested past any real answer
         raise not_a_dashboard(address, f"{path.split('?')[0]} did not return JSON") from None
 
 
@@ -173,12 +257,36 @@ def _client_class():
     class _Client(JobSubmissionClient):
         """JobSubmissionClient with a timeout on every request and the address it came from."""
 
-        linegen_address: ClusterAddress
+        linegen_address: ClusterAddress | None = None
         linegen_timeout: tuple[float, float] = (DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_READ_TIMEOUT_S)
 
         def _do_request(self, method, endpoint, *, data=None, json_data=None, **kwargs):
-            kwargs.setdefault("timeout", self.linegen_timeout)
-            return super()._do_request(method, endpoint, data=data, json_data=json_data, **kwargs)
+            address = self.linegen_address or ClusterAddress(self._address)
+            total = address.timeout_s + (len(data) / UPLOAD_BYTES_PER_S if data else 0.0)
+            deadline = time.monotonic() + total
+            what = f"{method} {endpoint.split('?')[0]}"
+            connect_s, read_s = self.linegen_timeout
+            kwargs.setdefault("timeout", (min(connect_s, total), min(read_s, total)))
+            responses: list = []
+
+            def load_body(resp, *args, **kw):
+                # requests calls this with the headers in and the body not read (stream=True):
+                # read it here against the deadline, so Ray's own `.text`/`.json()` find it loaded.
+                responses.append(resp)
+                resp._content = _read_within(resp.raw.read1, deadline, address, what, total)
+                resp._content_consumed = True
+                return resp
+
+            kwargs["stream"] = True
+            kwargs["hooks"] = {"response": [load_body]}
+            parent = super()._do_request
+
+            def close() -> None:
+                for resp in responses:
+                    resp.close()
+
+            return _bounded(address, what, lambda: parent(method, endpoint, data=data, json_data=json_data,
+                                                          **kwargs), total, on_timeout=close)
 
     return _Client
 
@@ -196,6 +304,8 @@ def translate(exc: BaseException, address: ClusterAddress, job: str | None = Non
     if name == "AuthenticationError":
         status = 401 if "Authentication required" in text else 403 if "Authentication failed" in text else None
         return auth_rejected(address, status)
+    if "BadStatusLine" in text or "LineTooLong" in text:  # requests wraps http.client's complaint
+        return not_http(address, exc)
     if module.startswith(("requests", "urllib3", "aiohttp")) or isinstance(
         exc, (ConnectionError, TimeoutError, socket.timeout)
     ):
@@ -232,11 +342,12 @@ def connect(address: ClusterAddress, *, timeout: float = DEFAULT_CONNECT_TIMEOUT
     with _env_lock:
         saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
         try:
-            cls.linegen_timeout = cls_timeout
+            cls.linegen_timeout, cls.linegen_address = cls_timeout, address  # for the constructor's own request
             client = cls(address.url, headers=address.request_headers())
         except Exception as e:  # noqa: BLE001 - every failure becomes one line
             raise translate(e, address) from None
         finally:
+            cls.linegen_address = None
             os.environ.update(saved)
     client.linegen_address = address
     client.linegen_timeout = cls_timeout

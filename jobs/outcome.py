@@ -89,12 +89,14 @@ def read_outcome(storage, job_id: str) -> Outcome | None:
             data = storage.get(key)
         except StorageNotFound:
             continue
+        from linegen.guarded import load_json_object
+
         try:
-            d = json.loads(data)
-            return Outcome(state=d.get("state") or state, reason=str(d.get("reason") or ""),
-                           at=d.get("at"), attempt=d.get("attempt"))
-        except ValueError:
-            return Outcome(state=state, reason=data.decode("utf-8", "replace").strip()[:MAX_REASON])
+            f = load_json_object(data, storage.location(key))
+            return Outcome(state=state, reason=_one_line(f.str("reason", "", max_len=10 * MAX_REASON)),
+                           at=f.float("at", None), attempt=f.str("attempt", None, max_len=200))
+        except UserError:  # not ours, or damaged: its text is still the best reason there is
+            return Outcome(state=state, reason=_one_line(data[:MAX_REASON].decode("utf-8", "replace")))
     return None
 
 

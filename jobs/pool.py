@@ -95,6 +95,7 @@ class WorkerNumbers:
     placed: int = 0
     pending: int = 0
     first_wave_at: float | None = None  # the earliest first wave of any worker (epoch s)
+    storage_unreachable_since: float | None = None  # the earliest any worker's commits stopped reaching storage
     workers: list[dict] = field(default_factory=list)  # one `Worker.doc` each
 
 
@@ -189,6 +190,10 @@ class Pool:
             first = w.live.get("first_wave_at")
             if first and (n.first_wave_at is None or first < n.first_wave_at):
                 n.first_wave_at = first
+            down = w.live.get("storage_unreachable_since")
+            if isinstance(down, (int, float)) and (n.storage_unreachable_since is None
+                                                   or down < n.storage_unreachable_since):
+                n.storage_unreachable_since = float(down)
             live = w.live.get("in_flight") or {}
             for run in w.in_flight:
                 entry = live.get(run.shard.shard_id)

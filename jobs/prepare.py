@@ -108,21 +108,26 @@ def _manifest_changed(spec: JobSpec) -> UserError:
                      "differs); resume with the original manifest or use another --job-id")
 
 
-def read_plan(storage: Storage, job_id: str) -> dict:
-    """plan.json ({"fingerprint", "items", "shards"}); a damaged one is a UserError naming it."""
+def read_plan(storage: Storage, job_id: str, *, missing_ok: bool = False) -> dict | None:
+    """plan.json ({"fingerprint", "items", "shards"}); a damaged one is a UserError naming it.
+    ``missing_ok``: None when there is none (a job still being prepared)."""
+    from linegen.guarded import load_json_object
+
     key = layout.plan_key(job_id)
     where = storage.location(key)
     try:
-        doc = json.loads(storage.get(key))
+        data = storage.get(key)
     except StorageNotFound:
+        if missing_ok:
+            return None
         raise UserError(f"{where} is missing; the job folder is damaged") from None
-    except (ValueError, RecursionError) as e:
-        raise UserError(f"{where}: not valid JSON ({str(e)[:120]}); the job folder is damaged") from None
-    if not isinstance(doc, dict) or set(doc) - {"fingerprint_version"} != {"fingerprint", "items", "shards"} \
-            or not isinstance(doc["fingerprint"], str) or not all(
-                isinstance(doc[k], int) and not isinstance(doc[k], bool) for k in ("items", "shards")):
-        raise UserError(f"{where}: expected {{\"fingerprint\", \"items\", \"shards\"}}; the job folder is damaged")
-    return doc
+    f = load_json_object(data, where)
+    if set(f.doc) - {"fingerprint_version"} != {"fingerprint", "items", "shards"}:
+        raise UserError(f"{where}: damaged: expected {{\"fingerprint\", \"items\", \"shards\"}}")
+    f.str("fingerprint")
+    f.int("items", hi=10**12)
+    f.int("shards", hi=10**12)
+    return f.doc
 
 
 def _read_manifest_bytes(spec: JobSpec) -> tuple[bytes | None, Exception | None]:

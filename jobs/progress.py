@@ -28,7 +28,8 @@ from typing import Any
 
 from linegen.jobs import layout
 from linegen.jobs.stats import ShardStats, StatsCache, read_shard_stats
-from linegen.jobs.storage import Storage, StorageNotFound
+from linegen.errors import UserError
+from linegen.jobs.storage import Storage, StorageError, StorageNotFound
 from linegen.jobs.headline import eta_s
 
 READ_THREADS = 8
@@ -76,6 +77,7 @@ class JobProgress:
     live: dict | None = None  # the driver's _progress.json, if any
     live_fresh: bool = False  # ... and written recently: the job is running now
     live_age_s: float | None = None
+    damaged: list[str] = field(default_factory=list)  # files of the job that cannot be read (one line each)
 
     @property
     def waiting(self) -> str:
@@ -96,13 +98,16 @@ def _shard_size_of(shard_id: str, shard_size: int, items: int) -> int:
     return 0 if index is None else max(0, min(shard_size, items - index * shard_size))
 
 
-def write_live(storage: Storage, job_id: str, doc: dict) -> None:
-    """Rewrite the job's _progress.json (best effort: a storage blip never stops the job)."""
+def write_live(storage: Storage, job_id: str, doc: dict) -> bool:
+    """Rewrite the job's _progress.json (best effort: a storage blip never stops the job); whether
+    it was written."""
     try:
         storage.put(layout.progress_key(job_id), json.dumps(doc, default=str).encode())
+        return True
     except Exception as e:  # noqa: BLE001
         print(f"linegen: could not write {layout.progress_key(job_id)}: {str(e).splitlines()[0][:200]}",
               file=sys.stderr, flush=True)
+        return False
 
 
 def clear_live(storage: Storage, job_id: str) -> None:
@@ -113,13 +118,25 @@ def clear_live(storage: Storage, job_id: str) -> None:
 
 
 def read_live(storage: Storage, job_id: str) -> dict | None:
+    """The driver's _progress.json, its fields checked; None if absent or damaged (it is rewritten
+    every few seconds, and only says how a running job does: damage never hides the job)."""
+    from linegen.guarded import load_json_object
+
+    key = layout.progress_key(job_id)
     try:
-        doc = json.loads(storage.get(layout.progress_key(job_id)))
-    except StorageNotFound:
+        f = load_json_object(storage.get(key), storage.location(key))
+        f.float("updated_at", None)
+        f.float("interval_s", None, lo=0.0)
+        f.float("images_per_s", None, lo=0.0)
+        f.int("images_done", None)
+        f.str("state", None)
+        f.str("message", None)
+        f.number_map("device_seconds_by_device", None)
+        f.number_map("uncommitted_device_seconds_by_device", None)
+        f.obj("workers", None)
+    except UserError:
         return None
-    except ValueError:  # half a document cannot happen (puts are atomic); a foreign file can
-        return None
-    return doc if isinstance(doc, dict) else None
+    return f.doc
 
 
 def _add(into: dict[str, float], more: dict | None) -> None:
@@ -133,25 +150,25 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
     for its throughput and ETA. ``with_stats=False`` skips the stats files (counts only).
     ``live=False``: ignore _progress.json (the cluster says no attempt runs)."""
     from linegen.jobs.outcome import read_outcome
+    from linegen.jobs.prepare import read_plan
     from linegen.jobs.spec import read_spec
+    from linegen.jobs.summary import read_summary
 
     spec = spec if spec is not None else read_spec(storage, job_id)
     p = JobProgress(job_id=job_id, spec=spec)
     try:
-        plan = json.loads(storage.get(layout.plan_key(job_id)))
-        p.shards_total, p.images_total = int(plan["shards"]), int(plan["items"])
-    except StorageNotFound:
-        pass
-    except (ValueError, KeyError, TypeError):
-        p.errors.append(f"{layout.plan_key(job_id)} is unreadable")
+        plan = read_plan(storage, job_id, missing_ok=True)
+        if plan is not None:
+            p.shards_total, p.images_total = plan["shards"], plan["items"]
+    except UserError as e:
+        p.damaged.append(str(e))
     try:
-        p.summary = json.loads(storage.get(layout.success_key(job_id)))
-        p.succeeded = True
-    except StorageNotFound:
-        pass
-    except ValueError:
-        p.errors.append(f"{layout.success_key(job_id)} is unreadable")
+        p.summary = read_summary(storage, job_id)
+        p.succeeded = p.summary is not None
+    except UserError as e:
+        p.damaged.append(str(e))
     p.outcome = None if p.succeeded else read_outcome(storage, job_id)
+    p.errors.extend(p.damaged)
 
     committed = sorted(layout.committed_shards(storage, job_id))
     p.shards_done = len(committed)
@@ -195,6 +212,10 @@ def _read_stats_into(p: JobProgress, storage: Storage, job_id: str, committed: l
         try:
             st = read_shard_stats(storage, job_id, shard_id)
         except StorageNotFound:
+            return None
+        except StorageError as e:  # a damaged marker or stats file: named, and the rest still counts
+            p.damaged.append(str(e))
+            p.errors.append(str(e))
             return None
         cache.put(key, st)
         return st

@@ -19,12 +19,19 @@ protocol"):
    server-side copy on S3). A loser deletes its staged files.
 
 So a published file is always the one its marker describes (only the marker's own bytes are
-ever moved there), the published names hold committed shards only (a glob over `images/` never
+ever moved there: a move first checks the staged bytes' sha256 against the marker, and never
+replaces a file it did not stage), the published names hold committed shards only (a glob over `images/` never
 sees an attempt that lost, or one still running), and two drivers running one job at once, or a
 requeued attempt whose first actor was only slow, cannot overwrite each other. A crash between
 steps 3 and 4 leaves a committed shard whose files are still staged; `publish_pending` (run
 before `_SUCCESS` is written) finishes the move, and every reader that trusts markers can read the
-staged copy meanwhile (`committed_file`).
+staged copy meanwhile (`committed_file`, which checks what it reads against the marker).
+
+A marker is read as untrusted input (jobs.marker): one that names any key but its own shard's is
+refused, so an edited marker cannot make the "already finished" path move files around OUT.
+While the store is unreachable every step waits and retries (jobs.outage, within
+``--storage-outage-budget``) instead of failing the attempt, and once our marker is written the
+shard is committed whatever happens to the move (publish_pending finishes it).
 """
 from __future__ import annotations
 
@@ -37,8 +44,10 @@ from typing import Any
 import numpy as np
 
 from linegen.jobs import layout, writer
+from linegen.jobs.marker import CommitMarker, DamagedMarker, check_bytes, check_size, parse_marker
+from linegen.jobs.outage import Outage
 from linegen.jobs.plan import Shard
-from linegen.jobs.storage import Storage, StorageNotFound
+from linegen.jobs.storage import Storage, StorageExists, StorageNotFound
 
 # Stats fields the sink knows better than the worker; a worker may omit them.
 _IDENTITY_FIELDS = ("job_id", "shard_id", "attempt", "model", "cache_policy", "cache_ratio")
@@ -47,7 +56,8 @@ _IDENTITY_FIELDS = ("job_id", "shard_id", "attempt", "model", "cache_policy", "c
 class ShardSink:
     def __init__(self, storage: Storage, job_id: str, model: str, cache_policy: str,
                  cache_ratio: float, *, format: str = "parquet", class_names: tuple[str, ...] | None = None,
-                 png_workers: int = 4, row_group_size: int = writer.ROW_GROUP_SIZE) -> None:
+                 png_workers: int = 4, row_group_size: int = writer.ROW_GROUP_SIZE,
+                 outage: Outage | None = None) -> None:
         layout.commits_prefix(job_id)  # fail here, in the driver, on a job id that cannot be a key
         if format not in layout.IMAGE_EXT:
             raise ValueError(f"unknown output format {format!r}")
@@ -60,23 +70,28 @@ class ShardSink:
         self.class_names = tuple(class_names) if class_names else None
         self.png_workers = png_workers
         self.row_group_size = row_group_size
+        self.outage = outage or Outage()
 
     @classmethod
     def for_job(cls, job) -> "ShardSink":
         """The sink of a prepared job (jobs.prepare.PreparedJob): its storage, model, cache, format."""
+        from linegen.jobs.outage import budget_seconds
+
         spec = job.spec
         model = spec.model.spec()
         return cls(job.storage, spec.job_id, model.name, spec.cache.policy,
                    spec.cache.effective_ratio(model.prefix_len, model.grid), format=spec.format,
-                   class_names=model.class_names)
+                   class_names=model.class_names,
+                   outage=Outage(budget_seconds(getattr(spec, "storage_outage_budget", None))))
 
     def __repr__(self) -> str:
         return f"ShardSink({self.storage!r}, job_id={self.job_id!r}, format={self.format!r})"
 
     def is_committed(self, shard_id: str) -> bool:
-        return self.storage.exists(layout.commit_key(self.job_id, shard_id))
+        key = layout.commit_key(self.job_id, shard_id)
+        return self.outage.ride(f"look up {key}", lambda: self.storage.exists(key))
 
-    def read_commit(self, shard_id: str) -> dict[str, Any] | None:
+    def read_commit(self, shard_id: str) -> CommitMarker | None:
         return read_commit(self.storage, self.job_id, shard_id)
 
     def commit(self, shard: Shard, attempt: int, tokens: np.ndarray, images: np.ndarray,
@@ -86,7 +101,9 @@ class ShardSink:
 
         `tokens` [n, N] and `images` [n, H, W, 3] uint8 are in `shard.items` order. Stats rows
         may omit job_id/shard_id/attempt/model/cache_policy/cache_ratio (filled in here).
-        Storage errors propagate and leave no marker.
+        An unreachable store is waited for (jobs.outage, within the outage budget); other storage
+        errors, and an outage longer than the budget, propagate and leave no marker. Once the
+        marker is written this returns True, even if the move fails (publish_pending redoes it).
         """
         sid = shard.shard_id
         n = len(shard.items)
@@ -107,8 +124,9 @@ class ShardSink:
                      writer.stats_table([self._stats_row(sid, attempt, row) for row in stats]), self.row_group_size))}
         token = f"{int(attempt)}-{uuid.uuid4().hex[:12]}"
         staged = {kind: layout.attempt_key(self.job_id, sid, token, key) for kind, (key, _) in files.items()}
+        ride = self.outage.ride
         for kind, (_, data) in files.items():
-            self.storage.put(staged[kind], data)
+            ride(f"write {staged[kind]}", lambda k=staged[kind], d=data: self.storage.put(k, d))
 
         finished = time.time()
         from linegen.jobs.schedule import utc_iso
@@ -127,13 +145,27 @@ class ShardSink:
             "finished_at": finished,
             "finished_at_utc": utc_iso(finished),
         }
-        won = self.storage.put_if_absent(layout.commit_key(self.job_id, sid),
-                                         json.dumps(marker, indent=2, sort_keys=True).encode())
+        key = layout.commit_key(self.job_id, sid)
+        data = json.dumps(marker, indent=2, sort_keys=True).encode()
+        won = ride(f"write {key}", lambda: self.storage.put_if_absent(key, data))
+        if not won:
+            # False after a retry can be our own write that landed before the connection dropped.
+            existing = ride(f"read {key}", lambda: read_commit(self.storage, self.job_id, sid))
+            won = existing is not None and existing.attempt_token == token
         if not won:  # another attempt committed the shard: our files were never part of it
-            for key in staged.values():
-                self.storage.delete(key)
+            for k in staged.values():
+                ride(f"delete {k}", lambda k=k: self.storage.delete(k))
             return False
-        publish(self.storage, marker)
+        # Committed from here on, whatever happens to the move: publish_pending finishes it later.
+        try:
+            ride(f"publish {sid}", lambda: publish(self.storage, parse_marker(data, self.job_id, sid, key),
+                                                   known={kind: d for kind, (_, d) in files.items()}))
+        except Exception as e:  # noqa: BLE001 - the marker is written: the shard must not be reported failed
+            import sys
+
+            print(f"linegen: {sid} is committed but its files stay staged for now "
+                  f"({str(e).splitlines()[0][:300]}); they are published before the job finishes",
+                  file=sys.stderr, flush=True)
         return True
 
     def _image_bytes(self, shard: Shard, images: np.ndarray, tokens: np.ndarray, prompt_info) -> bytes:
@@ -163,48 +195,78 @@ def _file_info(key: str, data: bytes) -> dict[str, Any]:
     return {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def read_commit(storage: Storage, job_id: str, shard_id: str) -> dict[str, Any] | None:
+def read_commit(storage: Storage, job_id: str, shard_id: str) -> CommitMarker | None:
+    """The shard's commit marker, checked (jobs.marker): None if there is none, `DamagedMarker`
+    (a `StorageError` naming it) if it is not what jobs.sink writes for this shard."""
+    key = layout.commit_key(job_id, shard_id)
     try:
-        data = storage.get(layout.commit_key(job_id, shard_id))
+        data = storage.get(key)
     except StorageNotFound:
         return None
-    return json.loads(data)
+    return parse_marker(data, job_id, shard_id, storage.location(key))
 
 
-def publish(storage: Storage, marker: dict[str, Any]) -> None:
+def publish(storage: Storage, marker: CommitMarker, *, known: dict[str, bytes] | None = None) -> None:
     """Move a committed shard's staged files to their published keys. Safe to repeat and to race:
-    a staged file already gone means its move happened (the published file is then there)."""
-    for info in marker["files"].values():
-        staged = info.get("staged")
-        if not staged:  # a marker from before staging: its files were written in place
+    a staged file already gone means its move happened (the published file is then there).
+
+    The staged bytes are checked against the marker's sha256 first (``known``: bytes this process
+    just wrote there, not read again), and a published key that already holds a file is never
+    replaced: if it is the marker's file, the staged copy was a leftover; if not, it is an error."""
+    for kind, ref in marker.files.items():
+        if not ref.staged:  # a marker from before staging: its files were written in place
             continue
         try:
-            storage.move(staged, info["key"])
+            data = known[kind] if known and kind in known else storage.get(ref.staged)
         except StorageNotFound:
-            if not storage.exists(info["key"]):
+            if not storage.exists(ref.key):
+                raise DamagedMarker(f"{storage.location(ref.key)}: missing, and not staged at {ref.staged} either "
+                                    f"(commit marker {marker.where})") from None
+            continue
+        check_bytes(marker, kind, data, storage.location(ref.staged))
+        try:
+            storage.move(ref.staged, ref.key, overwrite=False)
+        except StorageNotFound:
+            if not storage.exists(ref.key):
                 raise
+        except StorageExists:
+            # Published already (a move that copied but did not delete), or a file put there by
+            # someone else: only the marker's own bytes may stay.
+            check_bytes(marker, kind, storage.get(ref.key), storage.location(ref.key))
+            storage.delete(ref.staged)
 
 
-def committed_file(storage: Storage, marker: dict[str, Any], kind: str) -> bytes:
+def committed_file(storage: Storage, marker: CommitMarker, kind: str, *, verify: bool = True) -> bytes:
     """A committed shard's ``images`` or ``stats`` file: published, or still staged if the
-    committing process stopped between its marker and its move."""
-    info = marker["files"][kind]
-    try:
-        return storage.get(info["key"])
-    except StorageNotFound:
-        if not info.get("staged"):
-            raise
-    try:
-        return storage.get(info["staged"])
-    except StorageNotFound:  # it was being moved just now: published meanwhile
-        return storage.get(info["key"])
+    committing process stopped between its marker and its move. Checked against the marker: its
+    size always, its sha256 unless ``verify=False``; a mismatch is a `DamagedMarker` saying what."""
+    ref = marker.files[kind]
+    data, key = _get_any(storage, ref.key, ref.staged)
+    if data is None:
+        raise DamagedMarker(f"{storage.location(ref.key)} is missing (commit marker {marker.where} names it)")
+    if verify:
+        return check_bytes(marker, kind, data, storage.location(key))
+    check_size(marker, kind, len(data), storage.location(key))
+    return data
+
+
+def _get_any(storage: Storage, key: str, staged: str | None) -> tuple[bytes | None, str]:
+    for k in (key, staged, key):  # published; staged; published meanwhile (moved just now)
+        if not k:
+            continue
+        try:
+            return storage.get(k), k
+        except StorageNotFound:
+            continue
+    return None, key
 
 
 def publish_pending(storage: Storage, job_id: str) -> int:
     """Finish every commit whose move was interrupted, and remove the staged files of attempts
     that lost; one LIST of the job's `_attempts/` (empty when nothing was interrupted). Staged
-    files of a shard with no marker may belong to an attempt still running: they stay. Returns
-    the number of shards published here."""
+    files of a shard with no marker may belong to an attempt still running: they stay. Temporary
+    files a killed write left in a committed shard's folder go too. Returns the number of shards
+    published here."""
     prefix = layout.attempts_prefix(job_id)
     by_attempt: dict[tuple[str, str], list[str]] = {}
     for key in storage.list(prefix):
@@ -212,17 +274,22 @@ def publish_pending(storage: Storage, job_id: str) -> int:
         if len(parts) == 3:
             by_attempt.setdefault((parts[0], parts[1]), []).append(key)
     published = 0
-    markers: dict[str, dict | None] = {}
+    markers: dict[str, CommitMarker | None] = {}
     for (shard_id, token), keys in sorted(by_attempt.items()):
         if shard_id not in markers:
-            markers[shard_id] = read_commit(storage, job_id, shard_id)
+            try:
+                markers[shard_id] = read_commit(storage, job_id, shard_id)
+            except ValueError:  # a folder that cannot be a shard id: not ours, leave it alone
+                markers[shard_id] = None
         marker = markers[shard_id]
         if marker is None:
             continue
-        if marker.get("attempt_token") == token:
+        if marker.attempt_token == token:
             publish(storage, marker)
             published += 1
         else:
             for key in keys:
                 storage.delete(key)
+    for shard_id in layout.committed_shards(storage, job_id):
+        storage.remove_leftovers(f"{prefix}{shard_id}/")
     return published

@@ -76,13 +76,15 @@ class JobSpec:
     max_workers: int | None = None  # None: as many as the cluster places (GPU runs), 1 on CPU (or --workers)
     wait_for_resources: str | None = None  # a duration ("10m", "forever"); None: forever when submitted, 5m embedded
     format: str = "parquet"  # one of FORMATS
+    # How long a storage outage may last before it spends a shard's attempt (jobs.outage); None: 15m.
+    storage_outage_budget: str | None = None
 
     @classmethod
     def from_flags(cls, *, manifest: str, out: str | None = None, job_id: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
                    workers: int | None = None, min_workers: int | None = None, max_workers: int | None = None,
                    gpus_per_worker: float | None = None, wait_for_resources: str | None = None,
                    max_attempts: int = DEFAULT_MAX_ATTEMPTS, format: str = "parquet", config: Any = None,
-                   **settings) -> "JobSpec":
+                   storage_outage_budget: str | None = None, **settings) -> "JobSpec":
         """A job from flag values; ``settings`` are the keywords of `Settings.from_flags`.
 
         ``out`` and the S3 endpoint default to the config file's (``[output] out``, ``[s3]
@@ -116,6 +118,10 @@ class JobSpec:
             gpus_per_worker = float(gpus_per_worker)
         if wait_for_resources is not None:
             parse_duration(wait_for_resources, "--wait-for-resources")
+        if storage_outage_budget is not None:
+            from linegen.jobs.outage import budget_seconds
+
+            budget_seconds(storage_outage_budget)
         if format not in FORMATS:
             raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
         if manifest != ROWS_MANIFEST:
@@ -125,7 +131,7 @@ class JobSpec:
                    shard_size=shard_size, workers=workers, batch_size=s.batch_size, memory_budget=s.memory_budget,
                    max_attempts=max_attempts, s3_endpoint_url=s.s3_endpoint_url, gpus_per_worker=gpus_per_worker,
                    min_workers=min_workers, max_workers=max_workers, wait_for_resources=wait_for_resources,
-                   format=format)
+                   format=format, storage_outage_budget=storage_outage_budget)
 
     def to_json(self) -> str:
         """job.json: every field, with the endpoint URLs redacted (never a credential)."""
@@ -141,11 +147,9 @@ class JobSpec:
     def from_json(cls, text: str | bytes, where: str = "job.json") -> "JobSpec":
         """Parse job.json strictly: anything unreadable, unknown or of the wrong type is a one-line
         UserError naming ``where`` (a job folder from another tool, or one edited by hand)."""
-        try:
-            d = json.loads(text)
-        except (ValueError, RecursionError) as e:
-            raise UserError(f"{where}: not valid JSON ({str(e)[:120]}); the job folder is damaged") from None
-        d = _fields_of(cls, d, where)
+        from linegen.guarded import load_json
+
+        d = _fields_of(cls, load_json(text, where), where)
         d["model"] = _nested(ModelChoice, d.get("model"), f"{where}: model")
         d["cache"] = _nested(CacheChoice, d.get("cache", {}), f"{where}: cache")
         d["sampling"] = _nested(SamplingParams, d.get("sampling", {}), f"{where}: sampling")

@@ -35,10 +35,26 @@ def _epoch(v: Any) -> float:
     return float(v)
 
 
-def read_shard_stats(storage, job_id: str, shard_id: str) -> ShardStats:
+def read_shard_stats(storage, job_id: str, shard_id: str, *, verify: bool = True) -> ShardStats:
+    """The committed shard's stats, read through its marker and checked against it (jobs.sink
+    `committed_file`): StorageNotFound without a marker, `DamagedMarker` when the file is not the
+    one the marker describes or not a readable Parquet file."""
+    from linegen.jobs.marker import DamagedMarker
+    from linegen.jobs.sink import committed_file, read_commit
+    from linegen.jobs.storage import StorageNotFound
     from linegen.jobs.parquet import from_parquet_bytes
 
-    table = from_parquet_bytes(storage.get(layout.stats_key(job_id, shard_id)))
+    marker = read_commit(storage, job_id, shard_id)
+    if marker is None:
+        raise StorageNotFound(f"{storage.location(layout.commit_key(job_id, shard_id))} does not exist")
+    data = committed_file(storage, marker, "stats", verify=verify)
+    try:
+        table = from_parquet_bytes(data)
+        if "images" not in table.column_names:
+            raise ValueError("no 'images' column")
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds; each is a damaged file
+        raise DamagedMarker(f"{storage.location(marker.files['stats'].key)}: not a stats Parquet file "
+                            f"({str(e).splitlines()[0][:160]})") from None
     present = [c for c in COLUMNS if c in table.column_names]  # prompts_truncated: absent in older files
     d = table.select(present).to_pydict()
     n = table.num_rows
@@ -61,7 +77,7 @@ def read_shard_stats(storage, job_id: str, shard_id: str) -> ShardStats:
 def read_stats_rows(storage, job_id: str, shard_id: str, columns: list[str]) -> list[dict]:
     """A committed shard's stats, one dict per engine batch (columns an older file lacks are None);
     epoch floats for the times. For reports that plot batches rather than add them up."""
-    from linegen.jobs.writer import from_parquet_bytes
+    from linegen.jobs.parquet import from_parquet_bytes
 
     table = from_parquet_bytes(storage.get(layout.stats_key(job_id, shard_id)))
     d = table.select([c for c in columns if c in table.column_names]).to_pydict()

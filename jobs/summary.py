@@ -22,7 +22,16 @@ def write_success(job, wall_s: float, generated: int, recovery: dict | None = No
                   timeline: list[dict] | None = None) -> dict:
     """Check that every planned shard is committed and the stats add up to the plan, then write
     and return the summary. ``recovery``: what this run survived (nodes lost, shards requeued,
-    failed attempts), as the driver counted it; ``timeline``: when each of those happened."""
+    failed attempts), as the driver counted it; ``timeline``: when each of those happened. Waits
+    out a storage outage (jobs.outage)."""
+    from linegen.jobs.outage import Outage, budget_seconds
+
+    outage = Outage(budget_seconds(getattr(job.spec, "storage_outage_budget", None)))
+    return outage.ride(f"write {layout.success_key(job.spec.job_id)}",
+                       lambda: _write_success(job, wall_s, generated, recovery, timeline))
+
+
+def _write_success(job, wall_s: float, generated: int, recovery: dict | None, timeline: list[dict] | None) -> dict:
     from linegen.jobs.sink import publish_pending
 
     storage, job_id = job.storage, job.spec.job_id
@@ -69,8 +78,6 @@ def finished_summary(job) -> dict | None:
     Ray needed): the recorded `_SUCCESS` as it stands (not rewritten, so ``finished_at`` stays
     when the job finished), or one written now from the markers if the last run stopped just
     before writing it. None while any shard is missing."""
-    from linegen.jobs.storage import StorageNotFound
-
     from linegen.jobs.sink import publish_pending
 
     committed = layout.committed_shards(job.storage, job.spec.job_id)
@@ -78,17 +85,44 @@ def finished_summary(job) -> dict | None:
         return None
     publish_pending(job.storage, job.spec.job_id)
     try:
-        recorded = json.loads(job.storage.get(layout.success_key(job.spec.job_id)))
-    except (StorageNotFound, ValueError):
+        recorded = read_summary(job.storage, job.spec.job_id)
+    except UserError:  # a damaged summary of a complete job is written again from the markers
         recorded = None
-    if not isinstance(recorded, dict) or recorded.get("plan_fingerprint") != job.fingerprint:
+    if recorded is None or recorded.get("plan_fingerprint") != job.fingerprint:
         return write_success(job, 0.0, 0)
     return {**recorded, "generated_this_run": 0, "wall_s_this_run": 0.0, "images_per_s_this_run": None}
 
 
+def read_summary(storage, job_id: str) -> dict | None:
+    """The job's `_SUCCESS` (None if it has none), with every field a reader uses checked for its
+    type; a damaged one is a `linegen.guarded.DamagedFile` naming it."""
+    from linegen.guarded import load_json_object
+    from linegen.jobs.storage import StorageNotFound
+
+    key = layout.success_key(job_id)
+    try:
+        data = storage.get(key)
+    except StorageNotFound:
+        return None
+    f = load_json_object(data, storage.location(key))
+    f.count("images")
+    f.count("shards", None)
+    for name in ("device_seconds", "images_per_device_s", "images_per_s_this_run", "wall_s_this_run",
+                 "finished_at", "peak_memory_bytes", "kv_cache_bytes"):
+        f.float(name, None, lo=0.0)
+    for name in ("tokens", "generated_this_run", "prompts_truncated"):
+        f.int(name, None)
+    f.number_map("device_seconds_by_device", None)
+    f.str("plan_fingerprint", None)
+    f.obj("cost", None)
+    f.obj("recovery_this_run", None)
+    return f.doc
+
+
 def count_of(value) -> int | None:
     """The done count of an ``images``/``shards`` entry: ``{"done", "total"}``, or a plain integer
-    (a `_SUCCESS` written by an older linegen)."""
+    (a `_SUCCESS` written by an older linegen); None when it is neither (`read_summary` has
+    already refused such a file)."""
     if isinstance(value, dict):
         value = value.get("done")
-    return None if value is None or isinstance(value, bool) else int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

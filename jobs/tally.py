@@ -70,6 +70,8 @@ class Tally:
         self.samples: deque[tuple[float, int]] = deque()  # (time, images decoded this run)
         self.shape: Shape | None = None
         self.waiting = ""
+        self.storage_down_since: float | None = None  # the driver's own writes fail since (jobs.outage)
+        self.outage_said = False
         self.last_report = self.last_write = 0.0
         self.state = "starting"
 
@@ -111,7 +113,36 @@ class Tally:
         except Exception:  # noqa: BLE001 - a bad price never stops a job
             usd = None
         return Progress(done, self.images_total, self.shards_done, len(self.job.shards), rate, eta,
-                        sorted(self.failed), event, self.images_done, usd, n.placed, n.pending, self.waiting)
+                        sorted(self.failed), event, self.images_done, usd, n.placed, n.pending, self.why_waiting(n))
+
+    def storage_unreachable_since(self, n: WorkerNumbers) -> float | None:
+        """Since when the output storage has not answered, as the driver or any worker sees it."""
+        seen = [t for t in (n.storage_unreachable_since, self.storage_down_since) if t is not None]
+        return min(seen) if seen else None
+
+    def _say_outage(self, n: WorkerNumbers) -> None:
+        """One line on stderr (the job's log) when the storage stops answering, one when it is back."""
+        import sys
+
+        from linegen.jobs.outage import utc_text
+
+        since = self.storage_unreachable_since(n)
+        if (since is not None) == self.outage_said:
+            return
+        self.outage_said = since is not None
+        text = (f"storage unreachable since {utc_text(since)}; commits wait and retry (--storage-outage-budget)"
+                if since is not None else "storage reachable again")
+        self.note(text)
+        print(f"linegen: {text}", file=sys.stderr, flush=True)
+
+    def why_waiting(self, n: WorkerNumbers) -> str:
+        from linegen.jobs.outage import utc_text
+
+        since = self.storage_unreachable_since(n)
+        if since is None:
+            return self.waiting
+        outage = f"storage unreachable since {utc_text(since)}; commits wait and retry (--storage-outage-budget)"
+        return f"{outage}; {self.waiting}" if self.waiting else outage
 
     def mark(self, event: str, **where: str | None) -> None:
         """A timed recovery event (``node_lost``, ``requeued``, ``failed``) for `linegen report`'s
@@ -129,6 +160,7 @@ class Tally:
         now = time.time()
         if event:
             self.note(event)
+        self._say_outage(n)
         due_cb = self.progress is not None and (event or force or now - self.last_report >= REPORT_EVERY_S)
         due_doc = force or now - self.last_write >= LIVE_EVERY_S
         if not (due_cb or due_doc):
@@ -145,7 +177,8 @@ class Tally:
         doc = {
             "job_id": self.job.spec.job_id, "attempt": os.environ.get("LINEGEN_ATTEMPT"), "pid": os.getpid(),
             "started_at": self.t0, "updated_at": time.time(), "interval_s": LIVE_EVERY_S,
-            "state": self.state, "message": self.waiting,
+            "state": self.state, "message": p.waiting,
+            "storage_unreachable_since": self.storage_unreachable_since(n),
             "images_total": p.images_total, "shards_total": p.shards_total,
             "images_done": p.images_done, "images_committed": p.images_committed, "shards_done": p.shards_done,
             "images_per_s": p.images_per_s, "eta_s": p.eta_s, "usd_this_run": p.usd,
@@ -159,4 +192,7 @@ class Tally:
             "events": list(self.events),
             "timeline": self.timeline,
         }
-        write_live(self.job.storage, self.job.spec.job_id, doc)
+        if write_live(self.job.storage, self.job.spec.job_id, doc):
+            self.storage_down_since = None
+        elif self.storage_down_since is None:
+            self.storage_down_since = time.time()

@@ -144,11 +144,18 @@ def read_rows(manifest: str, *, model: str | None = None, s3_endpoint_url: str |
     return [{"row": r.index, **{k: getattr(r, k) for k in ALLOWED_FIELDS if getattr(r, k) is not None}} for r in rows]
 
 
-def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_endpoint_url: str | None = None):
-    """The image rows of every committed shard of a Parquet job (what a reader may trust)."""
+def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_endpoint_url: str | None = None,
+                verify: bool = True):
+    """The image rows of every committed shard of a Parquet job (what a reader may trust).
+
+    Each file is read through its commit marker and checked against it: its size always, its
+    sha256 too unless ``verify=False`` (faster on large jobs). A marker that names another shard's
+    file, a file that is not the one its marker describes, or one that is not Parquet raises one
+    `linegen.StorageError` naming the marker or the file and what is wrong."""
     import pyarrow as pa
 
     from linegen.jobs import layout
+    from linegen.jobs.marker import DamagedMarker
     from linegen.jobs.sink import committed_file, read_commit
     from linegen.jobs.storage import open_storage
     from linegen.jobs.parquet import from_parquet_bytes
@@ -157,10 +164,21 @@ def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_e
     tables = []
     for sid in sorted(layout.committed_shards(storage, job_id)):
         marker = read_commit(storage, job_id, sid)
-        if marker.get("format", "parquet") != "parquet":
-            raise UserError(f"job {job_id} is a {marker['format']} job: read {out.rstrip('/')}/{job_id}/images/*.tar "
+        if marker is None:  # removed since the listing
+            continue
+        if marker.format != "parquet":
+            raise UserError(f"job {job_id} is a {marker.format} job: read {out.rstrip('/')}/{job_id}/images/*.tar "
                             "with the webdataset library (or tarfile)")
-        tables.append(from_parquet_bytes(committed_file(storage, marker, "images"), columns=columns))
+        data = committed_file(storage, marker, "images", verify=verify)
+        try:
+            table = from_parquet_bytes(data, columns=columns)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds; each means the same here
+            raise DamagedMarker(f"{storage.location(marker.files['images'].key)}: not a readable Parquet file "
+                                f"({str(e).splitlines()[0][:160]}; commit marker {marker.where})") from None
+        if table.num_rows != marker.images:
+            raise DamagedMarker(f"{storage.location(marker.files['images'].key)}: {table.num_rows} rows, but its "
+                                f"commit marker {marker.where} says {marker.images}")
+        tables.append(table)
     if not tables:
         raise UserError(f"job {job_id} has no committed shards under {out}")
     return pa.concat_tables(tables)
@@ -168,26 +186,29 @@ def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_e
 
 def connect(*, cluster: str | None = None, out: str | None = None, token: str | None = None,
             token_file: str | None = None, headers: list[str] | None = None, config: str | None = None,
-            prices: list[str] | None = None, s3_endpoint_url: str | None = None, default_out: str | None = None):
+            prices: list[str] | None = None, s3_endpoint_url: str | None = None, default_out: str | None = None,
+            timeout: float | None = None):
     """Where remote operations point (flags > config file > environment), as `jobs.remote.Context`;
-    ``default_out``: the output root when neither ``out`` nor the config names one."""
+    ``default_out``: the output root when neither ``out`` nor the config names one; ``timeout``:
+    seconds one request to the cluster may take in all (default 30)."""
     from linegen.jobs.remote import make_context
 
     return make_context(cluster=cluster, token=token, headers=headers, out=out, config=config, prices=prices,
-                        s3_endpoint_url=s3_endpoint_url, token_file=token_file, default_out=default_out)
+                        s3_endpoint_url=s3_endpoint_url, token_file=token_file, default_out=default_out,
+                        timeout=timeout)
 
 
 def submit(manifest: str, *, cluster: str | None = None, out: str | None = None, job_id: str | None = None,
            at: str | None = None, after: str | None = None, ship_code: bool = True, driver_cpus: float = 0.1,
            shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None, token: str | None = None,
            token_file: str | None = None, headers: list[str] | None = None, config: str | None = None,
-           prices: list[str] | None = None, **settings):
+           prices: list[str] | None = None, timeout: float | None = None, **settings):
     """Submit a job to a Ray cluster and return at once (`jobs.remote.SubmitResult`)."""
     from linegen.jobs.remote import submit as submit_job
     from linegen.jobs.spec import JobSpec
 
     ctx = connect(cluster=cluster, out=out, token=token, token_file=token_file, headers=headers, config=config,
-                  prices=prices, s3_endpoint_url=settings.pop("s3_endpoint_url", None))
+                  prices=prices, s3_endpoint_url=settings.pop("s3_endpoint_url", None), timeout=timeout)
     ctx.require_cluster()
     if ctx.out is None:
         raise UserError("no output root: pass --out s3://bucket/prefix or set [output] out in the config file")

@@ -330,7 +330,6 @@ def test_sink_loses_marker_race(tmp_path: Path) -> None:
     shard = make_shard()
     images, tokens = make_arrays(5)
     key = layout.commit_key("job-1", shard.shard_id)
-    winner = b'{"attempt": 7}'
 
     class Racing:
         """Storage whose marker appears just before our conditional put."""
@@ -341,14 +340,16 @@ def test_sink_loses_marker_race(tmp_path: Path) -> None:
             return False  # both pre-checks miss the other attempt
 
         def put_if_absent(self, k: str, data: bytes) -> bool:
-            storage.put(key, winner)
+            if k == key:  # attempt 7 commits first, through the plain sink
+                assert sink.commit(shard, 7, tokens, images, [worker_stats_row()]) is True
             return storage.put_if_absent(k, data)
 
     racing_sink = ShardSink(Racing(), "job-1", "tiny", "linear", 0.25)  # type: ignore[arg-type]
     assert racing_sink.commit(shard, 1, tokens, images, [worker_stats_row()]) is False
-    assert sink.read_commit(shard.shard_id) == {"attempt": 7}
+    assert sink.read_commit(shard.shard_id).attempt == 7
     # the loser wrote nothing a reader sees, and left nothing behind (issue 12, item 5)
-    assert storage.list("job-1/") == ["job-1/_commits/shard-00000.json"]
+    assert storage.list("job-1/") == ["job-1/_commits/shard-00000.json", "job-1/images/shard-00000.parquet",
+                                      "job-1/stats/shard-00000.parquet"]
 
 
 def test_sink_rejects_incomplete_shard_and_writes_nothing(tmp_path: Path) -> None:
@@ -403,7 +404,7 @@ def test_sink_pickles(tmp_path: Path) -> None:
 def test_sink_crash_between_marker_and_publish_is_recovered(tmp_path: Path) -> None:
     """The committing process dies right after its marker: readers get the staged bytes, and
     `publish_pending` (run before _SUCCESS) moves them; the published files match the marker."""
-    from linegen.jobs.sink import committed_file, publish_pending
+    from linegen.jobs.sink import committed_file, publish_pending, read_commit
 
     storage = open_storage(str(tmp_path))
     shard = make_shard()
@@ -413,13 +414,13 @@ def test_sink_crash_between_marker_and_publish_is_recovered(tmp_path: Path) -> N
         def __getattr__(self, name: str) -> Any:
             return getattr(storage, name)
 
-        def move(self, src: str, dst: str) -> None:
+        def move(self, src: str, dst: str, **kw: Any) -> None:
             raise KeyboardInterrupt  # the process is gone
 
     with pytest.raises(KeyboardInterrupt):
         ShardSink(DiesBeforeMoving(), "job-1", "tiny", "linear", 0.25).commit(  # type: ignore[arg-type]
             shard, 1, tokens, images, [worker_stats_row()])
-    marker = json.loads(storage.get(layout.commit_key("job-1", shard.shard_id)))
+    marker = read_commit(storage, "job-1", shard.shard_id)
     assert storage.list("job-1/images/") == []  # nothing published: a glob sees nothing yet
     staged = committed_file(storage, marker, "images")
     assert hashlib.sha256(staged).hexdigest() == marker["files"]["images"]["sha256"]

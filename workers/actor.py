@@ -132,7 +132,8 @@ class GenerationActor:
     # -- bookkeeping ------------------------------------------------------------------------
     def _snapshot(self) -> dict:  # with self._cond held
         return {**self._totals, "device": self.device_name,
-                "in_flight": {sid: dict(v) for sid, v in self._in_flight.items()}}
+                "in_flight": {sid: dict(v) for sid, v in self._in_flight.items()},
+                "storage_unreachable_since": getattr(getattr(self.sink, "outage", None), "since", None)}
 
     def _report(self, outcome: ShardOutcome) -> None:
         with self._cond:

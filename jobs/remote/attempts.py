@@ -27,7 +27,7 @@ META_VERSION = "linegen_version"
 
 # linegen-level states (Ray's plus the ones only our outputs can tell)
 STATES = ("SCHEDULED", "WAITING", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED",
-          "INCOMPLETE", "UNKNOWN")
+          "INCOMPLETE", "UNKNOWN", "DAMAGED")
 
 
 def attempt_number(submission_id: str | None, job_id: str) -> int:

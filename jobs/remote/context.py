@@ -65,7 +65,7 @@ def parse_headers(items: list[str] | None) -> dict[str, str]:
 def make_context(cluster: str | None = None, token: str | None = None, headers: list[str] | None = None,
                  out: str | None = None, config: str | None = None, prices: list[str] | None = None,
                  s3_endpoint_url: str | None = None, token_file: str | None = None,
-                 default_out: str | None = None) -> Context:
+                 default_out: str | None = None, timeout: float | None = None) -> Context:
     """Flags + config file + environment -> Context. Every problem is a one-line UserError.
 
     The output root: ``out``, else the config's ``[output] out``, else, when no cluster is given,
@@ -81,7 +81,7 @@ def make_context(cluster: str | None = None, token: str | None = None, headers: 
     try:
         address = resolve_cluster(cluster, token, parse_headers(headers),
                                   token_file=token_file or cfg.cluster.token_file,
-                                  default_url=cfg.cluster.address)
+                                  default_url=cfg.cluster.address, timeout_s=timeout)
     except ValueError as e:
         raise UserError(str(e)) from None
     flag_prices: dict[str, float] = {}

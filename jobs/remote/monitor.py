@@ -17,6 +17,8 @@ def job_cost_report(ctx: Context, job_id: str) -> dict:
     if loc.storage is None:
         raise UserError(loc.storage_error or f"job {job_id}: its output root is unknown; pass --out")
     progress = read_progress(loc.storage, job_id, with_stats=True, spec=loc.spec, live=False)  # committed stats only
+    if progress.damaged:  # a cost from files that cannot be trusted would be a wrong number
+        raise UserError(f"job {job_id} is damaged: {progress.damaged[0]}")
     prices = ctx.prices(loc.spec)
     c = cost_of(progress, prices)
     table = PriceTable.builtin().with_overrides(prices or None)

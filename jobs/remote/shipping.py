@@ -16,7 +16,6 @@ cluster uses the nodes' own credential chain (instance role, env, profile): noth
 from __future__ import annotations
 
 import importlib.util
-import os
 import shlex
 import shutil
 import tempfile

@@ -147,6 +147,8 @@ def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = 
 
     state, reason = derive_state(loc.attempts, progress, loc.spec, dep_succeeded=dep_ok, now=now,
                                  cluster_known=ctx.address is not None)
+    if progress is not None and progress.damaged:  # a file of the job cannot be trusted: say which
+        state, reason = "DAMAGED", progress.damaged[0]
     if state in ("FAILED", "CANCELLED") and reason:
         errors.insert(0, reason)
     spec = loc.spec
@@ -211,6 +213,14 @@ def list_jobs(ctx: Context, *, cache=None) -> list[JobStatus]:
         try:
             docs.append(job_status(ctx, jid, states=[], cache=cache, with_stats=False))
         except UserError as e:  # one damaged job folder is one row saying why, not a failed list
-            docs.append(JobStatus(job_id=jid, state="UNKNOWN", reason=str(e), errors=[str(e)], out=ctx.out))
+            docs.append(JobStatus(job_id=jid, state=_state_of_error(e), reason=str(e), errors=[str(e)], out=ctx.out))
     docs.sort(key=lambda d: d.submitted_at or 0.0)
     return docs
+
+
+def _state_of_error(e: UserError) -> str:
+    """DAMAGED when the job's own files are at fault; UNKNOWN when its storage could not be read."""
+    from linegen.jobs.marker import DamagedMarker
+    from linegen.jobs.storage import StorageError
+
+    return "UNKNOWN" if isinstance(e, StorageError) and not isinstance(e, DamagedMarker) else "DAMAGED"

@@ -19,6 +19,15 @@ class StorageNotFound(StorageError):
     """The key, object or file does not exist."""
 
 
+class StorageUnreachable(StorageError):
+    """The storage did not answer (connection refused or reset, timeout, a 5xx): nothing about the
+    key is known, and trying again later may work (jobs.outage rides these out)."""
+
+
+class StorageExists(StorageError):
+    """A move without overwrite found its target already there."""
+
+
 class Storage(ABC):
     url: str
 
@@ -51,13 +60,19 @@ class Storage(ABC):
         """Delete ``key``; deleting a missing key is not an error."""
 
     @abstractmethod
-    def move(self, src: str, dst: str) -> None:
+    def move(self, src: str, dst: str, *, overwrite: bool = True) -> None:
         """Give ``dst`` the bytes of ``src`` and remove ``src``. Readers of ``dst`` see the old
-        object or the whole new one, never a part. StorageNotFound if ``src`` does not exist."""
+        object or the whole new one, never a part. StorageNotFound if ``src`` does not exist;
+        with ``overwrite=False``, StorageExists (and ``src`` kept) if ``dst`` already does."""
 
     @abstractmethod
     def check(self) -> None:
         """Verify the storage is usable before any work starts; raise StorageError if not."""
+
+    def remove_leftovers(self, prefix: str) -> None:
+        """Remove the temporary files (``.tmp-*``) a killed write left under ``prefix``, and the
+        folders that leaves empty. Only a local folder has such files (an unfinished S3 upload is
+        invisible), so this does nothing elsewhere."""
 
     def location(self, key: str) -> str:
         """Where ``key`` is, as a user would type it (a path or an s3:// URL), for messages."""

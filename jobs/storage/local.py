@@ -1,4 +1,9 @@
-"""A local folder as a storage root: atomic renames for writes, hard links for put-if-absent."""
+"""A local folder as a storage root: atomic renames for writes, hard links for put-if-absent.
+
+Nothing here follows a symbolic link out of the root: a key whose path resolves outside it (a
+link planted at ``images/shard-00000.parquet`` or at a folder on the way) is refused, so a job
+folder cannot be made to read, write or move files elsewhere on the machine.
+"""
 from __future__ import annotations
 
 import errno
@@ -6,7 +11,7 @@ import os
 import uuid
 from pathlib import Path
 
-from linegen.jobs.storage.base import Storage, StorageError, StorageNotFound
+from linegen.jobs.storage.base import Storage, StorageError, StorageExists, StorageNotFound
 from linegen.jobs.storage.keys import TMP_PREFIX, check_key, check_prefix
 
 
@@ -15,8 +20,16 @@ class LocalStorage(Storage):
         self.root = Path(os.path.expanduser(os.fspath(root))).absolute()
         self.url = str(self.root)
 
-    def _path(self, key: str) -> Path:
-        return self.root.joinpath(*check_key(key).split("/"))
+    def _path(self, key: str, *, follow_last: bool = True) -> Path:
+        """The file of ``key``; refused if it, or a folder on the way, is a link out of the root.
+        ``follow_last=False``: the last component may be a link (an unlink removes the link only)."""
+        path = self.root.joinpath(*check_key(key).split("/"))
+        # realpath resolves every link on the way; the root itself may be a link (the user's choice).
+        real = os.path.realpath(path if follow_last else path.parent)
+        root = os.path.realpath(self.root)
+        if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+            raise StorageError(f"{path} leads outside {self.root} (a symbolic link to {real}); refusing to follow it")
+        return path
 
     def _write_tmp(self, path: Path, data: bytes) -> Path:
         try:
@@ -106,7 +119,7 @@ class LocalStorage(Storage):
         return sorted(keys)
 
     def delete(self, key: str) -> None:
-        path = self._path(key)
+        path = self._path(key, follow_last=False)
         try:
             path.unlink()
         except FileNotFoundError:
@@ -114,11 +127,16 @@ class LocalStorage(Storage):
         except OSError as e:
             raise StorageError(f"cannot delete {path}: {e.strerror or e}") from None
 
-    def move(self, src: str, dst: str) -> None:
+    def move(self, src: str, dst: str, *, overwrite: bool = True) -> None:
         source, target = self._path(src), self._path(dst)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)  # a rename: atomic, and no copy of the bytes
+            if overwrite:
+                os.replace(source, target)  # a rename: atomic, and no copy of the bytes
+            else:
+                self._move_new(source, target)
+        except StorageError:
+            raise
         except FileNotFoundError:
             if not source.exists():
                 raise StorageNotFound(f"{source} does not exist") from None
@@ -130,6 +148,35 @@ class LocalStorage(Storage):
                 folder.rmdir()
             except OSError:
                 break
+
+    def remove_leftovers(self, prefix: str) -> None:
+        folder = self._path(check_prefix(prefix).rstrip("/"))
+        if not folder.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(folder, topdown=False):
+            for name in filenames:
+                if name.startswith(TMP_PREFIX):
+                    _discard(Path(dirpath) / name)
+            try:
+                os.rmdir(dirpath)  # only if it is empty now
+            except OSError:
+                pass
+
+    @staticmethod
+    def _move_new(source: Path, target: Path) -> None:
+        """Rename without replacing: link() fails if the target exists, then the source goes."""
+        try:
+            os.link(source, target, follow_symlinks=False)
+        except FileExistsError:
+            raise StorageExists(f"{target} already exists") from None
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            if os.path.lexists(target):  # filesystems without hard links: check, then rename
+                raise StorageExists(f"{target} already exists") from None
+            os.rename(source, target)
+            return
+        os.unlink(source)
 
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():

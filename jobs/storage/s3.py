@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any, Callable, TypeVar
 
-from linegen.jobs.storage.base import Storage, StorageError, StorageNotFound
+from linegen.jobs.storage.base import Storage, StorageError, StorageExists, StorageNotFound, StorageUnreachable
 from linegen.cluster.address import redact_text, redact_url
 from linegen.jobs.storage.keys import TMP_PREFIX, check_key, check_prefix, segments
 
@@ -180,11 +180,11 @@ class S3Storage(Storage):
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or use an instance role"
             )
         if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
-            return StorageError(
+            return StorageUnreachable(
                 f"cannot reach S3 endpoint {self._endpoint()} for {what}{tries}: {type(exc).__name__}"
             )
         if isinstance(exc, (BotoConnectionError, HTTPClientError)):
-            return StorageError(
+            return StorageUnreachable(
                 f"connection to S3 endpoint {self._endpoint()} failed for {what}{tries}: "
                 f"{type(exc).__name__}"
             )
@@ -203,6 +203,8 @@ class S3Storage(Storage):
                     "permissions"
                 )
             detail = f"{code}: {msg}" if msg and msg != code else code or f"HTTP {status}"
+            if isinstance(status, int) and status >= 500:  # the store is there but cannot serve now
+                return StorageUnreachable(f"S3 request for {what} failed{tries}: {detail}")
             return StorageError(f"S3 request for {what} failed{tries}: {detail}")
         return StorageError(f"S3 request for {what} failed{tries}: {type(exc).__name__}: {redact_text(exc)}")
 
@@ -365,10 +367,13 @@ class S3Storage(Storage):
         full = self._full(check_key(key))
         self._call(self._where(full), lambda: self._client().delete_object(Bucket=self.bucket, Key=full))
 
-    def move(self, src: str, dst: str) -> None:
+    def move(self, src: str, dst: str, *, overwrite: bool = True) -> None:
         """A server-side copy (no bytes through this process; CopyObject replaces ``dst`` at once),
-        then the delete of ``src``."""
+        then the delete of ``src``. ``overwrite=False`` looks for ``dst`` first (S3 has no
+        conditional copy everywhere; publishing is the only caller, and one attempt publishes)."""
         source, target = self._full(check_key(src)), self._full(check_key(dst))
+        if not overwrite and self._head_full(target) is not None:
+            raise StorageExists(f"{self._where(target)} already exists")
         self._call(self._where(source), lambda: self._client().copy_object(
             Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": source}))
         self._call(self._where(source), lambda: self._client().delete_object(Bucket=self.bucket, Key=source))

@@ -93,9 +93,8 @@ def from_job(storage, job_id: str, device: str, cache: CacheChoice, model: str) 
 def finished_job_rates(storage, model: str, cache: CacheChoice) -> dict[str, dict]:
     """Device -> the throughput of the most recent finished job under the output root with this
     model and cache that ran on that one device (one listing of the root)."""
-    from linegen.jobs import layout
     from linegen.jobs.spec import read_spec
-    from linegen.jobs.summary import count_of
+    from linegen.jobs.summary import count_of, read_summary
 
     found: dict[str, tuple] = {}
     for key in storage.list(""):
@@ -103,8 +102,10 @@ def finished_job_rates(storage, model: str, cache: CacheChoice) -> dict[str, dic
             continue
         job_id = key.split("/", 1)[0]
         try:
-            summary = json.loads(storage.get(layout.success_key(job_id)))
-        except Exception:  # noqa: BLE001 - a broken summary is simply not used
+            summary = read_summary(storage, job_id)
+        except UserError:  # a broken summary is simply not used
+            continue
+        if summary is None:
             continue
         try:
             spec = read_spec(storage, job_id)

@@ -1,161 +1,148 @@
 """Set keys of one `[models]` entry in the user's config file, leaving the rest of the file as it was.
 
 `linegen tune` records its choice here (cache, cache_ratio, cache_options). The file is edited
-as text, not re-serialised, so the user's comments, order and layout survive:
-  * an entry written as a table (``[models.NAME]``) gets the keys set inside that table;
-  * an entry written inline (``NAME = { ... }`` or ``NAME = "checkpoint"``) is rewritten as one
-    inline table holding its old values and the new ones (that line's own comment is lost);
+with `tomlkit`, which parses TOML into a document that keeps every comment, quote style, blank
+line, line ending and key form, so only the values set change, byte for byte:
+  * an entry written as a table (``[models.NAME]``), inline (``NAME = { ... }``) or with dotted
+    keys (``NAME.cache = ...``) keeps its form; a value equal to the one there is not touched;
+  * a table value (``cache_options``) that is already a table, a sub-table or dotted keys is
+    updated key by key in that form;
+  * an entry written as a bare checkpoint (``NAME = "s3://..."``) becomes an inline table
+    holding the checkpoint and the new keys;
   * a model without an entry gets a ``[models.NAME]`` table at the end of the file.
-The result is parsed again (linegen/settings/config_file.py) before it replaces the file, atomically.
+A CRLF file stays CRLF. The result is parsed again (linegen/settings/config_file.py) before it
+replaces the file, atomically; a symlinked config is edited at its target (the link stays), and a
+read-only one is a one-line error.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
+import stat
 import tempfile
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from linegen.settings.config_file import ConfigError, parse_config
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
+def _item(value: Any):
+    """A tomlkit value for a plain Python one; tables as inline tables (one line, like the entry)."""
+    import tomlkit
 
-def toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key, ensure_ascii=False)
-
-
-def toml_value(value: Any) -> str:
-    """One TOML value on one line (strings, bools, numbers, lists, tables as inline tables)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        # JSON's escapes (\", \\, \n, \uXXXX) are all valid in a TOML basic string
-        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return "{ " + ", ".join(f"{toml_key(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
+        t = tomlkit.inline_table()
+        for k, v in value.items():
+            t[str(k)] = _item(v)
+        return t
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to a config file")
+        a = tomlkit.array()
+        a.extend(_item(v) for v in value)
+        return a
+    if value is None:
+        raise ConfigError(f"cannot write {value!r} to a config file")
+    return tomlkit.item(value)
 
 
-def _key_pattern(name: str) -> str:
-    return "(?:" + "|".join(re.escape(k) for k in (name, json.dumps(name), f"'{name}'")) + ")"
+def _plain(value: Any) -> Any:
+    return value.unwrap() if hasattr(value, "unwrap") else value
 
 
-def _section_end(lines: list[str], start: int) -> int:
-    """Index of the next table header after line `start` (or len(lines))."""
-    for i in range(start + 1, len(lines)):
-        if re.match(r"^\s*\[", lines[i]):
-            return i
-    return len(lines)
+def _set(container, key: str, value: Any) -> None:
+    """``container[key] = value`` keeping the form of what is there: equal values untouched, a
+    table written as a sub-table or as dotted keys updated key by key (an inline table is written
+    again whole, on its line, its comment kept)."""
+    from tomlkit.items import InlineTable
+
+    old = container.get(key) if key in container else None
+    if old is not None and _plain(old) == value:
+        return
+    if isinstance(value, dict) and old is not None and isinstance(_plain(old), dict) \
+            and not isinstance(old, InlineTable):
+        for k in [k for k in old if k not in value]:
+            del old[k]
+        for k, v in value.items():
+            _set(old, str(k), v)
+        return
+    if old is None:
+        _add(container, key, _item(value))
+    else:
+        container[key] = _item(value)
 
 
-def _value_extent(lines: list[str], start: int) -> int:
-    """One past the last line of the key/value that begins on line `start` (values may span lines)."""
-    for end in range(start + 1, len(lines) + 1):
-        try:
-            tomllib.loads("".join(lines[start:end]))
-            return end
-        except tomllib.TOMLDecodeError:
-            continue
-    raise ConfigError(f"line {start + 1}: cannot find the end of this value")
+def _add(container, key: str, item) -> None:
+    """A new key right after the table's last key, not after the comments and blank lines that
+    end it (those introduce what follows)."""
+    from tomlkit.items import Table
 
-
-def _trailing_comment(chunk: list[str]) -> str:
-    """'  # note' ending a key/value's last line ('' if none): the first '#' outside any string."""
-    head, last = "".join(chunk[:-1]), chunk[-1].rstrip("\n")
-    want = tomllib.loads("".join(chunk))
-    for i, ch in enumerate(last):
-        if ch != "#":
-            continue
-        try:
-            if tomllib.loads(head + last[:i] + "\n") == want:
-                j = i
-                while j > 0 and last[j - 1] in " \t":
-                    j -= 1
-                return last[j:]
-        except tomllib.TOMLDecodeError:
-            continue
-    return ""
-
-
-def _with_newline(text: str) -> str:
-    return text if not text or text.endswith("\n") else text + "\n"
+    body = getattr(getattr(container, "value", None), "body", None)
+    if isinstance(container, Table) and body:
+        keyed = [i for i, (k, _) in enumerate(body) if k is not None]
+        if keyed:
+            try:
+                container.value._insert_at(keyed[-1] + 1, key, item)
+                return
+            except Exception:  # noqa: BLE001 - a private tomlkit call: fall back to appending
+                pass
+    container[key] = item
 
 
 def set_model_keys(text: str, model: str, values: dict[str, Any]) -> str:
     """`text` with `values` set in the [models] entry of `model` (see the module docstring)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"invalid TOML: {e}") from None
-    models = data.get("models", {})
-    if not isinstance(models, dict):
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+
+    from linegen.guarded import load_toml
+
+    data = load_toml(text, "invalid TOML", error=ConfigError)  # size and depth bounds, tomllib's message
+    if not isinstance(data.get("models", {}), dict):
         raise ConfigError("[models] must be a table")
-    lines = _with_newline(text).splitlines(keepends=True)
-    key = _key_pattern(model)
-    header = re.compile(rf"^\s*\[\s*models\s*\.\s*{key}\s*\]\s*(#.*)?$")
-    table_at = next((i for i, ln in enumerate(lines) if header.match(ln.rstrip("\n"))), None)
-    if table_at is not None:
-        end = _section_end(lines, table_at)
-        body, i = [], table_at + 1
-        while i < end:  # drop the keys being set, whatever lines their old values span
-            m = re.match(r"^\s*([A-Za-z0-9_-]+|\"[^\"]*\")\s*=", lines[i])
-            if m and m.group(1).strip('"') in values:
-                i = _value_extent(lines, i)
-                continue
-            body.append(lines[i])
-            i += 1
-        # after the table's last key line: blank lines and comments below it belong to what follows
-        last = max((j for j, ln in enumerate(body) if ln.strip() and not ln.lstrip().startswith("#")), default=-1)
-        new = [f"{toml_key(k)} = {toml_value(v)}\n" for k, v in values.items()]
-        lines = lines[:table_at + 1] + body[:last + 1] + new + body[last + 1:] + lines[end:]
-        return "".join(lines)
-    if model in models:
-        entry = models[model]
-        old = {"checkpoint": entry} if isinstance(entry, str) else dict(entry)
-        section = re.compile(r"^\s*\[\s*models\s*\]\s*(#.*)?$")
-        start = next((i for i, ln in enumerate(lines) if section.match(ln.rstrip("\n"))), None)
-        at = None
-        if start is not None:
-            assign = re.compile(rf"^\s*{key}\s*=")
-            at = next((i for i in range(start + 1, _section_end(lines, start)) if assign.match(lines[i])), None)
-        if at is None:
-            raise ConfigError(f"the [models] entry {model!r} is written in a form this command cannot edit "
-                              f"(dotted keys?); set {', '.join(values)} in it by hand")
-        end = _value_extent(lines, at)
-        merged = {**old, **values}
-        comment = _trailing_comment(lines[at:end])
-        lines[at:end] = [f"{toml_key(model)} = {toml_value(merged)}{comment}\n"]
-        return "".join(lines)
-    out = "".join(lines)
-    if out and not out.endswith("\n\n"):
-        out += "\n"
-    out += f"[models.{toml_key(model)}]\n" + "".join(f"{toml_key(k)} = {toml_value(v)}\n" for k, v in values.items())
+    crlf = "\r\n" in text
+    try:
+        if model not in data.get("models", {}):
+            # A new table at the very end: tomlkit would put it next to the other [models.*]
+            # tables, after the comment that introduces whatever table follows them.
+            body = tomlkit.document()
+            for k, v in values.items():
+                body[k] = _item(v)
+            out = text + ("" if not text or text.endswith("\n") else "\n") + ("\n" if text.strip() else "")
+            out += f"[{tomlkit.key(['models', model]).as_string()}]\n" + tomlkit.dumps(body)
+            tomlkit.parse(out)  # e.g. `models = { ... }` inline cannot take a [models.NAME] table
+        else:
+            doc = tomlkit.parse(text)
+            models = doc["models"]
+            entry = models[model]
+            if isinstance(_plain(entry), str):  # NAME = "checkpoint"
+                models[model] = _item({"checkpoint": _plain(entry), **values})
+            else:
+                for k, v in values.items():
+                    _set(entry, k, v)
+            out = tomlkit.dumps(doc)
+    except TOMLKitError as e:  # valid TOML that tomlkit cannot edit: say so, do not blame the file
+        raise ConfigError(f"cannot edit the [models] entry {model!r} automatically ({e}); "
+                          f"set {', '.join(values)} in it by hand") from None
+    if crlf:  # lines tomlkit added end in "\n": match the file
+        out = re.sub(r"(?<!\r)\n", "\r\n", out)
     return out
 
 
 def write_model_keys(path: str | os.PathLike[str], model: str, values: dict[str, Any]) -> Path:
-    """Set `values` in `model`'s entry of the config file at `path` (created if missing)."""
+    """Set `values` in `model`'s entry of the config file at `path` (created if missing). Returns
+    the path as given; a symlink is followed and its target rewritten."""
+    import tomllib
+
     p = Path(path).expanduser()
+    target = Path(os.path.realpath(p))  # a symlinked config (dotfiles repo): edit what it points to
     try:
-        text = p.read_text(encoding="utf-8") if p.exists() else ""
+        raw = target.read_bytes() if target.exists() else b""
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: cannot read config file: {e}") from None
+        raise ConfigError(f"{p}: cannot read config file: {getattr(e, 'strerror', None) or e}") from None
+    if target.exists():
+        mode = target.stat().st_mode
+        if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(target, os.W_OK):
+            raise ConfigError(f"{p}: the config file is read-only; not changed (make it writable, "
+                              "or use tune --no-write / --config OTHER)")
     try:
         new = set_model_keys(text, model, values)
     except ConfigError as e:
@@ -165,14 +152,16 @@ def write_model_keys(path: str | os.PathLike[str], model: str, values: dict[str,
     for k, v in values.items():
         if written.get(k) != v:
             raise ConfigError(f"{p}: writing [models] {model}.{k} failed (read back {written.get(k)!r})")
+    if new == text:
+        return p
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".toml", dir=p.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(new)
-        if p.exists():
-            os.chmod(tmp, p.stat().st_mode & 0o7777)
-        os.replace(tmp, p)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".toml", dir=target.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(new.encode("utf-8"))
+        if target.exists():
+            os.chmod(tmp, target.stat().st_mode & 0o7777)
+        os.replace(tmp, target)
     except OSError as e:
         raise ConfigError(f"{p}: cannot write config file: {e.strerror or e}") from None
     return p

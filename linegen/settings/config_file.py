@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,11 +178,11 @@ def parse_config(text: str, path: str | os.PathLike[str] = "<config>") -> Config
     """Parse config text (``path`` is only used in messages and to resolve relative paths)."""
     p = Path(path)
     r = _Reader(p, text)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        # tomllib's message ends with "(at line N, column M)".
-        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+    from linegen.guarded import load_toml
+
+    # tomllib's message ends with "(at line N, column M)"; the depth bound keeps a file nested
+    # thousands deep from reaching the parser's recursion limit.
+    data = load_toml(text, f"{p}: invalid TOML", error=ConfigError)
 
     values: dict[str, dict[str, Any]] = {}
     prices: dict[str, float] = {}
