@@ -35,8 +35,8 @@ def _epoch(v: Any) -> float:
     return float(v)
 
 
-def read_shard_stats(storage, job_id: str, shard_id: str, *, verify: bool = True) -> ShardStats:
-    """The committed shard's stats, read through its marker and checked against it (jobs.sink
+def _stats_table(storage, job_id: str, shard_id: str, verify: bool):
+    """The committed shard's stats table, read through its marker and checked against it (jobs.sink
     `committed_file`): StorageNotFound without a marker, `DamagedMarker` when the file is not the
     one the marker describes or not a readable Parquet file."""
     from linegen.jobs.marker import DamagedMarker
@@ -55,6 +55,12 @@ def read_shard_stats(storage, job_id: str, shard_id: str, *, verify: bool = True
     except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds; each is a damaged file
         raise DamagedMarker(f"{storage.location(marker.files['stats'].key)}: not a stats Parquet file "
                             f"({str(e).splitlines()[0][:160]})") from None
+    return table
+
+
+def read_shard_stats(storage, job_id: str, shard_id: str, *, verify: bool = True) -> ShardStats:
+    """The committed shard's stats summed (see `_stats_table` for what is checked)."""
+    table = _stats_table(storage, job_id, shard_id, verify)
     present = [c for c in COLUMNS if c in table.column_names]  # prompts_truncated: absent in older files
     d = table.select(present).to_pydict()
     n = table.num_rows
@@ -74,12 +80,10 @@ def read_shard_stats(storage, job_id: str, shard_id: str, *, verify: bool = True
     )
 
 
-def read_stats_rows(storage, job_id: str, shard_id: str, columns: list[str]) -> list[dict]:
+def read_stats_rows(storage, job_id: str, shard_id: str, columns: list[str], *, verify: bool = True) -> list[dict]:
     """A committed shard's stats, one dict per engine batch (columns an older file lacks are None);
     epoch floats for the times. For reports that plot batches rather than add them up."""
-    from linegen.jobs.parquet import from_parquet_bytes
-
-    table = from_parquet_bytes(storage.get(layout.stats_key(job_id, shard_id)))
+    table = _stats_table(storage, job_id, shard_id, verify)
     d = table.select([c for c in columns if c in table.column_names]).to_pydict()
     rows = [{c: (d[c][i] if c in d else None) for c in columns} for i in range(table.num_rows)]
     for r in rows:

@@ -73,7 +73,7 @@ def _json(storage, key: str) -> dict | None:
 def _samples(storage, job_id: str, committed: list[str], n: int) -> list[tuple[bytes, str]]:
     """PNGs of the first ``n`` images of the first committed shards (Parquet or WebDataset)."""
     from linegen.jobs.sink import committed_file, read_commit
-    from linegen.jobs.writer import from_parquet_bytes
+    from linegen.jobs.parquet import from_parquet_bytes
 
     out: list[tuple[bytes, str]] = []
     for sid in committed:
