@@ -18,6 +18,7 @@ from typing import Any, List, Optional
 import typer
 
 from linegen.settings.cache_choice import POLICY_NAMES
+from linegen.workers.cache.options import options_help
 
 
 def option(default: Any, *names: str, help: str, aliases: tuple[str, ...] = (), **kw: Any) -> Any:
@@ -72,9 +73,9 @@ class CacheFlags:
     """The KV cache policy and its memory budget."""
 
     cache: Optional[str] = flag(None, "--cache", help=f"KV cache policy: {', '.join(POLICY_NAMES)}, or auto (the setting measured for the model: `linegen tune`'s in the config, else the one shipped with it). Default: the config's [models] entry for the model, else full.")
-    cache_ratio: Optional[str] = flag(None, "--cache-ratio", help="Visual cache budget as a fraction of the tokens, e.g. 1/6 or 0.25 (default 1/6).")
+    cache_ratio: Optional[str] = flag(None, "--cache-ratio", help="Visual cache budget as a fraction of the tokens, e.g. 1/6 or 0.25 (default 1/6); needs a compressing --cache.")
     cache_lines: Optional[int] = flag(None, "--cache-lines", help="Visual cache budget in token lines (instead of --cache-ratio).")
-    cache_options: Optional[List[str]] = flag(None, "--cache-option", help="Policy switch KEY=VALUE, repeatable: preset=NAME picks a named option set (linear: paper, structure, accumulate, ...); linear takes anchors, anchor_lines, recent_lines, aggregate (sum|mean|max), pool_1d, pool_2d, decay, shift_prior, cfg_shared, cfg_rank (cond|sum); streaming sinks; h2o recent_share; snapkv kernel; rkv window, kernel, mix, threshold.")
+    cache_options: Optional[List[str]] = flag(None, "--cache-option", help="Policy switch KEY=VALUE, repeatable; needs a compressing --cache. preset=NAME picks a named option set. " + options_help() + ".")
 
 
 @group
@@ -109,6 +110,7 @@ class JobFlags:
     gpus_per_worker: Optional[float] = flag(None, "--gpus-per-worker", help="GPUs each worker asks Ray for (default 1 for a GPU run, 0 with --device cpu). Pending workers are the autoscaler's demand; a GPU run never falls back to CPU.")
     wait_for_resources: Optional[str] = flag(None, "--wait-for-resources", help="How long the job may wait with fewer than --min-workers placed before it fails, e.g. 10m, 1h or forever (default: forever when submitted, 5m for `linegen run`).")
     max_attempts: int = flag(3, "--max-attempts", help="Attempts per shard; a lost node (preemption) does not spend one, a crash or error does.")
+    log_every: float = flag(30.0, "--log-every", help="When the output is not a terminal (nohup, cron, CI, a submitted job's Ray log): one plain progress line every this many seconds (images done/total, images/s, ETA, cost).")
     format: str = flag("parquet", "--format", help="Image shards: parquet (images/SHARD.parquet, Hugging Face datasets) or webdataset (images/SHARD.tar: KEY.png, KEY.json, KEY.tokens.npy).")
 
 

@@ -3,39 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from linegen.jobs.numbers import duration, money, rate  # noqa: F401 - the one home of these formats
+
 STATE_STYLE = {
     "SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "yellow", "SCHEDULED": "blue",
     "WAITING": "blue", "FAILED": "red", "CANCELLED": "magenta", "INCOMPLETE": "yellow",
     "UNKNOWN": "dim", "STOPPED": "magenta",
 }
-
-
-def money(usd: Any) -> str:
-    if usd is None:
-        return "n/a"
-    usd = float(usd)
-    if usd == 0:
-        return "$0"
-    if usd < 0.01:
-        return f"${usd:.6f}"
-    return f"${usd:,.2f}" if usd >= 100 else f"${usd:.4f}"
-
-
-def duration(seconds: Any) -> str:
-    if seconds is None:
-        return "n/a"
-    s = max(0, int(round(float(seconds))))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
-
-
-def rate(x: Any) -> str:
-    return "n/a" if x is None else f"{float(x):.2f} img/s"
 
 
 def state_text(state: str):

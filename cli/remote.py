@@ -131,11 +131,14 @@ def logs_command(
     job: str = Job,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing the latest attempt's output until it ends."),
     conn: ConnectionFlags = None,
+    raw: bool = typer.Option(False, "--json", help="The log as the driver wrote it: its progress and summary events as JSON lines."),
 ) -> None:
-    """The job driver's output (every attempt, oldest first)."""
+    """The job driver's output (every attempt, oldest first), progress as plain lines."""
+    from linegen.jobs.progress_lines import readable
     from linegen.jobs.remote import logs
 
-    for chunk in logs(_connect(conn), job, follow=follow):
+    chunks = logs(_connect(conn), job, follow=follow)
+    for chunk in (chunks if raw else readable(chunks, job)):
         sys.stdout.write(chunk)
         sys.stdout.flush()
 
@@ -148,6 +151,7 @@ def cancel_command(
     as_json: bool = Json,
 ) -> None:
     """Stop a job (also a scheduled or waiting one). Committed shards stay valid; `resume` finishes it."""
+    from linegen.jobs import hints
     from linegen.jobs.remote import cancel
 
     result = cancel(_connect(conn, store), job, wait_s=wait)
@@ -161,7 +165,7 @@ def cancel_command(
         kept = result.shards_committed
         kept_text = f"; {kept} committed shard(s) stay valid" if kept is not None else ""
         typer.echo(f"job {job} cancelled ({', '.join(result.stopped)} stopped){kept_text}; "
-                   f"`linegen resume {job}` finishes it")
+                   f"`{hints.resume(job, cluster=result.cluster, out=result.out)}` finishes it")
     elif result.status == "not running":
         typer.echo(f"job {job}: not running ({result.last_ray_status}); nothing to cancel")
     else:

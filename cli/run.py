@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import typer
 
@@ -36,7 +37,8 @@ def run_command(
     prepared = prepare_job(spec)  # the whole manifest and every setting, before anything is shown
     try:
         if as_json:
-            typer.echo(json.dumps(run_embedded(spec, prepared=prepared), indent=2))
+            log = None if sys.stderr.isatty() else _progress_log(spec)  # lines on stderr, the document on stdout
+            typer.echo(json.dumps(run_embedded(spec, prepared=prepared, progress=log), indent=2))
             return
         _run_with_bar(spec, prepared)
     except JobInterrupted as e:
@@ -54,6 +56,10 @@ def _run_with_bar(spec, prepared) -> None:
     console = Console(stderr=True)
     console.print(f"job [bold]{spec.job_id}[/bold] -> {spec.out}/{spec.job_id}")
     console.print(f"cache {describe_cache(spec.cache)}", highlight=False)
+    if not console.is_terminal:  # nohup, cron, CI: a bar would write nothing readable; plain lines instead
+        summary = run_embedded(spec, progress=_progress_log(spec), prepared=prepared)
+        Console().print(summary_table(summary))
+        return
     # transient: an interrupted run leaves one line ("interrupted; ..."), not a half bar
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[eta]}"),
@@ -69,6 +75,12 @@ def _run_with_bar(spec, prepared) -> None:
 
         summary = run_embedded(spec, progress=show, prepared=prepared)
     Console().print(summary_table(summary))
+
+
+def _progress_log(spec):
+    from linegen.jobs.progress_lines import ProgressLog
+
+    return ProgressLog(spec.job_id, lambda line: print(line, file=sys.stderr, flush=True), every_s=spec.log_every_s)
 
 
 def describe_cache(cache) -> str:
@@ -120,7 +132,7 @@ def _dry_run(prepared, as_json: bool) -> None:
 
 def validate_command(
     manifest: str = typer.Argument(..., help="Manifest to check (.jsonl, .csv, .parquet; local or s3://)."),
-    model: str = typer.Option(None, "--model", help="Also check the rows against this model."),
+    model: str = typer.Option(None, "--model", help="Check the rows against this model (default: the built-in model, as `run` uses)."),
     text_encoder: str = typer.Option(None, "--text-encoder", help="With a text-to-image --model: also list the prompts its tokenizer will cut (local folder or s3:// prefix)."),
     store: StoreFlags = None,
     as_json: bool = Json,

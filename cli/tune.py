@@ -36,6 +36,9 @@ def tune_command(
     from linegen.quality.tune import TuneOptions, render_table, tune
     from linegen.workers.models.registry import DEFAULT_MODEL
 
+    from linegen.settings.cache_choice import check_candidates
+
+    check_candidates([], [ratio])  # before the model loads
     name = model or DEFAULT_MODEL
     target = Path(config).expanduser() if config is not None else default_config_path()
     try:  # a config file that does not exist yet is created when the choice is written

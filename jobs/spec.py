@@ -74,14 +74,20 @@ class JobSpec:
     max_workers: int | None = None  # None: as many as the cluster places (GPU runs), 1 on CPU (or --workers)
     wait_for_resources: str | None = None  # a duration ("10m", "forever"); None: forever when submitted, 5m embedded
     format: str = "parquet"  # one of FORMATS
+    log_every_s: float = 30.0  # a plain progress line this often where no terminal shows a bar (jobs.progress_lines)
 
     @classmethod
     def from_flags(cls, *, manifest: str, out: str | None = None, job_id: str | None = None, shard_size: int = 1000,
                    workers: int | None = None, min_workers: int | None = None, max_workers: int | None = None,
                    gpus_per_worker: float | None = None, wait_for_resources: str | None = None,
                    max_attempts: int = 3, format: str = "parquet", config: Any = None,
-                   **settings) -> "JobSpec":
+                   manifest_data: bytes | None = None, log_every: float = 30.0, **settings) -> "JobSpec":
         """A job from flag values; ``settings`` are the keywords of `Settings.from_flags`.
+
+        Without ``job_id`` the id is derived from the manifest's content and every setting that
+        decides the images (`jobs.identity`), so the same command is the same job: it resumes, or
+        answers from its markers. ``manifest_data``: the manifest's bytes when the caller has
+        them (Python rows); otherwise the manifest is read here.
 
         ``out`` and the S3 endpoint default to the config file's (``[output] out``, ``[s3]
         endpoint_url``), then to `DEFAULT_OUT`. A local manifest path is recorded absolute, so a
@@ -114,16 +120,25 @@ class JobSpec:
             gpus_per_worker = float(gpus_per_worker)
         if wait_for_resources is not None:
             parse_duration(wait_for_resources, "--wait-for-resources")
+        if isinstance(log_every, bool) or not isinstance(log_every, (int, float)) or not 0 < log_every < 1e9:
+            raise UserError(f"--log-every must be a number of seconds > 0, got {log_every!r}")
         if format not in FORMATS:
             raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
         if manifest != ROWS_MANIFEST:
             manifest = absolute_uri(manifest)
-        return cls(job_id=check_job_id(job_id) if job_id else new_job_id(), manifest=manifest,
+        spec = cls(job_id=check_job_id(job_id) if job_id else "unnamed", manifest=manifest,
                    out=out or DEFAULT_OUT, model=s.model, cache=s.cache, sampling=s.sampling, seed=s.seed,
                    shard_size=shard_size, workers=workers, batch_size=s.batch_size, memory_budget=s.memory_budget,
                    max_attempts=max_attempts, s3_endpoint_url=s.s3_endpoint_url, gpus_per_worker=gpus_per_worker,
                    min_workers=min_workers, max_workers=max_workers, wait_for_resources=wait_for_resources,
-                   format=format)
+                   format=format, log_every_s=float(log_every))
+        if job_id:
+            return spec
+        from linegen.jobs.identity import derived_job_id
+        from linegen.jobs.storage import read_uri
+
+        data = manifest_data if manifest_data is not None else read_uri(manifest, endpoint_url=spec.s3_endpoint_url)
+        return dataclasses.replace(spec, job_id=derived_job_id(spec, data))
 
     def to_json(self) -> str:
         """job.json: every field, with the endpoint URLs redacted (never a credential)."""

@@ -80,6 +80,8 @@ def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: in
 
     ``manifest``: a path/URI (.jsonl, .csv, .parquet) or a list of row dicts, validated exactly
     like a file. Re-running with the same ``job_id`` and ``out`` resumes: every item exactly once.
+    Without ``job_id`` the id derives from the manifest's content and the settings that decide the
+    images, so the same call is the same job (it resumes, or answers from its markers).
     ``progress`` receives `jobs.tally.Progress` updates.
     """
     from linegen.jobs.prepare import prepare_job
@@ -88,7 +90,7 @@ def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: in
 
     name, data = _manifest_source(manifest)
     spec = JobSpec.from_flags(manifest=name, out=out, job_id=job_id, shard_size=shard_size, workers=workers,
-                              format=format, **settings)
+                              format=format, manifest_data=data, **settings)
     prepared = prepare_job(spec, manifest_data=data)  # the whole manifest and every setting first
     summary = run_embedded(spec, progress=progress, prepared=prepared, num_cpus=num_cpus)
     return JobResult(job_id=spec.job_id, out=spec.out, summary=summary, s3_endpoint_url=spec.s3_endpoint_url,
@@ -98,16 +100,15 @@ def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: in
 def validate(manifest, *, model: str | None = None, text_encoder: str | None = None,
              s3_endpoint_url: str | None = None) -> Validation:
     """Check a manifest (path/URI or rows): raises ManifestError naming every bad row and field.
-    With a model, rows are checked against it; with a t2i model and its text encoder, the prompts
-    the tokenizer will cut are listed by line."""
+    Rows are checked against ``model`` (default: the one `run` uses, so what passes here runs);
+    with a t2i model and its text encoder, the prompts the tokenizer will cut are listed by line."""
     from linegen.jobs.manifest import Conditioning, parse_rows, read_manifest, total_items
     from linegen.settings.model_choice import ModelChoice
+    from linegen.workers.models.registry import DEFAULT_MODEL
 
-    conditioning = spec = None
-    if model is not None:
-        spec = ModelChoice(name=model, random_weights=True).spec()
-        conditioning = Conditioning.of(spec)
-    if text_encoder is not None and (spec is None or spec.gpt.cond != "t2i"):
+    spec = ModelChoice(name=model or DEFAULT_MODEL, random_weights=True).spec()
+    conditioning = Conditioning.of(spec)
+    if text_encoder is not None and spec.gpt.cond != "t2i":
         raise UserError("--text-encoder needs --model with a text-to-image model")
     name, data = _manifest_source(manifest)
     rows = (parse_rows(manifest, conditioning=conditioning) if data is not None

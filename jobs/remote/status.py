@@ -145,8 +145,11 @@ def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = 
     def dep_ok(other: str) -> bool:
         return loc.storage is not None and loc.storage.exists(layout.success_key(other))
 
+    from linegen.jobs.hints import resume
+
     state, reason = derive_state(loc.attempts, progress, loc.spec, dep_succeeded=dep_ok, now=now,
-                                 cluster_known=ctx.address is not None)
+                                 cluster_known=ctx.address is not None,
+                                 resume_hint=resume(job_id, cluster=ctx.cluster_text(), out=loc.out))
     if state in ("FAILED", "CANCELLED") and reason:
         errors.insert(0, reason)
     spec = loc.spec

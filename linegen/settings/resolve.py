@@ -77,6 +77,7 @@ class Settings:
                 parse_bytes(memory_budget)
             except ValueError as e:
                 raise UserError(f"--memory-budget: {e}") from None
+        _check_cache_flags(cache, cache_ratio, cache_lines, cache_options)
         if no_cache_flags and configured is not None:
             cache_choice = configured
         elif cache == AUTO:  # the setting measured for this model, adjusted by any other cache flag
@@ -86,6 +87,7 @@ class Settings:
                                        cache_lines, {**base.options, **given.options})
         else:
             cache_choice = _cache_choice(cache or "full", cache_ratio, cache_lines, cache_options)
+        cache_choice.build()  # every option typed and in range, before any work (the grid: `check`)
         return cls(model=choice, cache=cache_choice, sampling=sampling, seed=seed, batch_size=batch_size,
                    memory_budget=memory_budget, s3_endpoint_url=s3_endpoint_url)
 
@@ -94,6 +96,24 @@ class Settings:
         self.model.check()
         spec = self.model.spec()
         self.cache.build(spec.prefix_len, spec.grid)
+
+
+def _check_cache_flags(cache: str | None, ratio, lines, options) -> None:
+    """No cache flag is silently ignored: a budget or an option needs a compressing policy.
+
+    Without ``--cache`` the cache is the config entry's or full, and neither would use a lone
+    ``--cache-ratio`` or ``--cache-option``; rather than guess which policy was meant, say how to
+    ask for it."""
+    given = [name for name, value in (("--cache-ratio", ratio), ("--cache-lines", lines),
+                                      ("--cache-option", options)) if value]
+    if not given:
+        return
+    if cache is None:
+        raise UserError(f"{' and '.join(given)} needs a compressing --cache: add --cache linear (or another "
+                        "policy), or --cache auto to adjust the setting measured for the model")
+    if cache == "full":
+        raise UserError(f"--cache full keeps every token and takes no {' or '.join(given)}; drop "
+                        f"{'it' if len(given) == 1 else 'them'} or pick a compressing --cache (e.g. linear)")
 
 
 def _cache_choice(cache: str, ratio, lines: int | None, options) -> CacheChoice:
