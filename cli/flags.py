@@ -111,6 +111,9 @@ class JobFlags:
     wait_for_resources: Optional[str] = flag(None, "--wait-for-resources", help="How long the job may wait with fewer than --min-workers placed before it fails, e.g. 10m, 1h or forever (default: forever when submitted, 5m for `linegen run`).")
     max_attempts: int = flag(3, "--max-attempts", help="Attempts per shard; a lost node (preemption) does not spend one, a crash or error does.")
     log_every: float = flag(30.0, "--log-every", help="When the output is not a terminal (nohup, cron, CI, a submitted job's Ray log): one plain progress line every this many seconds (images done/total, images/s, ETA, cost).")
+    image_format: str = flag("png", "--image-format", help="How each image is encoded: png (lossless), jpeg or webp.")
+    image_quality: Optional[int] = flag(None, "--image-quality", help="jpeg/webp quality 1..100 (default 75; webp at 100 is lossless).")
+    keep_columns: Optional[List[str]] = flag(None, "--keep-columns", help="Manifest columns to carry into every image row, comma-separated or repeated (each one type: text, number or boolean); '*' keeps every column that is not a manifest field.")
     format: str = flag("parquet", "--format", help="Image shards: parquet (images/SHARD.parquet, Hugging Face datasets) or webdataset (images/SHARD.tar: KEY.png, KEY.json, KEY.tokens.npy).")
 
 

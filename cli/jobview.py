@@ -94,32 +94,57 @@ def status_table(doc: dict):
         t.add_row("cluster", doc["cluster"])
     attempts = doc.get("attempts") or []
     if attempts:
-        t.add_row("attempts", ", ".join(f"{a['submission_id']} ({a['status']})" for a in attempts))
+        t.add_row("attempts", ", ".join(f"{a['submission_id']} ({a.get('state') or a['status']})" for a in attempts))
     for e in doc.get("errors") or []:
         if e != doc.get("reason"):
             t.add_row("error", e)
     return t
 
 
-def jobs_table(docs: list[dict], title: str | None = None):
+def jobs_table(docs: list[dict], title: str | None = None, wide: bool = False):
+    """The `list` table. Narrow (the default, fits 80 columns): job and state whole, done with its
+    percentage, ETA and cost; each job's note folds onto a line of its own under the row. ``wide``:
+    also a progress bar and images/s, the note in a column."""
     from rich.table import Table
 
     from linegen.cli.render import whole_column
 
+    if not wide:
+        t = Table(title=title, expand=False, show_lines=False)
+        whole_column(t, "job", [d["job_id"] for d in docs])
+        whole_column(t, "state", [d["state"] for d in docs])
+        for name in ("done", "ETA", "cost"):
+            t.add_column(name, overflow="fold")
+        for d in docs:
+            im = d.get("images") or {}
+            pct = f" {100 * float(d['progress']):.0f}%" if d.get("progress") is not None else ""
+            done = f"{im.get('done', 0)}/{im.get('total', '?')}{pct}" if im.get("total") is not None else "n/a"
+            t.add_row(d["job_id"], state_text(d["state"]), done,
+                      duration(d.get("eta_s")) if d.get("eta_s") is not None else "",
+                      money((d.get("cost") or {}).get("usd")))
+            note = _note(d)
+            if note:
+                t.add_row("", "", f"[dim]{note}[/dim]", "", "")  # folds in the widest column, never cuts ids
+        return t
     t = Table(title=title, expand=False)
     whole_column(t, "job", [d["job_id"] for d in docs])
     whole_column(t, "state", [d["state"] for d in docs])
     for name in ("progress", "done", "speed", "ETA", "cost", "note"):
         t.add_column(name, overflow="fold")
     for d in docs:
-        note = d.get("reason") or ""
-        sched = d.get("schedule") or {}
-        if not note and sched.get("after") and d["state"] not in ("SUCCEEDED",):
-            note = f"after {sched['after']}"
-        attempts = d.get("attempts") or []
-        if len(attempts) > 1:
-            note = (note + "; " if note else "") + f"{len(attempts)} attempts"
+        note = _note(d)
         t.add_row(d["job_id"], state_text(d["state"]), bar(d, 10), counts(d, short=True), rate(d.get("images_per_s")),
                   duration(d.get("eta_s")) if d.get("eta_s") is not None else "", money((d.get("cost") or {}).get("usd")),
                   note)
     return t
+
+
+def _note(d: dict) -> str:
+    note = d.get("reason") or ""
+    sched = d.get("schedule") or {}
+    if not note and sched.get("after") and d["state"] not in ("SUCCEEDED",):
+        note = f"after {sched['after']}"
+    attempts = d.get("attempts") or []
+    if len(attempts) > 1:
+        note = (note + "; " if note else "") + f"{len(attempts)} attempts"
+    return note

@@ -85,6 +85,7 @@ def list_command(
     conn: ConnectionFlags = None,
     price: PriceFlags = None,
     store: StoreFlags = None,
+    wide: bool = typer.Option(False, "--wide", help="Also a progress bar, images/s and notes in a column (wider than 80 columns)."),
     as_json: bool = Json,
 ) -> None:
     """Scheduled, running and finished jobs with progress (the cluster's, or those under --out)."""
@@ -102,7 +103,7 @@ def list_command(
     if not docs:
         typer.echo(f"no linegen jobs on {where}")
         return
-    print_whole(jobs_table(docs, title=f"linegen jobs on {where}"))
+    print_whole(jobs_table(docs, title=f"linegen jobs on {where}", wide=wide))
 
 
 def status_command(

@@ -29,7 +29,7 @@ def tune_command(
     s3_endpoint_url: Optional[str] = opt(StoreFlags, "s3_endpoint_url"),
     as_json: bool = Json,
 ) -> None:
-    """Pick the cache setting closest to the full cache at --ratio on this model; `run` and `submit` then use it."""
+    """Pick the cache setting closest to the full cache at --cache-ratio on this model; `run` and `submit` then use it."""
     from linegen.settings.config_file import Config, ConfigError, default_config_path, load_config
     from linegen.settings.config_edit import write_model_keys
     from linegen.settings.model_choice import ModelChoice

@@ -29,7 +29,9 @@ FORMATS = ("parquet", "webdataset")  # image shards: images/<shard>.parquet or i
 # The settings that decide which images a job holds: a job id reused with any of them different
 # is another job (`JobSpec.differences`). The rest (workers, batch size, schedule, prices) may
 # change between runs of one job.
-IDENTITY = ("manifest", "model", "cache", "sampling", "seed", "shard_size", "format")
+IDENTITY = ("manifest", "model", "cache", "sampling", "seed", "shard_size", "format", "image_format", "image_quality",
+            "keep_columns")
+IMAGE_FORMATS = ("png", "jpeg", "webp")  # how each image is encoded (jobs/writer.py IMAGE_FORMATS)
 
 
 def check_job_id(job_id: str) -> str:
@@ -75,13 +77,21 @@ class JobSpec:
     wait_for_resources: str | None = None  # a duration ("10m", "forever"); None: forever when submitted, 5m embedded
     format: str = "parquet"  # one of FORMATS
     log_every_s: float = 30.0  # a plain progress line this often where no terminal shows a bar (jobs.progress_lines)
+    image_format: str = "png"  # one of IMAGE_FORMATS
+    image_quality: int | None = None  # 1..100 for jpeg/webp (None: 75); png is lossless
+    keep_columns: tuple[str, ...] = ()  # manifest columns carried into the image rows ("*": every unknown one)
+    cache_source: str | None = None  # where the cache setting came from (Settings.cache_source); shown by `run`
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep_columns", tuple(self.keep_columns))  # job.json holds a list
 
     @classmethod
     def from_flags(cls, *, manifest: str, out: str | None = None, job_id: str | None = None, shard_size: int = 1000,
                    workers: int | None = None, min_workers: int | None = None, max_workers: int | None = None,
                    gpus_per_worker: float | None = None, wait_for_resources: str | None = None,
                    max_attempts: int = 3, format: str = "parquet", config: Any = None,
-                   manifest_data: bytes | None = None, log_every: float = 30.0, **settings) -> "JobSpec":
+                   manifest_data: bytes | None = None, log_every: float = 30.0, image_format: str = "png",
+                   image_quality: int | None = None, keep_columns: Any = None, **settings) -> "JobSpec":
         """A job from flag values; ``settings`` are the keywords of `Settings.from_flags`.
 
         Without ``job_id`` the id is derived from the manifest's content and every setting that
@@ -122,6 +132,14 @@ class JobSpec:
             parse_duration(wait_for_resources, "--wait-for-resources")
         if isinstance(log_every, bool) or not isinstance(log_every, (int, float)) or not 0 < log_every < 1e9:
             raise UserError(f"--log-every must be a number of seconds > 0, got {log_every!r}")
+        if image_format not in IMAGE_FORMATS:
+            raise UserError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+        if image_quality is not None:
+            if image_format == "png":
+                raise UserError("--image-quality applies to --image-format jpeg or webp (png is lossless)")
+            if isinstance(image_quality, bool) or not isinstance(image_quality, int) or not 1 <= image_quality <= 100:
+                raise UserError(f"--image-quality must be an integer in 1..100, got {image_quality!r}")
+        keep = _keep_columns(keep_columns)
         if format not in FORMATS:
             raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
         if manifest != ROWS_MANIFEST:
@@ -131,7 +149,8 @@ class JobSpec:
                    shard_size=shard_size, workers=workers, batch_size=s.batch_size, memory_budget=s.memory_budget,
                    max_attempts=max_attempts, s3_endpoint_url=s.s3_endpoint_url, gpus_per_worker=gpus_per_worker,
                    min_workers=min_workers, max_workers=max_workers, wait_for_resources=wait_for_resources,
-                   format=format, log_every_s=float(log_every))
+                   format=format, log_every_s=float(log_every), image_format=image_format,
+                   image_quality=image_quality, keep_columns=keep, cache_source=s.cache_source)
         if job_id:
             return spec
         from linegen.jobs.identity import derived_job_id
@@ -189,6 +208,28 @@ class JobSpec:
     def same_work(self, other: "JobSpec") -> bool:
         """Whether `other` would produce the same images (resume must not mix two jobs)."""
         return not self.differences(other)
+
+
+def _keep_columns(value: Any) -> tuple[str, ...]:
+    """--keep-columns a,b (repeatable) or a list: the names, checked against linegen's own columns."""
+    from linegen.jobs.manifest import ALLOWED_FIELDS
+    from linegen.jobs.writer import IMAGE_COLUMN_NAMES
+
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else list(value)
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise UserError(f"--keep-columns takes column names, got {item!r}")
+        names += [n.strip() for n in item.split(",") if n.strip()]
+    for name in names:
+        if name in ALLOWED_FIELDS:
+            raise UserError(f"--keep-columns {name}: '{name}' is a manifest field; its value is in every image row already")
+        if name in IMAGE_COLUMN_NAMES:
+            raise UserError(f"--keep-columns {name}: '{name}' is one of linegen's image columns; rename the column "
+                            "in the manifest")
+    return tuple(dict.fromkeys(names))
 
 
 def _where(uri: str | None) -> str | None:

@@ -156,7 +156,15 @@ class Tally:
         placed = len(self.pool.placed()) if self.pool else 0
         pending = len(self.pool.pending()) if self.pool else 0
         return Progress(done, self.images_total, self.shards_done, len(self.job.shards), rate, eta,
-                        sorted(self.failed), event, self.images_done, usd, placed, pending, self.waiting)
+                        sorted(self.failed), event, self.images_done, usd, placed, pending, self.waiting_now(placed))
+
+    def waiting_now(self, placed: int) -> str:
+        """Why the job waits, as of now: the loop writes the reason before it hears of a placement,
+        so a report between the two must not say "0/1 workers placed" next to one placed."""
+        if self.waiting.startswith("waiting for resources") and self.shape is not None \
+                and placed >= self.shape.min_workers:
+            return ""
+        return self.waiting
 
     def note(self, text: str) -> None:
         """A line for the progress object's recent events (not an event of the callback)."""
@@ -187,7 +195,9 @@ class Tally:
         doc = {
             "job_id": self.job.spec.job_id, "attempt": os.environ.get("LINEGEN_ATTEMPT"), "pid": os.getpid(),
             "started_at": self.t0, "updated_at": time.time(), "interval_s": LIVE_EVERY_S,
-            "state": self.state, "message": self.waiting,
+            # a placement heard after the loop set "waiting" means it runs now (waiting_now)
+            "state": "running" if self.state == "waiting" and self.waiting and not p.waiting else self.state,
+            "message": p.waiting,
             "images_total": p.images_total, "shards_total": p.shards_total,
             "images_done": p.images_done, "images_committed": p.images_committed, "shards_done": p.shards_done,
             "images_per_s": p.images_per_s, "eta_s": p.eta_s, "usd_this_run": p.usd,

@@ -82,13 +82,21 @@ def test_default_seed_is_fixed() -> None:
     assert inspect.signature(Settings.from_flags).parameters["seed"].default == 0
 
 
+# Per-row sampling overrides and extra columns (img2dataset's save_additional_columns).
+RUN_ROWS = [{"class_id": 1, "count": 2, "source": "web", "score": 1},
+            {"class_id": 2, "count": 2, "seed": 5, "cfg_scale": 3.5, "top_k": 7, "score": 2.5},
+            {"class_id": 3, "count": 2, "temperature": 0.9, "source": "book", "ok": True}]
+
+
 @pytest.fixture(scope="module")
 def twice(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`linegen run` of one manifest twice without --job-id, output not a terminal (CliRunner)."""
     base = tmp_path_factory.mktemp("twice")
-    m = _manifest(base / "classes.jsonl")
+    m = _manifest(base / "classes.jsonl", RUN_ROWS)
     args = ["run", str(m), "--out", str(base / "out"), "--model", "test-tiny", "--random-weights",
-            "--shard-size", "2", "--log-every", "0.2", "--cache", "linear", "--cache-ratio", "1/4"]
+            "--shard-size", "2", "--log-every", "0.2", "--cache", "linear", "--cache-ratio", "1/4",
+            "--cache-option", "anchors=2", "--top-p", "0.9", "--keep-columns", "source,score",
+            "--keep-columns", "ok", "--image-format", "webp", "--image-quality", "90"]
     first = _cli(*args)
     second = _cli(*args)
     return {"first": first, "second": second, "out": base / "out", "manifest": m}
@@ -101,7 +109,20 @@ def test_run_twice_is_one_job_answered_from_markers(twice: dict) -> None:
     jobs = [p.name for p in twice["out"].iterdir()]
     assert len(jobs) == 1 and jobs[0].startswith("classes-"), jobs
     assert f"job {jobs[0]}" in first.stderr and f"job {jobs[0]}" in second.stderr
+    assert "cache linear 1/4 (anchors=2) (from flag)" in " ".join(first.stderr.split())
     assert "nothing to generate" in second.stdout  # every shard already committed: no image twice
+
+
+def test_list_fits_80_columns_without_cutting_ids(twice: dict) -> None:
+    (job,) = [p.name for p in twice["out"].iterdir()]
+    r = _cli("list", "--out", str(twice["out"]))
+    assert r.exit_code == 0, r.stderr
+    assert max(len(ln) for ln in r.stdout.splitlines()) <= 80, r.stdout
+    assert job in r.stdout and "SUCCEEDED" in r.stdout and "6/6 100%" in r.stdout
+    wide = _cli("list", "--out", str(twice["out"]), "--wide").stdout
+    assert job in wide and "img/s" in wide
+    doc = json.loads(_cli("list", "--out", str(twice["out"]), "--json").stdout)
+    assert doc[0]["job_id"] == job and doc[0]["images"] == {"done": 6, "total": 6}
 
 
 def test_progress_lines_when_stderr_is_not_a_terminal(twice: dict) -> None:
@@ -156,6 +177,78 @@ def test_hints_are_commands_that_work_as_printed() -> None:
     state, reason = derive_state([], None, None, cluster_known=True,
                                  resume_hint=resume("r3", cluster="http://head:8265"))
     assert state == "INCOMPLETE" and "`linegen resume r3 --cluster http://head:8265`" in reason
+
+
+def test_rows_carry_every_setting_and_the_kept_columns(twice: dict) -> None:
+    import linegen
+
+    (job,) = [p.name for p in twice["out"].iterdir()]
+    rows = sorted(linegen.read_images(str(twice["out"]), job).to_pylist(), key=lambda r: r["item_id"])
+    assert len(rows) == 6
+    by_row = {r["row"]: r for r in rows}
+    assert (by_row[1]["cfg_scale"], by_row[1]["top_k"]) == (3.5, 7)  # the row's own values
+    assert by_row[2]["temperature"] == pytest.approx(0.9)
+    assert [r["top_p"] for r in rows] == [pytest.approx(0.9)] * 6  # the job's --top-p
+    assert by_row[0]["cfg_scale"] != 3.5  # the model's default where the row gives none
+    assert all(r["cache_policy"] == "linear" and json.loads(r["cache_options"]) == {"anchors": 2} for r in rows)
+    assert (by_row[0]["source"], by_row[0]["score"], by_row[0]["ok"]) == ("web", 1.0, None)
+    assert (by_row[1]["source"], by_row[1]["score"]) == (None, 2.5)
+    assert (by_row[2]["source"], by_row[2]["ok"]) == ("book", True)
+    assert all(r["image"]["bytes"][8:12] == b"WEBP" and r["image"]["path"].endswith(".webp") for r in rows)
+
+
+@pytest.mark.parametrize("rows, keep, expect", [
+    ([{"class_id": 1, "src": "a"}], None, "field 'src': unknown field"),
+    ([{"class_id": 1, "src": "a"}, {"class_id": 2, "src": 3}], ["src"], "rows[1]: field 'src': kept column: rows[0] holds a string"),
+    ([{"class_id": 1, "src": [1, 2]}], ["*"], "kept column: must be a string, number or boolean"),
+])
+def test_kept_columns_are_validated_for_type(tmp_path: Path, rows, keep, expect) -> None:
+    import linegen
+
+    with pytest.raises(linegen.ManifestError, match=re.escape(expect)):
+        linegen.run(rows, out=str(tmp_path / "o"), model="test-tiny", keep_columns=keep)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flags, expect", [
+    (["--keep-columns", "model"], "one of linegen's image columns"),
+    (["--keep-columns", "seed"], "is a manifest field"),
+    (["--image-format", "gif"], "--image-format must be one of png, jpeg, webp"),
+    (["--image-quality", "90"], "--image-quality applies to --image-format jpeg or webp"),
+    (["--image-format", "jpeg", "--image-quality", "101"], "--image-quality must be an integer in 1..100"),
+])
+def test_output_flags_are_checked(tmp_path: Path, flags, expect) -> None:
+    m = _manifest(tmp_path / "m.jsonl")
+    r = _cli("run", str(m), "--out", str(tmp_path / "o"), "--model", "test-tiny", "--dry-run", *flags)
+    assert r.exit_code == 1 and expect in r.stderr, r.stderr
+
+
+def test_csv_and_parquet_manifests_keep_columns(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from linegen.jobs.manifest import kept_columns, parse_manifest
+
+    rows = parse_manifest(b"class_id,url\n1,http://a\n2,\n", "m.csv", keep=("url",))
+    assert [r.extra for r in rows] == [(("url", "http://a"),), (("url", None),)]
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table({"class_id": [1, 2], "w": [3, None], "caption": ["x", "y"]}), buf)
+    rows = parse_manifest(buf.getvalue().to_pybytes(), "m.parquet", keep=("*",))
+    assert kept_columns(rows) == (("caption", "string"), ("w", "integer"))
+
+
+def test_generator_takes_ray_data_float_columns_and_missing_values() -> None:
+    """Ray Data types an integer column with a missing value as float64 (seed 42 -> 42.0, absent -> NaN)."""
+    import numpy as np
+
+    import linegen
+
+    gen = linegen.Generator(model="test-tiny", random_weights=True, batch_size=4)
+    batch = {"row": np.array([0.0, 1.0]), "class_id": np.array([1.0, 2.0]), "count": np.array([1.0, 2.0]),
+             "seed": np.array([42.0, np.nan]), "top_k": np.array([np.nan, 5.0]), "id": np.array(["a", None], dtype=object)}
+    out = gen(batch)
+    assert out["seed"][0] == 42 and out["top_k"][1:] == [5, 5] and out["id"] == ["a", None, None]
+    assert len(out["image"]) == 3 and "cache_options" in out and "job_id" not in out
 
 
 # --------------------------------------------------------------------------- 2. no flag silently ignored

@@ -155,6 +155,9 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
         "throughput": None, "reason": None, "device_hours": None, "usd": None, "usd_per_1k_images": None,
         "wall_hours": None,
     }
+    # The manifest first: a bad one is an error, and images.total is known with or without a rate.
+    images = total_items(read_manifest(manifest, Conditioning.of(spec), endpoint_url=s3_endpoint_url))
+    doc["images"] = {"done": None, "total": images}  # the shape of every count (jobs.summary)
     tp = None
     if from_job_id:
         if storage is None:
@@ -173,9 +176,6 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
                          "--device cuda --write`, or a small `linegen submit` there and then "
                          "`--from-job JOB`) rather than trust a guess")
         return doc
-    # Only now the manifest: a million rows take seconds to read, wasted if nothing was measured.
-    images = total_items(read_manifest(manifest, Conditioning.of(spec), endpoint_url=s3_endpoint_url))
-    doc["images"] = {"done": None, "total": images}  # the shape of every count (jobs.summary)
     rate = tp["images_per_device_s"]
     device_s = images / rate
     usd = device_s / 3600 * price.usd_per_hour
@@ -217,10 +217,12 @@ def dry_run(job, *, prices: dict[str, float] | None = None) -> dict:
     workers = spec.max_workers or spec.workers
     doc: dict[str, Any] = {
         "dry_run": True, "job_id": spec.job_id, "out": f"{spec.out.rstrip('/')}/{spec.job_id}",
-        "manifest": spec.manifest, "rows": len(plan.rows), "items": plan.items, "shards": len(plan),
+        "manifest": spec.manifest, "rows": len(plan.rows),
+        # the shape of every count (jobs.summary): done = committed already
+        "images": {"done": done, "total": plan.items}, "shards": {"done": len(committed), "total": len(plan)},
+        "images_left": left,
         "shard_size": spec.shard_size, "fingerprint": job.fingerprint, "model": spec.model.name,
         "cache_policy": spec.cache.policy, "cache_ratio": spec.cache.ratio, "device": spec.model.device,
-        "committed": {"shards": len(committed), "images": done, "images_left": left},
         "estimates": [], "estimate_note": None,
     }
     # --device cpu runs on CPUs, cuda on GPUs; auto on whatever the cluster has: show every device

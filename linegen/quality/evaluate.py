@@ -131,6 +131,9 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
                  "fd_real_vs_real": frechet_distance(real2_feats, real_feats)}
     log(f"classifier accuracy on {opts.real_samples} real held-out images: {reference['real_accuracy']:.4f}; "
         f"FD floor (real {opts.samples} vs real {opts.real_samples}): {reference['fd_real_vs_real']:.3f}")
+    warnings = fd_warnings(opts.samples, int(real_feats.shape[1]), reference["fd_real_vs_real"])
+    for w in warnings:
+        log(f"warning: {w}")
 
     requests = requests_for(opts, spec, opts.samples)
     labels = np.arange(opts.samples) % n_cls
@@ -169,6 +172,11 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
         row["decode_s"] = round(decode_s, 2)
         row["wall_s"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
+        if len(rows) == 1 and len(configs) > 1:  # the reference run is timed: the others cost about as much
+            from linegen.quality.tune import estimate_line
+
+            log(estimate_line(row["wall_s"], waves=len(configs), passes=1,
+                              what=f"{len(configs)} policy x ratio rows of {opts.samples} samples"))
         log(f"{name:9s} {row['ratio']:>4s}: acc {row['class_accuracy']:.3f} FD(real) {row['fd_real']:.3f} "
             f"FD(full) {row['fd_full']:.3f} match {row['token_match']:.3f} KL {row.get('kl_mean', float('nan')):.4f} "
             f"top1 {row.get('top1_agreement', float('nan')):.3f} ({row['wall_s']:.0f}s)")
@@ -180,7 +188,24 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
                      "temperature": requests[0].sampling.temperature,
                      "max_batch": opts.max_batch, "grid": spec.grid, "tokens": spec.num_tokens},
         "reference": reference, "rows": rows, "wall_s": round(time.perf_counter() - t_start, 1),
+        "warnings": warnings,
     }
+
+
+# Fréchet distance estimates a covariance of the classifier's features from n samples: with n
+# not well above the feature dimension the estimate is mostly noise (its floor, real vs real,
+# is then as large as the differences it is meant to show).
+FD_SAMPLES_PER_DIM = 2
+FD_MIN_SAMPLES = 200
+
+
+def fd_warnings(samples: int, dims: int, floor: float) -> list[str]:
+    need = max(FD_MIN_SAMPLES, FD_SAMPLES_PER_DIM * dims)
+    if samples >= need:
+        return []
+    return [f"FD at n = {samples} is mostly sampling noise (the classifier's features have {dims} dimensions; "
+            f"its real-vs-real floor here is {floor:.3f}): use --samples {need} or more before reading FD; "
+            "class accuracy, token match and KL are still meaningful"]
 
 
 def render_table(report: dict) -> str:

@@ -91,12 +91,22 @@ class TuneResult:
     wall_s: float
     device: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    shipped: str | None = None  # the candidate that is the model's shipped setting (what `--cache auto` uses untuned)
 
     def choice(self) -> CacheChoice:
         return self.best.cache(self.ratio)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "choice": self.choice().to_json()}
+
+
+def estimate_line(first_s: float, *, waves: int, passes: int, what: str) -> str:
+    """'estimate: about 3m10s for 15 candidates x 8 items (first wave 11s)': the time of one timed
+    wave times the waves still to run (every pass of every wave costs about the same)."""
+    from linegen.jobs.numbers import duration
+
+    left = max(0.0, first_s * (waves * passes - 1))
+    return f"estimate: about {duration(left)} more for {what} (first wave took {duration(first_s)})"
 
 
 def _explicit_options(policy) -> dict:
@@ -114,7 +124,7 @@ def _check(opts: TuneOptions, spec) -> None:
         raise UserError("--samples and --max-batch must be >= 1")
     try:
         if parse_ratio(opts.ratio) >= 1:
-            raise UserError("--ratio must be below 1: at 1 every policy keeps the full cache")
+            raise UserError("--cache-ratio must be below 1: at 1 every policy keeps the full cache")
     except CacheConfigError as e:
         raise UserError(str(e)) from None
     if not opts.candidates:
@@ -164,8 +174,12 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
         wave = requests[w0:w0 + batch]
         ref: list = []
         # The full cache's own sample; its guided distributions at each step are the reference.
+        t_ref = time.perf_counter()
         tokens = full.run_wave(wave, on_logits=lambda _s, g: ref.append(torch.log_softmax(g.float(), -1))).tokens
         steps += tokens.numel()
+        if w0 == 0:  # say how long before the long part: each candidate's pass costs about one such wave
+            log(estimate_line(time.perf_counter() - t_ref, waves=-(-len(requests) // batch), passes=1 + len(engines),
+                              what=f"{len(engines)} candidates x {len(requests)} items"))
         for label, (_cand, _policy, engine) in engines.items():
             t0 = time.perf_counter()
             acc: dict = {"kl": 0.0, "agree": 0.0}  # device tensors after the first step: no sync per step
@@ -188,7 +202,12 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     rows = tuple(rows_by_label[c.label] for c in opts.candidates)
     best = min((r for r in rows if r.kl_mean is not None), key=lambda r: (r.kl_mean, -r.top1_agreement))
     sp = requests[0].sampling
-    return TuneResult(model=spec.name, ratio=opts.ratio, budget_tokens=budget, num_tokens=spec.num_tokens,
+    from linegen.settings.cache_choice import recommended
+
+    rec = recommended(spec)
+    rec_options = _explicit_options(rec.build())
+    shipped = next((r.label for r in rows if r.policy == rec.policy and r.options == rec_options), None)
+    return TuneResult(shipped=shipped, model=spec.name, ratio=opts.ratio, budget_tokens=budget, num_tokens=spec.num_tokens,
                       samples=opts.samples, seed=opts.seed,
                       sampling={"cfg_scale": sp.cfg_scale, "top_k": sp.top_k, "temperature": sp.temperature},
                       rows=rows, best=best, wall_s=round(time.perf_counter() - t_start, 1), device=str(device))
@@ -206,7 +225,9 @@ def render_table(result: TuneResult) -> str:
         if r.kl_mean is None:
             lines.append(f"| {r.label} | - | - | - | does not fit: {r.error} |")
             continue
-        mark = "**chosen**" if r.label == result.best.label else ""
+        marks = (["**chosen**"] if r.label == result.best.label else []) + \
+            (["shipped default"] if r.label == result.shipped else [])
+        mark = ", ".join(marks)
         kl = f"{r.kl_mean:.4f}" if r.kl_mean >= 1e-3 else f"{r.kl_mean:.2e}"
         lines.append(f"| {r.label} | {kl} | {r.top1_agreement:.3f} | {r.wall_s:.0f} | {mark} |")
     return "\n".join(lines)
