@@ -212,11 +212,11 @@ class JobSpec:
 
 def _keep_columns(value: Any) -> tuple[str, ...]:
     """--keep-columns a,b (repeatable) or a list: the names, checked against linegen's own columns."""
+    if not value:
+        return ()
     from linegen.jobs.manifest import ALLOWED_FIELDS
     from linegen.jobs.writer import IMAGE_COLUMN_NAMES
 
-    if value is None:
-        return ()
     items = [value] if isinstance(value, str) else list(value)
     names: list[str] = []
     for item in items:

@@ -125,6 +125,32 @@ def test_list_fits_80_columns_without_cutting_ids(twice: dict) -> None:
     assert doc[0]["job_id"] == job and doc[0]["images"] == {"done": 6, "total": 6}
 
 
+def _walk(doc, path="$"):
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield f"{path}.{k}", k, v
+            yield from _walk(v, f"{path}.{k}")
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+def test_every_json_document_uses_the_documented_shapes(twice: dict) -> None:
+    """Counts are {"done", "total"}, an unknown is null (never "n/a"), in every --json output."""
+    (job,) = [p.name for p in twice["out"].iterdir()]
+    out, m = str(twice["out"]), str(twice["manifest"])
+    commands = [["status", job, "--out", out], ["list", "--out", out], ["cost", job, "--out", out],
+                ["validate", m, "--keep-columns", "*"], ["cost", "--estimate", m, "--model", "test-tiny", "--gpu", "H100"],
+                ["run", m, "--out", out, "--model", "test-tiny", "--keep-columns", "*", "--dry-run"]]
+    for args in commands:
+        r = _cli(*args, "--json")
+        doc = json.loads(r.stdout)
+        for where, key, value in _walk(doc):
+            assert value != "n/a", (args, where)
+            if key in ("images", "shards") and not isinstance(value, int):
+                assert isinstance(value, dict) and set(value) == {"done", "total"}, (args, where, value)
+
+
 def test_progress_lines_when_stderr_is_not_a_terminal(twice: dict) -> None:
     lines = [ln for ln in twice["first"].stderr.splitlines() if ln.startswith("progress ")]
     assert lines, twice["first"].stderr
