@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from linegen.jobs.numbers import duration, money, rate  # noqa: F401 - the one home of these formats
+from linegen.workers.units import duration, money, rate  # noqa: F401 - the one home of these formats
 
 STATE_STYLE = {
     "SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "yellow", "SCHEDULED": "blue",

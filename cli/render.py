@@ -8,7 +8,7 @@ def summary_table(summary: dict):
     table = Table(title=f"job {summary['job_id']}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    from linegen.jobs.numbers import money
+    from linegen.workers.units import money
     from linegen.jobs.summary import count_of
 
     cost = summary.get("cost") or {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable, Iterator
 
-from linegen.jobs.numbers import duration, money
+from linegen.workers.units import duration, money
 
 DEFAULT_EVERY_S = 30.0
 PREFIX = "progress"

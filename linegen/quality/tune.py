@@ -103,7 +103,7 @@ class TuneResult:
 def estimate_line(first_s: float, *, waves: int, passes: int, what: str) -> str:
     """'estimate: about 3m10s for 15 candidates x 8 items (first wave 11s)': the time of one timed
     wave times the waves still to run (every pass of every wave costs about the same)."""
-    from linegen.jobs.numbers import duration
+    from linegen.workers.units import duration
 
     left = max(0.0, first_s * (waves * passes - 1))
     return f"estimate: about {duration(left)} more for {what} (first wave took {duration(first_s)})"

@@ -1,4 +1,5 @@
-"""How numbers are written for people: money, durations, rates. One rounding rule everywhere
+"""How numbers are written for people: money, durations, rates (memory sizes: sizes.py). Plain
+Python, so every layer (jobs, cli, quality) shares one home. One rounding rule everywhere
 (the run summary, `status`, `list`, `monitor`, the progress lines of an unattended run), so a
 job's cost reads the same wherever it is shown ($0.000084, never $0.0000 in one place and
 $0.000084 in another). JSON keeps the unrounded numbers."""
