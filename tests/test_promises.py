@@ -227,6 +227,7 @@ def test_rows_carry_every_setting_and_the_kept_columns(twice: dict) -> None:
     ([{"class_id": 1, "src": "a"}], None, "field 'src': unknown field"),
     ([{"class_id": 1, "src": "a"}, {"class_id": 2, "src": 3}], ["src"], "rows[1]: field 'src': kept column: rows[0] holds a string"),
     ([{"class_id": 1, "src": [1, 2]}], ["*"], "kept column: must be a string, number or boolean"),
+    ([{"class_id": 1, "n": 2**70}], ["n"], "rows[0]: field 'n': kept column: integer 1180591620717411303424 does not fit 64 bits"),
 ])
 def test_kept_columns_are_validated_for_type(tmp_path: Path, rows, keep, expect) -> None:
     import linegen

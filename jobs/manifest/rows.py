@@ -343,6 +343,9 @@ class Validator:
             self.issue(line, field, f"kept column: must be a string, number or boolean, got {_show(value)} "
                        f"({json_kind(value)})")
             return
+        if kind == "integer" and not -2**63 <= value < 2**63:  # a Parquet int64 column holds it
+            self.issue(line, field, f"kept column: integer {_show(value)} does not fit 64 bits")
+            return
         first = self.kept_kinds.setdefault(field, (kind, line))
         if first[0] != kind:
             if {first[0], kind} == {"integer", "number"}:  # 1 and 1.5 in one column: numbers
