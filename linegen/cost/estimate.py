@@ -155,9 +155,6 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
         "throughput": None, "reason": None, "device_hours": None, "usd": None, "usd_per_1k_images": None,
         "wall_hours": None,
     }
-    # The manifest first: a bad one is an error, and images.total is known with or without a rate.
-    images = total_items(read_manifest(manifest, Conditioning.of(spec), endpoint_url=s3_endpoint_url))
-    doc["images"] = {"done": None, "total": images}  # the shape of every count (jobs.summary)
     tp = None
     if from_job_id:
         if storage is None:
@@ -175,7 +172,16 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
                          + f"; measure it on a {device} (`python -m linegen.benchmarks.throughput --model {model} "
                          "--device cuda --write`, or a small `linegen submit` there and then "
                          "`--from-job JOB`) rather than trust a guess")
+        # The missing measurement is the answer, even for a manifest that cannot be read; but a
+        # readable one still says how many images it holds.
+        try:
+            doc["images"]["total"] = total_items(read_manifest(manifest, Conditioning.of(spec),
+                                                               endpoint_url=s3_endpoint_url))
+        except UserError:
+            pass
         return doc
+    images = total_items(read_manifest(manifest, Conditioning.of(spec), endpoint_url=s3_endpoint_url))
+    doc["images"] = {"done": None, "total": images}  # the shape of every count (jobs.summary)
     rate = tp["images_per_device_s"]
     device_s = images / rate
     usd = device_s / 3600 * price.usd_per_hour

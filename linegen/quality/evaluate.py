@@ -27,7 +27,9 @@ DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
 
 
 def default_classifier() -> str:
-    return str(Path(__file__).resolve().parent.parent / "workers" / "builtin" / "weights" / "shapes_classifier.pt")
+    from linegen.workers.models.registry import BUILTIN_WEIGHTS  # found through the package, wherever it is installed
+
+    return str(BUILTIN_WEIGHTS / "shapes_classifier.pt")
 
 
 @dataclass(frozen=True)
