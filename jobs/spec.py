@@ -139,7 +139,7 @@ class JobSpec:
                 raise UserError("--image-quality applies to --image-format jpeg or webp (png is lossless)")
             if isinstance(image_quality, bool) or not isinstance(image_quality, int) or not 1 <= image_quality <= 100:
                 raise UserError(f"--image-quality must be an integer in 1..100, got {image_quality!r}")
-        keep = _keep_columns(keep_columns)
+        keep = parse_keep_columns(keep_columns)
         if format not in FORMATS:
             raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
         if manifest != ROWS_MANIFEST:
@@ -210,7 +210,7 @@ class JobSpec:
         return not self.differences(other)
 
 
-def _keep_columns(value: Any) -> tuple[str, ...]:
+def parse_keep_columns(value: Any) -> tuple[str, ...]:
     """--keep-columns a,b (repeatable) or a list: the names, checked against linegen's own columns."""
     if not value:
         return ()

@@ -70,9 +70,9 @@ def _manifest_source(manifest, keep=None) -> tuple[str, bytes | None]:
         raise UserError(f"manifest must be a path, an s3:// URI or a list of row dicts, got {type(manifest).__name__}")
     from linegen.jobs.manifest import parse_rows
 
-    from linegen.jobs.spec import _keep_columns
+    from linegen.jobs.spec import parse_keep_columns
 
-    parse_rows(manifest, keep=_keep_columns(keep))  # every problem, by row index, before anything is written
+    parse_rows(manifest, keep=parse_keep_columns(keep))  # every problem, by row index, before anything is written
     data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in manifest).encode()
     return ROWS_MANIFEST, data
 
@@ -114,9 +114,9 @@ def validate(manifest, *, model: str | None = None, text_encoder: str | None = N
     conditioning = Conditioning.of(spec)
     if text_encoder is not None and spec.gpt.cond != "t2i":
         raise UserError("--text-encoder needs --model with a text-to-image model")
-    from linegen.jobs.spec import _keep_columns
+    from linegen.jobs.spec import parse_keep_columns
 
-    keep = _keep_columns(keep_columns)
+    keep = parse_keep_columns(keep_columns)
     name, data = _manifest_source(manifest, keep)
     rows = (parse_rows(manifest, conditioning=conditioning, keep=keep) if data is not None
             else read_manifest(name, conditioning, endpoint_url=s3_endpoint_url, keep=keep))
