@@ -143,6 +143,8 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
     configs = [("full", None)] + [(p, r) for p in opts.policies if p != "full" for r in opts.ratios]
     if "full" not in opts.policies:
         log("(the full cache is always run: it is the reference)")
+    log(f"{len(configs)} rows (policy x ratio) of {opts.samples} samples each; "
+        "a time estimate follows the first (the full cache's)")
     rows, full = [], {}
     for name, ratio in configs:
         try:

@@ -150,6 +150,8 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
 
         requests = [replace(r, sampling=r.sampling.with_overrides(temperature=opts.temperature)) for r in requests]
     batch = min(opts.max_batch, opts.samples)
+    log(f"{len(opts.candidates)} candidates x {opts.samples} calibration items at {opts.ratio}; "
+        "a time estimate follows the first wave")
     full = Engine(gpt, None, spec, make_policy("full"), device=device, max_batch=batch)
 
     # Build every candidate first: one that cannot hold the budget is a row, not a failure.
