@@ -40,6 +40,17 @@ def bench_command(
     from linegen.bench.tables import render_bench
     from linegen.settings.model_choice import ModelChoice
 
+    from linegen.settings.cache_choice import check_candidates
+
+    check_candidates([p.strip() for p in policies.split(",") if p.strip()],
+                     [r.strip() for r in ratio.split(",") if r.strip()])
+    if memory_budget is not None:
+        from linegen.workers.sizes import parse_bytes
+
+        try:
+            parse_bytes(memory_budget)
+        except ValueError as e:
+            raise UserError(f"--memory-budget: {e}") from None
     choice = ModelChoice(name=model, random_weights=True, device=device)
     choice.spec()  # an unknown model is a one-line error before anything is built
     choice.resolve_device()

@@ -43,7 +43,9 @@ def eval_command(
 ) -> None:
     """Quality of each cache policy and ratio vs the full cache: class accuracy, FD, token match, KL, top-1."""
     from linegen.quality.evaluate import EvalOptions, default_classifier, evaluate, render_table
+    from linegen.settings.cache_choice import check_candidates
 
+    check_candidates(_split(policies), _split(ratios))  # before the model loads
     opts = EvalOptions(model=_choice(model, checkpoint, vq_checkpoint, device, dtype, compile), policies=_split(policies),
                        ratios=_split(ratios), samples=samples, fidelity_samples=fidelity_samples,
                        real_samples=real_samples, seed=seed, cfg_scale=cfg_scale, top_k=top_k, max_batch=max_batch,
@@ -72,7 +74,9 @@ def grid_command(
 ) -> None:
     """A PNG grid of samples per class (rows) for several cache policies side by side (same seeds)."""
     from linegen.quality.evaluate import GridOptions, make_grid
+    from linegen.settings.cache_choice import check_candidates
 
+    check_candidates(_split(policies), [ratio])
     opts = GridOptions(model=_choice(model, checkpoint, vq_checkpoint, device, dtype), out=out,
                        policies=_split(policies), ratio=ratio, per_class=per_class, seed=seed,
                        cfg_scale=cfg_scale, top_k=top_k)

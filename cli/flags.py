@@ -19,6 +19,7 @@ import typer
 
 from linegen.jobs.spec import DEFAULT_MAX_ATTEMPTS, DEFAULT_SHARD_SIZE
 from linegen.settings.cache_choice import POLICY_NAMES
+from linegen.workers.cache.options import options_help
 
 
 def option(default: Any, *names: str, help: str, aliases: tuple[str, ...] = (), **kw: Any) -> Any:
@@ -73,9 +74,9 @@ class CacheFlags:
     """The KV cache policy and its memory budget."""
 
     cache: Optional[str] = flag(None, "--cache", help=f"KV cache policy: {', '.join(POLICY_NAMES)}, or auto (the setting measured for the model: `linegen tune`'s in the config, else the one shipped with it). Default: the config's [models] entry for the model, else full.")
-    cache_ratio: Optional[str] = flag(None, "--cache-ratio", help="Visual cache budget as a fraction of the tokens, e.g. 1/6 or 0.25 (default 1/6).")
+    cache_ratio: Optional[str] = flag(None, "--cache-ratio", help="Visual cache budget as a fraction of the tokens, e.g. 1/6 or 0.25 (default 1/6); needs a compressing --cache.")
     cache_lines: Optional[int] = flag(None, "--cache-lines", help="Visual cache budget in token lines (instead of --cache-ratio).")
-    cache_options: Optional[List[str]] = flag(None, "--cache-option", help="Policy switch KEY=VALUE, repeatable: preset=NAME picks a named option set (linear: paper, structure, accumulate, ...); linear takes anchors, anchor_lines, recent_lines, aggregate (sum|mean|max), pool_1d, pool_2d, decay, shift_prior, cfg_shared, cfg_rank (cond|sum); streaming sinks; h2o recent_share; snapkv kernel; rkv window, kernel, mix, threshold.")
+    cache_options: Optional[List[str]] = flag(None, "--cache-option", help="Policy switch KEY=VALUE, repeatable; needs a compressing --cache. preset=NAME picks a named option set. " + options_help() + ".")
 
 
 @group
@@ -111,6 +112,10 @@ class JobFlags:
     wait_for_resources: Optional[str] = flag(None, "--wait-for-resources", help="How long the job may wait with fewer than --min-workers placed before it fails, e.g. 10m, 1h or forever (default: forever when submitted, 5m for `linegen run`).")
     max_attempts: int = flag(DEFAULT_MAX_ATTEMPTS, "--max-attempts", help="Attempts per shard; a lost node (preemption) does not spend one, a crash or error does.")
     storage_outage_budget: Optional[str] = flag(None, "--storage-outage-budget", help="How long the output storage may be unreachable before a shard's commit counts as a failed attempt, e.g. 90s, 15m (default 15m); meanwhile the commit waits and retries.")
+    log_every: float = flag(30.0, "--log-every", help="When the output is not a terminal (nohup, cron, CI, a submitted job's Ray log): one plain progress line every this many seconds (images done/total, images/s, ETA, cost).")
+    image_format: str = flag("png", "--image-format", help="How each image is encoded: png (lossless), jpeg or webp.")
+    image_quality: Optional[int] = flag(None, "--image-quality", help="jpeg/webp quality 1..100 (default 75; webp at 100 is lossless).")
+    keep_columns: Optional[List[str]] = flag(None, "--keep-columns", help="Manifest columns to carry into every image row, comma-separated or repeated (each one type: text, number or boolean); '*' keeps every column that is not a manifest field.")
     format: str = flag("parquet", "--format", help="Image shards: parquet (images/SHARD.parquet, Hugging Face datasets) or webdataset (images/SHARD.tar: KEY.png, KEY.json, KEY.tokens.npy).")
 
 

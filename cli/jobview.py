@@ -1,41 +1,14 @@
 """Rich renderings of remote jobs (status, list, monitor) and the small formatters they share."""
 from __future__ import annotations
 
-from typing import Any
+
+from linegen.workers.units import duration, money, rate  # noqa: F401 - the one home of these formats
 
 STATE_STYLE = {
     "SUCCEEDED": "green", "RUNNING": "cyan", "PENDING": "yellow", "SCHEDULED": "blue",
     "WAITING": "blue", "FAILED": "red", "CANCELLED": "magenta", "INCOMPLETE": "yellow",
     "UNKNOWN": "dim", "STOPPED": "magenta", "DAMAGED": "bold red",
 }
-
-
-def money(usd: Any) -> str:
-    if usd is None:
-        return "n/a"
-    usd = float(usd)
-    if usd == 0:
-        return "$0"
-    if usd < 0.01:
-        return f"${usd:.6f}"
-    return f"${usd:,.2f}" if usd >= 100 else f"${usd:.4f}"
-
-
-def duration(seconds: Any) -> str:
-    if seconds is None:
-        return "n/a"
-    s = max(0, int(round(float(seconds))))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
-
-
-def rate(x: Any) -> str:
-    return "n/a" if x is None else f"{float(x):.2f} img/s"
 
 
 def state_text(state: str):
@@ -120,31 +93,45 @@ def status_table(doc: dict):
         t.add_row("cluster", doc["cluster"])
     attempts = doc.get("attempts") or []
     if attempts:
-        t.add_row("attempts", ", ".join(f"{a['submission_id']} ({a['status']})" for a in attempts))
+        t.add_row("attempts", ", ".join(f"{a['submission_id']} ({a.get('state') or a['status']})" for a in attempts))
     for e in doc.get("errors") or []:
         if e != doc.get("reason"):
             t.add_row("error", e)
     return t
 
 
-def jobs_table(docs: list[dict], title: str | None = None):
+def jobs_table(docs: list[dict], title: str | None = None, wide: bool = False):
+    """The `list` table. Narrow (the default, fits 80 columns): job and state whole, done with its
+    percentage, ETA and cost; each job's note folds onto a line of its own under the row. ``wide``:
+    also a progress bar and images/s, the note in a column."""
     from rich.table import Table
 
     from linegen.cli.render import whole_column
 
+    if not wide:
+        t = Table(title=title, expand=False, show_lines=False)
+        whole_column(t, "job", [d["job_id"] for d in docs])
+        whole_column(t, "state", [d["state"] for d in docs])
+        for name in ("done", "ETA", "cost"):
+            t.add_column(name, overflow="fold")
+        for d in docs:
+            im = d.get("images") or {}
+            pct = f" {100 * float(d['progress']):.0f}%" if d.get("progress") is not None else ""
+            done = f"{im.get('done', 0)}/{im.get('total', '?')}{pct}" if im.get("total") is not None else "n/a"
+            t.add_row(d["job_id"], state_text(d["state"]), done,
+                      duration(d.get("eta_s")) if d.get("eta_s") is not None else "",
+                      money((d.get("cost") or {}).get("usd")))
+            note = _note(d)
+            if note:
+                t.add_row("", "", f"[dim]{note}[/dim]", "", "")  # folds in the widest column, never cuts ids
+        return t
     t = Table(title=title, expand=False)
     whole_column(t, "job", [d["job_id"] for d in docs])
     whole_column(t, "state", [d["state"] for d in docs])
     for name in ("progress", "done", "speed", "ETA", "cost", "note"):
         t.add_column(name, overflow="fold")
     for d in docs:
-        note = d.get("reason") or ""
-        sched = d.get("schedule") or {}
-        if not note and sched.get("after") and d["state"] not in ("SUCCEEDED",):
-            note = f"after {sched['after']}"
-        attempts = d.get("attempts") or []
-        if len(attempts) > 1:
-            note = (note + "; " if note else "") + f"{len(attempts)} attempts"
+        note = _note(d)
         t.add_row(d["job_id"], state_text(d["state"]), bar(d, 10), counts(d, short=True), rate(d.get("images_per_s")),
                   duration(d.get("eta_s")) if d.get("eta_s") is not None else "", money((d.get("cost") or {}).get("usd")),
                   note)
@@ -160,3 +147,14 @@ def format_figure(f, v: float | None) -> str:
     if f.unit == "currencyUSD":
         return money(v)
     return f"{v:,.0f}" if float(v).is_integer() or v >= 100 else f"{v:.2f}"
+
+
+def _note(d: dict) -> str:
+    note = d.get("reason") or ""
+    sched = d.get("schedule") or {}
+    if not note and sched.get("after") and d["state"] not in ("SUCCEEDED",):
+        note = f"after {sched['after']}"
+    attempts = d.get("attempts") or []
+    if len(attempts) > 1:
+        note = (note + "; " if note else "") + f"{len(attempts)} attempts"
+    return note

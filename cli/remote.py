@@ -85,6 +85,7 @@ def list_command(
     conn: ConnectionFlags = None,
     price: PriceFlags = None,
     store: StoreFlags = None,
+    wide: bool = typer.Option(False, "--wide", help="Also a progress bar, images/s and notes in a column (wider than 80 columns)."),
     as_json: bool = Json,
 ) -> None:
     """Scheduled, running and finished jobs with progress (the cluster's, or those under --out)."""
@@ -102,7 +103,7 @@ def list_command(
     if not docs:
         typer.echo(f"no linegen jobs on {where}")
         return
-    print_whole(jobs_table(docs, title=f"linegen jobs on {where}"))
+    print_whole(jobs_table(docs, title=f"linegen jobs on {where}", wide=wide))
 
 
 def status_command(
@@ -131,11 +132,14 @@ def logs_command(
     job: str = Job,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing the latest attempt's output until it ends."),
     conn: ConnectionFlags = None,
+    raw: bool = typer.Option(False, "--json", help="The log as the driver wrote it: its progress and summary events as JSON lines."),
 ) -> None:
-    """The job driver's output (every attempt, oldest first)."""
+    """The job driver's output (every attempt, oldest first), progress as plain lines."""
+    from linegen.jobs.progress_lines import readable
     from linegen.jobs.remote import logs
 
-    for chunk in logs(_connect(conn), job, follow=follow):
+    chunks = logs(_connect(conn), job, follow=follow)
+    for chunk in (chunks if raw else readable(chunks, job)):
         sys.stdout.write(chunk)
         sys.stdout.flush()
 
@@ -148,6 +152,7 @@ def cancel_command(
     as_json: bool = Json,
 ) -> None:
     """Stop a job (also a scheduled or waiting one). Committed shards stay valid; `resume` finishes it."""
+    from linegen.jobs import hints
     from linegen.jobs.remote import cancel
 
     result = cancel(_connect(conn, store), job, wait_s=wait)
@@ -161,7 +166,7 @@ def cancel_command(
         kept = result.shards_committed
         kept_text = f"; {kept} committed shard(s) stay valid" if kept is not None else ""
         typer.echo(f"job {job} cancelled ({', '.join(result.stopped)} stopped){kept_text}; "
-                   f"`linegen resume {job}` finishes it")
+                   f"`{hints.resume(job, cluster=result.cluster, out=result.out)}` finishes it")
     elif result.status == "not running":
         typer.echo(f"job {job}: not running ({result.last_ray_status}); nothing to cancel")
     else:

@@ -8,6 +8,7 @@ def summary_table(summary: dict):
     table = Table(title=f"job {summary['job_id']}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
+    from linegen.workers.units import money
     from linegen.jobs.summary import count_of
 
     cost = summary.get("cost") or {}
@@ -19,7 +20,8 @@ def summary_table(summary: dict):
          else "nothing to generate: every shard was already committed"),
         ("device time", f"{summary['device_seconds']:.1f} s ({_fmt(summary.get('images_per_device_s'), 'images per device-second')})"),
         ("peak memory", f"{summary['peak_memory_bytes'] / 2**20:.0f} MiB (KV cache {summary['kv_cache_bytes'] / 2**20:.1f} MiB)"),
-        ("cost", "n/a" if cost.get("usd") is None else f"${cost['usd']:.4f} (${cost.get('usd_per_1k_images') or 0:.4f} per 1k images)"),
+        ("cost", "n/a" if cost.get("usd") is None
+         else f"{money(cost['usd'])} ({money(cost.get('usd_per_1k_images') or 0)} per 1k images)"),
     ]
     if summary.get("prompts_truncated"):
         rows.append(("prompts cut", f"[yellow]{summary['prompts_truncated']} images came from prompts longer than the "

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import sys
+from typing import List, Optional
 
 import typer
 
 from linegen.cli.flags import (BatchFlags, CacheFlags, Config, Json, JobFlags, Manifest, ModelFlags, SamplingFlags,
-                               StoreFlags, settings_of)
+                               StoreFlags, opt, settings_of)
 
 
 def run_command(
@@ -36,7 +38,8 @@ def run_command(
     prepared = prepare_job(spec)  # the whole manifest and every setting, before anything is shown
     try:
         if as_json:
-            typer.echo(json.dumps(run_embedded(prepared), indent=2))
+            log = None if sys.stderr.isatty() else _progress_log(spec)  # lines on stderr, the document on stdout
+            typer.echo(json.dumps(run_embedded(prepared, progress=log), indent=2))
             return
         _run_with_bar(spec, prepared)
     except JobInterrupted as e:
@@ -53,7 +56,12 @@ def _run_with_bar(spec, prepared) -> None:
 
     console = Console(stderr=True)
     console.print(f"job [bold]{spec.job_id}[/bold] -> {spec.out}/{spec.job_id}")
-    console.print(f"cache {describe_cache(spec.cache)}", highlight=False)
+    console.print(f"cache {describe_cache(spec.cache)}" + (f" (from {spec.cache_source})" if spec.cache_source else ""),
+                  highlight=False)
+    if not console.is_terminal:  # nohup, cron, CI: a bar would write nothing readable; plain lines instead
+        summary = run_embedded(prepared, progress=_progress_log(spec))
+        Console().print(summary_table(summary))
+        return
     # transient: an interrupted run leaves one line ("interrupted; ..."), not a half bar
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[eta]}"),
@@ -69,6 +77,12 @@ def _run_with_bar(spec, prepared) -> None:
 
         summary = run_embedded(prepared, progress=show)
     Console().print(summary_table(summary))
+
+
+def _progress_log(spec):
+    from linegen.jobs.progress_lines import ProgressLog
+
+    return ProgressLog(spec.job_id, lambda line: print(line, file=sys.stderr, flush=True), every_s=spec.log_every_s)
 
 
 def describe_cache(cache) -> str:
@@ -102,11 +116,12 @@ def _dry_run(prepared, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return
-    c = doc["committed"]
-    typer.echo(f"{doc['manifest']}: {doc['rows']} rows, {doc['items']} images in {doc['shards']} shards of "
+    images, shards = doc["images"], doc["shards"]
+    typer.echo(f"{doc['manifest']}: {doc['rows']} rows, {images['total']} images in {shards['total']} shards of "
                f"{doc['shard_size']} (plan {doc['fingerprint']}); nothing written")
-    if c["shards"]:
-        typer.echo(f"  {doc['out']}: {c['shards']} shards committed; {c['images_left']} images left")
+    typer.echo(f"  job {doc['job_id']} -> {doc['out']}")
+    if shards["done"]:
+        typer.echo(f"  {shards['done']} shards committed; {doc['images_left']} images left")
     from linegen.cli.jobview import duration, money
 
     for e in doc["estimates"]:
@@ -120,8 +135,9 @@ def _dry_run(prepared, as_json: bool) -> None:
 
 def validate_command(
     manifest: str = typer.Argument(..., help="Manifest to check (.jsonl, .csv, .parquet; local or s3://)."),
-    model: str = typer.Option(None, "--model", help="Also check the rows against this model."),
+    model: str = typer.Option(None, "--model", help="Check the rows against this model (default: the built-in model, as `run` uses)."),
     text_encoder: str = typer.Option(None, "--text-encoder", help="With a text-to-image --model: also list the prompts its tokenizer will cut (local folder or s3:// prefix)."),
+    keep_columns: Optional[List[str]] = opt(JobFlags, "keep_columns"),
     store: StoreFlags = None,
     as_json: bool = Json,
 ) -> None:
@@ -130,7 +146,8 @@ def validate_command(
     from linegen.jobs.manifest import ManifestError
 
     try:
-        result = validate(manifest, model=model, text_encoder=text_encoder, s3_endpoint_url=store.s3_endpoint_url)
+        result = validate(manifest, model=model, text_encoder=text_encoder, s3_endpoint_url=store.s3_endpoint_url,
+                          keep_columns=keep_columns)
     except ManifestError as e:
         if as_json:
             typer.echo(json.dumps({"valid": False, "issues": [vars(i) for i in e.issues]}, indent=2))

@@ -29,13 +29,16 @@ def tune_command(
     s3_endpoint_url: Optional[str] = opt(StoreFlags, "s3_endpoint_url"),
     as_json: bool = Json,
 ) -> None:
-    """Pick the cache setting closest to the full cache at --ratio on this model; `run` and `submit` then use it."""
+    """Pick the cache setting closest to the full cache at --cache-ratio on this model; `run` and `submit` then use it."""
     from linegen.settings.config_file import Config, ConfigError, default_config_path, load_config
     from linegen.settings.config_edit import write_model_keys
     from linegen.settings.model_choice import ModelChoice
     from linegen.quality.tune import TuneOptions, render_table, tune
     from linegen.workers.models.registry import DEFAULT_MODEL
 
+    from linegen.settings.cache_choice import check_candidates
+
+    check_candidates([], [ratio])  # before the model loads
     name = model or DEFAULT_MODEL
     target = Path(config).expanduser() if config is not None else default_config_path()
     try:  # a config file that does not exist yet is created when the choice is written

@@ -283,9 +283,14 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_start(spec)
             ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
 
+            from linegen.jobs.progress_lines import ProgressLog
+
+            lines = ProgressLog(job_id, lambda line: print(line, flush=True), every_s=spec.log_every_s)
+
             def show(p: Progress) -> None:
-                if p.event:
+                if p.event:  # the raw event (`linegen logs --json`), and a plain line every --log-every
                     print(json.dumps({"progress": p.__dict__}), flush=True)
+                lines(p)
 
             summary = run_job(prepare_job(spec), progress=show, submitted=True)
         except UserError as e:

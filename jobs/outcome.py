@@ -192,7 +192,10 @@ def local_outcome(storage, job_id: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        record(write_cancelled, "interrupted (Ctrl-C); run the same command again or `linegen resume` to finish it")
+        from linegen.jobs.hints import resume
+
+        hint = resume(job_id, out=getattr(storage, "url", None))
+        record(write_cancelled, f"interrupted (Ctrl-C); run the same command again or `{hint}` to finish it")
         raise
     except UserError as e:
         record(write_failed, str(e))

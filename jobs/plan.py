@@ -48,6 +48,7 @@ class Item:
     temperature: float
     top_k: int
     top_p: float
+    extra: tuple = ()  # the row's kept manifest columns, (name, value) pairs (--keep-columns)
 
     @property
     def sampling(self) -> SamplingParams:
@@ -102,7 +103,7 @@ def row_items(row: ManifestRow, replicas: range, *, job_seed: int, sampling: Sam
     return [Item(item_id=item_id(row.index, r), row=row.index, replica=r,
                  seed=row.seed + r if row.seed is not None else derive_seed(job_seed, row.index, r),
                  class_id=row.class_id, prompt=row.prompt, user_id=row.id, cfg_scale=cfg_scale,
-                 temperature=temperature, top_k=top_k, top_p=top_p)
+                 temperature=temperature, top_k=top_k, top_p=top_p, extra=row.extra)
             for r in replicas]
 
 

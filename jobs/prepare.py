@@ -65,7 +65,7 @@ def prepare_job(spec: JobSpec, manifest_data: bytes | None = None, *, record: bo
             raise _manifest_changed(spec)
     if data is None:
         raise read_error
-    rows = parse_manifest(data, spec.manifest, Conditioning.of(model))
+    rows = parse_manifest(data, spec.manifest, Conditioning.of(model), keep=spec.keep_columns)
     plan = Plan(rows, job_seed=spec.seed, sampling=spec.sampling, shard_size=spec.shard_size)
     plan_doc = plan.doc()
     fingerprint = plan_doc["fingerprint"]

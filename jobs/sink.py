@@ -56,8 +56,9 @@ _IDENTITY_FIELDS = ("job_id", "shard_id", "attempt", "model", "cache_policy", "c
 class ShardSink:
     def __init__(self, storage: Storage, job_id: str, model: str, cache_policy: str,
                  cache_ratio: float, *, format: str = "parquet", class_names: tuple[str, ...] | None = None,
-                 png_workers: int = 4, row_group_size: int = writer.ROW_GROUP_SIZE,
-                 outage: Outage | None = None) -> None:
+                 png_workers: int = 4, row_group_size: int = writer.ROW_GROUP_SIZE, cache_options: dict | None = None,
+                 image_format: str = "png", image_quality: int | None = None,
+                 extra_columns: tuple[tuple[str, str], ...] = (), outage: Outage | None = None) -> None:
         layout.commits_prefix(job_id)  # fail here, in the driver, on a job id that cannot be a key
         if format not in layout.IMAGE_EXT:
             raise ValueError(f"unknown output format {format!r}")
@@ -71,6 +72,10 @@ class ShardSink:
         self.png_workers = png_workers
         self.row_group_size = row_group_size
         self.outage = outage or Outage()
+        # what every image row records besides the item's own values (jobs/writer.py item_records)
+        self.cache_options = writer.cache_options_text(cache_options)
+        self.image_format, self.image_quality = image_format, image_quality
+        self.extra_columns = tuple(extra_columns)
 
     @classmethod
     def for_job(cls, job) -> "ShardSink":
@@ -79,9 +84,13 @@ class ShardSink:
 
         spec = job.spec
         model = spec.model.spec()
+        from linegen.jobs.manifest import kept_columns
+
         return cls(job.storage, spec.job_id, model.name, spec.cache.policy,
                    spec.cache.effective_ratio(model.prefix_len, model.grid), format=spec.format,
-                   class_names=model.class_names,
+                   class_names=model.class_names, cache_options=spec.cache.options,
+                   image_format=spec.image_format, image_quality=spec.image_quality,
+                   extra_columns=kept_columns(job.shards.rows) if spec.keep_columns else (),
                    outage=Outage(budget_seconds(getattr(spec, "storage_outage_budget", None))))
 
     def __repr__(self) -> str:
@@ -171,7 +180,8 @@ class ShardSink:
     def _image_bytes(self, shard: Shard, images: np.ndarray, tokens: np.ndarray, prompt_info) -> bytes:
         options = dict(job_id=self.job_id, model=self.model, cache_policy=self.cache_policy,
                        cache_ratio=self.cache_ratio, class_names=self.class_names, png_workers=self.png_workers,
-                       prompt_info=prompt_info)
+                       prompt_info=prompt_info, cache_options=self.cache_options, image_format=self.image_format,
+                       image_quality=self.image_quality, extra_columns=self.extra_columns)
         if self.format == "webdataset":
             from linegen.jobs.webdataset import shard_tar
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from linegen.jobs import layout
+from linegen.jobs.identity import IDENTITY, ROWS_MANIFEST, derived_job_id, where as _where
 from linegen.settings.cache_choice import CacheChoice
 from linegen.errors import UserError
 from linegen.settings.model_choice import ModelChoice
@@ -23,15 +24,10 @@ from linegen.workers.models.config import SamplingParams
 
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEFAULT_OUT = "out"  # the output root of `linegen run` (and the local commands) when none is given
-ROWS_MANIFEST = "rows.jsonl"  # what a job made from Python rows records as its manifest (its copy keeps them)
 DEFAULT_SHARD_SIZE = 1000  # images per shard: the unit of commit and resume
 DEFAULT_MAX_ATTEMPTS = 3  # executions of a shard that may fail (a lost node does not spend one)
 FORMATS = ("parquet", "webdataset")  # image shards: images/<shard>.parquet or images/<shard>.tar
-
-# The settings that decide which images a job holds: a job id reused with any of them different
-# is another job (`JobSpec.differences`). The rest (workers, batch size, schedule, prices) may
-# change between runs of one job.
-IDENTITY = ("manifest", "model", "cache", "sampling", "seed", "shard_size", "format")
+IMAGE_FORMATS = ("png", "jpeg", "webp")  # how each image is encoded (jobs/writer.py IMAGE_FORMATS)
 
 
 def check_job_id(job_id: str) -> str:
@@ -78,14 +74,29 @@ class JobSpec:
     format: str = "parquet"  # one of FORMATS
     # How long a storage outage may last before it spends a shard's attempt (jobs.outage); None: 15m.
     storage_outage_budget: str | None = None
+    log_every_s: float = 30.0  # a plain progress line this often where no terminal shows a bar (jobs.progress_lines)
+    image_format: str = "png"  # one of IMAGE_FORMATS
+    image_quality: int | None = None  # 1..100 for jpeg/webp (None: 75); png is lossless
+    keep_columns: tuple[str, ...] = ()  # manifest columns carried into the image rows ("*": every unknown one)
+    cache_source: str | None = None  # where the cache setting came from (Settings.cache_source); shown by `run`
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keep_columns", tuple(self.keep_columns))  # job.json holds a list
 
     @classmethod
     def from_flags(cls, *, manifest: str, out: str | None = None, job_id: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
                    workers: int | None = None, min_workers: int | None = None, max_workers: int | None = None,
                    gpus_per_worker: float | None = None, wait_for_resources: str | None = None,
                    max_attempts: int = DEFAULT_MAX_ATTEMPTS, format: str = "parquet", config: Any = None,
-                   storage_outage_budget: str | None = None, **settings) -> "JobSpec":
+                   storage_outage_budget: str | None = None, manifest_data: bytes | None = None,
+                   log_every: float = 30.0, image_format: str = "png", image_quality: int | None = None,
+                   keep_columns: Any = None, **settings) -> "JobSpec":
         """A job from flag values; ``settings`` are the keywords of `Settings.from_flags`.
+
+        Without ``job_id`` the id is derived from the manifest's content and every setting that
+        decides the images (`jobs.identity`), so the same command is the same job: it resumes, or
+        answers from its markers. ``manifest_data``: the manifest's bytes when the caller has
+        them (Python rows); otherwise the manifest is read here.
 
         ``out`` and the S3 endpoint default to the config file's (``[output] out``, ``[s3]
         endpoint_url``), then to `DEFAULT_OUT`. A local manifest path is recorded absolute, so a
@@ -122,16 +133,34 @@ class JobSpec:
             from linegen.jobs.outage import budget_seconds
 
             budget_seconds(storage_outage_budget)
+        if isinstance(log_every, bool) or not isinstance(log_every, (int, float)) or not 0 < log_every < 1e9:
+            raise UserError(f"--log-every must be a number of seconds > 0, got {log_every!r}")
+        if image_format not in IMAGE_FORMATS:
+            raise UserError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+        if image_quality is not None:
+            if image_format == "png":
+                raise UserError("--image-quality applies to --image-format jpeg or webp (png is lossless)")
+            if isinstance(image_quality, bool) or not isinstance(image_quality, int) or not 1 <= image_quality <= 100:
+                raise UserError(f"--image-quality must be an integer in 1..100, got {image_quality!r}")
+        keep = parse_keep_columns(keep_columns)
         if format not in FORMATS:
             raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
         if manifest != ROWS_MANIFEST:
             manifest = absolute_uri(manifest)
-        return cls(job_id=check_job_id(job_id) if job_id else new_job_id(), manifest=manifest,
+        spec = cls(job_id=check_job_id(job_id) if job_id else "unnamed", manifest=manifest,
                    out=out or DEFAULT_OUT, model=s.model, cache=s.cache, sampling=s.sampling, seed=s.seed,
                    shard_size=shard_size, workers=workers, batch_size=s.batch_size, memory_budget=s.memory_budget,
                    max_attempts=max_attempts, s3_endpoint_url=s.s3_endpoint_url, gpus_per_worker=gpus_per_worker,
                    min_workers=min_workers, max_workers=max_workers, wait_for_resources=wait_for_resources,
-                   format=format, storage_outage_budget=storage_outage_budget)
+                   format=format, storage_outage_budget=storage_outage_budget,
+                   log_every_s=float(log_every), image_format=image_format,
+                   image_quality=image_quality, keep_columns=keep, cache_source=s.cache_source)
+        if job_id:
+            return spec
+        from linegen.jobs.storage import read_uri
+
+        data = manifest_data if manifest_data is not None else read_uri(manifest, endpoint_url=spec.s3_endpoint_url)
+        return dataclasses.replace(spec, job_id=derived_job_id(spec, data))
 
     def to_json(self) -> str:
         """job.json: every field, with the endpoint URLs redacted (never a credential)."""
@@ -182,10 +211,26 @@ class JobSpec:
         return not self.differences(other)
 
 
-def _where(uri: str | None) -> str | None:
-    from linegen.jobs.storage import absolute_uri
+def parse_keep_columns(value: Any) -> tuple[str, ...]:
+    """--keep-columns a,b (repeatable) or a list: the names, checked against linegen's own columns."""
+    if not value:
+        return ()
+    from linegen.jobs.manifest import ALLOWED_FIELDS
+    from linegen.jobs.writer import IMAGE_COLUMN_NAMES
 
-    return None if uri is None or uri == ROWS_MANIFEST else absolute_uri(uri)
+    items = [value] if isinstance(value, str) else list(value)
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise UserError(f"--keep-columns takes column names, got {item!r}")
+        names += [n.strip() for n in item.split(",") if n.strip()]
+    for name in names:
+        if name in ALLOWED_FIELDS:
+            raise UserError(f"--keep-columns {name}: '{name}' is a manifest field; its value is in every image row already")
+        if name in IMAGE_COLUMN_NAMES:
+            raise UserError(f"--keep-columns {name}: '{name}' is one of linegen's image columns; rename the column "
+                            "in the manifest")
+    return tuple(dict.fromkeys(names))
 
 
 def _fields_of(cls: type, d: Any, where: str) -> dict:

@@ -138,17 +138,26 @@ class Tally:
     def why_waiting(self, n: WorkerNumbers) -> str:
         from linegen.jobs.outage import utc_text
 
+        waiting = self.waiting_now(n.placed)
         since = self.storage_unreachable_since(n)
         if since is None:
-            return self.waiting
+            return waiting
         outage = f"storage unreachable since {utc_text(since)}; commits wait and retry (--storage-outage-budget)"
-        return f"{outage}; {self.waiting}" if self.waiting else outage
+        return f"{outage}; {waiting}" if waiting else outage
 
     def mark(self, event: str, **where: str | None) -> None:
         """A timed recovery event (``node_lost``, ``requeued``, ``failed``) for `linegen report`'s
         time axis; bounded, since a job that keeps failing should not grow its progress file."""
         if len(self.timeline) < TIMELINE_MAX:
             self.timeline.append({"at": time.time(), "event": event, **{k: v for k, v in where.items() if v}})
+
+    def waiting_now(self, placed: int) -> str:
+        """Why the job waits, as of now: the loop writes the reason before it hears of a placement,
+        so a report between the two must not say "0/1 workers placed" next to one placed."""
+        if self.waiting.startswith("waiting for resources") and self.shape is not None \
+                and placed >= self.shape.min_workers:
+            return ""
+        return self.waiting
 
     def note(self, text: str) -> None:
         """A line for the progress object's recent events (not an event of the callback)."""
@@ -177,7 +186,9 @@ class Tally:
         doc = {
             "job_id": self.job.spec.job_id, "attempt": os.environ.get("LINEGEN_ATTEMPT"), "pid": os.getpid(),
             "started_at": self.t0, "updated_at": time.time(), "interval_s": LIVE_EVERY_S,
-            "state": self.state, "message": p.waiting,
+            # a placement heard after the loop set "waiting" means it runs now (waiting_now)
+            "state": "running" if self.state == "waiting" and self.waiting and not p.waiting else self.state,
+            "message": p.waiting,
             "storage_unreachable_since": self.storage_unreachable_since(n),
             "images_total": p.images_total, "shards_total": p.shards_total,
             "images_done": p.images_done, "images_committed": p.images_committed, "shards_done": p.shards_done,

@@ -3,7 +3,7 @@
 Each sample is three members that share the key ``<item_id>`` (WebDataset groups members by the
 name up to the first dot, and item ids hold no dot):
 
-    <item_id>.png         the image (PNG, as in the Parquet `image` column)
+    <item_id>.png         the image (PNG, as in the Parquet `image` column; .jpg or .webp with --image-format)
     <item_id>.json        the image row's scalar columns (jobs/writer.py `item_records`), plus
                           `class_name` where the model names its classes
     <item_id>.tokens.npy  the N token codes in raster order, int32 (numpy's .npy format)
@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from linegen.jobs.plan import Item
-from linegen.jobs.writer import check_shard_arrays, encode_pngs, item_records
+from linegen.jobs.writer import IMAGE_FORMATS, check_shard_arrays, encode_images, item_records
 
 
 def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -39,20 +39,23 @@ def _npy(tokens: np.ndarray) -> bytes:
 
 def shard_tar(items: Sequence[Item], images: np.ndarray, tokens: np.ndarray, *, job_id: str, model: str,
               cache_policy: str, cache_ratio: float, class_names: Sequence[str] | None = None, png_workers: int = 4,
-              prompt_info: Sequence[tuple[int, bool] | None] | None = None) -> bytes:
+              prompt_info: Sequence[tuple[int, bool] | None] | None = None, cache_options: str = "{}",
+              image_format: str = "png", image_quality: int | None = None,
+              extra_columns: Sequence[tuple[str, str]] = ()) -> bytes:
     """The tar bytes of one shard; `images[i]` and `tokens[i]` belong to `items[i]`."""
     images, tokens = np.asarray(images), np.asarray(tokens)
     info = check_shard_arrays(items, images, tokens, prompt_info)
     records = item_records(items, images, job_id=job_id, model=model, cache_policy=cache_policy,
-                           cache_ratio=cache_ratio, prompt_info=info)
-    pngs = encode_pngs(images, workers=png_workers)
+                           cache_ratio=cache_ratio, prompt_info=info, cache_options=cache_options)
+    pngs = encode_images(images, workers=png_workers, image_format=image_format, quality=image_quality)
+    ext = IMAGE_FORMATS[image_format][1]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for record, png, grid in zip(records, pngs, tokens):
             if class_names and record["class_id"] is not None:
                 record = {**record, "class_name": class_names[record["class_id"]]}
             key = record["item_id"]
-            _member(tar, f"{key}.png", png)
+            _member(tar, f"{key}.{ext}", png)
             _member(tar, f"{key}.json", json.dumps(record, ensure_ascii=False, sort_keys=True).encode())
             _member(tar, f"{key}.tokens.npy", _npy(grid))
     return buf.getvalue()

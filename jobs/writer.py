@@ -48,18 +48,38 @@ _IMAGE_COLUMNS: tuple[tuple[str, pa.DataType, dict[str, Any]], ...] = (
     ("prompt_tokens", pa.int32(), _value("int32")),
     ("prompt_truncated", pa.bool_(), _value("bool")),
     ("seed", pa.int64(), _value("int64")),
+    # Every setting that made the image: the row's sampling values (its own or the job's) and
+    # the cache, so a row alone says how to make its image again.
+    ("cfg_scale", pa.float64(), _value("float64")),
+    ("temperature", pa.float64(), _value("float64")),
+    ("top_k", pa.int64(), _value("int64")),
+    ("top_p", pa.float64(), _value("float64")),
     ("model", pa.string(), _value("string")),
     ("cache_policy", pa.string(), _value("string")),
     ("cache_ratio", pa.float64(), _value("float64")),
+    ("cache_options", pa.string(), _value("string")),  # the policy's options as a JSON object, "{}" for none
     ("tokens", pa.list_(pa.int32()), {"feature": _value("int32"), "_type": "Sequence"}),
     ("width", pa.int32(), _value("int32")),
     ("height", pa.int32(), _value("int32")),
 )
 
-def image_schema(class_names: Sequence[str] | None = None) -> pa.Schema:
+IMAGE_COLUMN_NAMES = tuple(name for name, _, _ in _IMAGE_COLUMNS)
+
+# Kept manifest columns (--keep-columns), by the kind validation gave them (jobs.manifest.kept_columns).
+_KEPT_TYPES = {"string": (pa.string(), "string"), "integer": (pa.int64(), "int64"),
+               "number": (pa.float64(), "float64"), "boolean": (pa.bool_(), "bool")}
+
+# --image-format: PIL's name and the file extension (the `path` in the image struct, the tar member).
+IMAGE_FORMATS = {"png": ("PNG", "png"), "jpeg": ("JPEG", "jpg"), "webp": ("WEBP", "webp")}
+
+
+def image_schema(class_names: Sequence[str] | None = None,
+                 extra_columns: Sequence[tuple[str, str]] = ()) -> pa.Schema:
     """The image Parquet schema. With the model's class names, `class_id` is a Hugging Face
-    `ClassLabel` (its Arrow type is int64, as `datasets` declares it), so a dataset shows names."""
-    columns = list(_IMAGE_COLUMNS)
+    `ClassLabel` (its Arrow type is int64, as `datasets` declares it), so a dataset shows names.
+    ``extra_columns``: (name, kind) of the kept manifest columns, after linegen's own."""
+    columns = list(_IMAGE_COLUMNS) + [(name, *_KEPT_TYPES[kind]) for name, kind in extra_columns]
+    columns = [(n, t, f if isinstance(f, dict) else _value(f)) for n, t, f in columns]
     if class_names:
         at = [name for name, _, _ in columns].index("class_id")
         columns[at] = ("class_id", pa.int64(), {"names": list(class_names), "_type": "ClassLabel"})
@@ -118,6 +138,34 @@ def encode_png(img: np.ndarray, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
+def encode_image(img: np.ndarray, image_format: str = "png", quality: int | None = None) -> bytes:
+    """One uint8 [H, W, 3] image as PNG (fast zlib level), JPEG or WebP (``quality`` 1..100,
+    PIL's default 75 when None; WebP at 100 is lossless)."""
+    if image_format == "png":
+        return encode_png(img)
+    from PIL import Image
+
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected a uint8 [H, W, 3] image, got {arr.dtype} {list(arr.shape)}")
+    buf = io.BytesIO()
+    options: dict[str, Any] = {"quality": 75 if quality is None else int(quality)}
+    if image_format == "webp" and options["quality"] == 100:
+        options["lossless"] = True
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format=IMAGE_FORMATS[image_format][0], **options)
+    return buf.getvalue()
+
+
+def encode_images(images: Iterable[np.ndarray], workers: int = 4, image_format: str = "png",
+                  quality: int | None = None) -> list[bytes]:
+    """Encode many images, in order, on threads (PIL's encoders release the GIL)."""
+    images = list(images)
+    if workers <= 1 or len(images) <= 1:
+        return [encode_image(img, image_format, quality) for img in images]
+    with ThreadPoolExecutor(max_workers=min(workers, len(images))) as pool:
+        return list(pool.map(lambda img: encode_image(img, image_format, quality), images))
+
+
 def encode_pngs(images: Iterable[np.ndarray], workers: int = 4, compress_level: int = 1) -> list[bytes]:
     """PNG-encode many images, in order. PIL's zlib releases the GIL, so threads scale."""
     images = list(images)
@@ -155,16 +203,26 @@ def check_shard_arrays(items: Sequence[Item], images: np.ndarray, tokens: np.nda
     return info
 
 
-def item_records(items: Sequence[Item], images: np.ndarray, *, job_id: str, model: str, cache_policy: str,
-                 cache_ratio: float, prompt_info: list) -> list[dict[str, Any]]:
-    """Every scalar column of each image row, by name (the Parquet columns between `image` and
-    `tokens`, and what a WebDataset sample's JSON holds)."""
+def cache_options_text(options: dict | None) -> str:
+    """The `cache_options` column: the policy's options as given (a preset by its name), as JSON."""
+    return json.dumps(dict(options or {}), sort_keys=True, separators=(",", ":"))
+
+
+def item_records(items: Sequence[Item], images: np.ndarray, *, job_id: str | None, model: str, cache_policy: str,
+                 cache_ratio: float, prompt_info: list, cache_options: str = "{}") -> list[dict[str, Any]]:
+    """Every scalar column of each image row, by name (the Parquet columns but `image` and
+    `tokens`, and what a WebDataset sample's JSON holds): the one definition of an image row,
+    shared by the Parquet writer, the WebDataset writer and `linegen.Generator`. Kept manifest
+    columns come last, under their own names."""
     height, width = int(images.shape[1]), int(images.shape[2])
     return [{"item_id": it.item_id, "job_id": job_id, "row": it.row, "replica": it.replica, "id": it.user_id,
              "class_id": it.class_id, "prompt": it.prompt,
              "prompt_tokens": None if x is None else int(x[0]), "prompt_truncated": None if x is None else bool(x[1]),
-             "seed": it.seed, "model": model, "cache_policy": cache_policy, "cache_ratio": float(cache_ratio),
-             "width": width, "height": height} for it, x in zip(items, prompt_info)]
+             "seed": it.seed, "cfg_scale": float(it.cfg_scale), "temperature": float(it.temperature),
+             "top_k": int(it.top_k), "top_p": float(it.top_p),
+             "model": model, "cache_policy": cache_policy, "cache_ratio": float(cache_ratio),
+             "cache_options": cache_options, "width": width, "height": height, **dict(it.extra)}
+            for it, x in zip(items, prompt_info)]
 
 
 def image_table(
@@ -179,6 +237,10 @@ def image_table(
     class_names: Sequence[str] | None = None,
     png_workers: int = 4,
     prompt_info: Sequence[tuple[int, bool] | None] | None = None,
+    cache_options: str = "{}",
+    image_format: str = "png",
+    image_quality: int | None = None,
+    extra_columns: Sequence[tuple[str, str]] = (),
 ) -> pa.Table:
     """One row per image, in `items` order; `images[i]` and `tokens[i]` belong to `items[i]`.
 
@@ -189,12 +251,13 @@ def image_table(
     tokens = np.asarray(tokens)
     info = check_shard_arrays(items, images, tokens, prompt_info)
     records = item_records(items, images, job_id=job_id, model=model, cache_policy=cache_policy,
-                           cache_ratio=cache_ratio, prompt_info=info)
-    schema = image_schema(class_names)
-    pngs = encode_pngs(images, workers=png_workers)
+                           cache_ratio=cache_ratio, prompt_info=info, cache_options=cache_options)
+    schema = image_schema(class_names, extra_columns)
+    encoded = encode_images(images, workers=png_workers, image_format=image_format, quality=image_quality)
+    ext = IMAGE_FORMATS[image_format][1]
     image_col = pa.StructArray.from_arrays(
-        [pa.array(pngs, type=pa.binary()),
-         pa.array([f"{it.item_id}.png" for it in items], type=pa.string())],
+        [pa.array(encoded, type=pa.binary()),
+         pa.array([f"{it.item_id}.{ext}" for it in items], type=pa.string())],
         fields=list(_IMAGE_TYPE),
     )
     columns = []
@@ -204,7 +267,7 @@ def image_table(
         elif field.name == "tokens":
             columns.append(_tokens_array(tokens))
         else:
-            columns.append(pa.array([r[field.name] for r in records], type=field.type))
+            columns.append(pa.array([r.get(field.name) for r in records], type=field.type))
     return pa.Table.from_arrays(columns, schema=schema)
 
 

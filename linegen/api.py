@@ -55,10 +55,12 @@ class Validation:
     truncated: list[dict] = field(default_factory=list)  # t2i with a text encoder: prompts that will be cut
 
     def to_dict(self) -> dict:
-        return {"valid": True, "rows": self.rows, "items": self.items, "truncated": self.truncated}
+        # images: the shape of every count in linegen's JSON (nothing is done by a validation)
+        return {"valid": True, "rows": self.rows, "images": {"done": None, "total": self.items},
+                "truncated": self.truncated}
 
 
-def _manifest_source(manifest) -> tuple[str, bytes | None]:
+def _manifest_source(manifest, keep=None) -> tuple[str, bytes | None]:
     """(name, bytes) for a path/URI (bytes read later) or a list of row dicts (validated here)."""
     if isinstance(manifest, str) or hasattr(manifest, "__fspath__"):
         import os
@@ -68,7 +70,9 @@ def _manifest_source(manifest) -> tuple[str, bytes | None]:
         raise UserError(f"manifest must be a path, an s3:// URI or a list of row dicts, got {type(manifest).__name__}")
     from linegen.jobs.manifest import parse_rows
 
-    parse_rows(manifest)  # every problem, by row index, before anything is written
+    from linegen.jobs.spec import parse_keep_columns
+
+    parse_rows(manifest, keep=parse_keep_columns(keep))  # every problem, by row index, before anything is written
     data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in manifest).encode()
     return ROWS_MANIFEST, data
 
@@ -80,15 +84,17 @@ def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: in
 
     ``manifest``: a path/URI (.jsonl, .csv, .parquet) or a list of row dicts, validated exactly
     like a file. Re-running with the same ``job_id`` and ``out`` resumes: every item exactly once.
+    Without ``job_id`` the id derives from the manifest's content and the settings that decide the
+    images, so the same call is the same job (it resumes, or answers from its markers).
     ``progress`` receives `jobs.progress.Progress` updates.
     """
     from linegen.jobs.prepare import prepare_job
     from linegen.jobs.run import run_embedded
     from linegen.jobs.spec import JobSpec
 
-    name, data = _manifest_source(manifest)
+    name, data = _manifest_source(manifest, settings.get("keep_columns"))
     spec = JobSpec.from_flags(manifest=name, out=out, job_id=job_id, shard_size=shard_size, workers=workers,
-                              format=format, **settings)
+                              format=format, manifest_data=data, **settings)
     prepared = prepare_job(spec, manifest_data=data)  # the whole manifest and every setting first
     summary = run_embedded(prepared, progress=progress, num_cpus=num_cpus)
     return JobResult(job_id=spec.job_id, out=spec.out, summary=summary, s3_endpoint_url=spec.s3_endpoint_url,
@@ -96,22 +102,24 @@ def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: in
 
 
 def validate(manifest, *, model: str | None = None, text_encoder: str | None = None,
-             s3_endpoint_url: str | None = None) -> Validation:
+             s3_endpoint_url: str | None = None, keep_columns=None) -> Validation:
     """Check a manifest (path/URI or rows): raises ManifestError naming every bad row and field.
-    With a model, rows are checked against it; with a t2i model and its text encoder, the prompts
-    the tokenizer will cut are listed by line."""
+    Rows are checked against ``model`` (default: the one `run` uses, so what passes here runs);
+    with a t2i model and its text encoder, the prompts the tokenizer will cut are listed by line."""
     from linegen.jobs.manifest import Conditioning, parse_rows, read_manifest, total_items
     from linegen.settings.model_choice import ModelChoice
+    from linegen.workers.models.registry import DEFAULT_MODEL
 
-    conditioning = spec = None
-    if model is not None:
-        spec = ModelChoice(name=model, random_weights=True).spec()
-        conditioning = Conditioning.of(spec)
-    if text_encoder is not None and (spec is None or spec.gpt.cond != "t2i"):
+    spec = ModelChoice(name=model or DEFAULT_MODEL, random_weights=True).spec()
+    conditioning = Conditioning.of(spec)
+    if text_encoder is not None and spec.gpt.cond != "t2i":
         raise UserError("--text-encoder needs --model with a text-to-image model")
-    name, data = _manifest_source(manifest)
-    rows = (parse_rows(manifest, conditioning=conditioning) if data is not None
-            else read_manifest(name, conditioning, endpoint_url=s3_endpoint_url))
+    from linegen.jobs.spec import parse_keep_columns
+
+    keep = parse_keep_columns(keep_columns)
+    name, data = _manifest_source(manifest, keep)
+    rows = (parse_rows(manifest, conditioning=conditioning, keep=keep) if data is not None
+            else read_manifest(name, conditioning, endpoint_url=s3_endpoint_url, keep=keep))
     truncated = [] if text_encoder is None else _truncated_prompts(rows, text_encoder, spec.gpt.caption_tokens,
                                                                   s3_endpoint_url)
     return Validation(rows=len(rows), items=total_items(rows), truncated=truncated)

@@ -108,31 +108,36 @@ class Generator:
     def __call__(self, batch) -> dict[str, list]:
         """A Ray Data batch of manifest rows (numpy or pandas format) -> one row per image:
         PNG bytes in ``image`` and the columns of linegen's image rows."""
-        from linegen.jobs.writer import encode_pngs
+        import numpy as np
+
+        from linegen.jobs.writer import IMAGE_COLUMN_NAMES, cache_options_text, encode_pngs, item_records
 
         generated = self.generate(_rows_of(batch))
-        return {
-            "image": encode_pngs([g.image for g in generated]),
-            "item_id": [g.item.item_id for g in generated],
-            "row": [g.item.row for g in generated],
-            "replica": [g.item.replica for g in generated],
-            "id": [g.item.user_id for g in generated],
-            "class_id": [g.item.class_id for g in generated],
-            "prompt": [g.item.prompt for g in generated],
-            "prompt_tokens": [g.prompt_tokens for g in generated],
-            "prompt_truncated": [g.prompt_truncated for g in generated],
-            "seed": [g.item.seed for g in generated],
-            "model": [self.spec.name] * len(generated),
-            "cache_policy": [self.settings.cache.policy] * len(generated),
-            "cache_ratio": [self.cache_ratio] * len(generated),
-            "tokens": [g.tokens for g in generated],
-            "width": [int(g.image.shape[1]) for g in generated],
-            "height": [int(g.image.shape[0]) for g in generated],
-        }
+        if not generated:
+            return {name: [] for name in IMAGE_COLUMN_NAMES if name != "job_id"}
+        # the columns of a job's image rows, from their one definition (jobs/writer.py), less job_id
+        records = item_records([g.item for g in generated], np.stack([g.image for g in generated]), job_id=None,
+                               model=self.spec.name, cache_policy=self.settings.cache.policy,
+                               cache_ratio=self.cache_ratio, cache_options=cache_options_text(self.settings.cache.options),
+                               prompt_info=[None if g.prompt_tokens is None else (g.prompt_tokens, g.prompt_truncated)
+                                            for g in generated])
+        out: dict[str, list] = {"image": encode_pngs([g.image for g in generated])}
+        for name in IMAGE_COLUMN_NAMES:
+            if name == "tokens":
+                out[name] = [g.tokens for g in generated]
+            elif name not in ("image", "job_id"):
+                out[name] = [r[name] for r in records]
+        return out
+
+
+# Ray Data types a column of integers with a missing value as float64 (42 -> 42.0): these fields
+# take a float that holds an integer as that integer.
+_INT_FIELDS = ("class_id", "count", "seed", "top_k", "row")
 
 
 def _rows_of(batch) -> list[dict]:
-    """Column batch -> row dicts of plain Python values; a missing value (None/NaN) is left out."""
+    """Column batch -> row dicts of plain Python values; a missing value (None/NaN) is left out,
+    and an integer field's float holding an integer (Ray Data's float64 column) is that integer."""
     if hasattr(batch, "to_dict") and hasattr(batch, "columns"):  # pandas
         columns = {c: batch[c].tolist() for c in batch.columns}
     else:
@@ -145,6 +150,8 @@ def _rows_of(batch) -> list[dict]:
             value = values[i]
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
+            if name in _INT_FIELDS and isinstance(value, float) and value.is_integer():
+                value = int(value)
             row[name] = value
         rows.append(row)
     return rows

@@ -101,13 +101,15 @@ def test_generator_in_a_ray_data_pipeline(tmp_path: Path) -> None:
     from linegen.cluster.local import LocalCluster
 
     manifest = tmp_path / "m.jsonl"
-    manifest.write_text('{"class_id": 1, "count": 3}\n{"class_id": 4, "count": 2, "id": "four"}\n')
+    # a row without seed/top_k next to one with them: Ray Data makes those columns float64 with NaN
+    manifest.write_text('{"class_id": 1, "count": 3}\n{"class_id": 4, "count": 2, "id": "four", "seed": 42, "top_k": 5}\n')
     run = linegen.run(str(manifest), out=str(tmp_path / "o"), model="test-tiny", seed=3, job_id="rd")
     expected = {r["item_id"]: r["tokens"] for r in run.read_table(columns=["item_id", "tokens"]).to_pylist()}
     with LocalCluster(num_cpus=2, auth_mode="disabled", log_to_driver=False):  # a private local Ray
+        # the README's recipe as written for CPUs (compute=ActorPoolStrategy: Ray Data's current argument)
         ds = ray.data.from_items(linegen.read_rows(str(manifest)))
         ds = ds.map_batches(linegen.Generator, fn_constructor_kwargs={"model": "test-tiny", "seed": 3, "batch_size": 4},
-                            concurrency=1, batch_size=2, num_cpus=0.5)
+                            compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, batch_size=2)
         rows = ds.take_all()
     assert len(rows) == 5
     assert {r["item_id"]: list(r["tokens"]) for r in rows} == expected

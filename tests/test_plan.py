@@ -256,7 +256,8 @@ def test_dry_run_plans_a_billion_images_within_a_memory_bound(tmp_path: Path):
     peak_mb = usage.ru_maxrss / 1024
     assert proc.returncode == 0, stderr
     doc = json.loads(stdout)
-    assert doc["dry_run"] is True and doc["items"] == 10**9 and doc["shards"] == 10**6 and doc["rows"] == 100_000
+    assert doc["dry_run"] is True and doc["images"] == {"done": 0, "total": 10**9} and doc["rows"] == 100_000
+    assert doc["shards"] == {"done": 0, "total": 10**6}
     assert doc["estimates"] and doc["estimates"][0]["device"] == "CPU"  # test-tiny has a measured CPU rate
     assert not out.exists()  # nothing written, not even the folder
     print(f"dry run of 10^9 images: {wall:.1f} s, peak RSS {peak_mb:.0f} MB")

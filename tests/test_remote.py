@@ -154,8 +154,9 @@ def test_submit_runs_once_exactly_once_output(ray_head, home, done_job) -> None:
     cfg = home / "cluster.toml"
     cfg.write_text(f'[cluster]\naddress = "{ray_head.url}"\n')
     assert status(home, job, "--config", str(cfg))["state"] == "SUCCEEDED"
-    log = ok(lg(home, "logs", job, "--cluster", ray_head.url)).stdout
-    assert '"summary"' in log
+    log = ok(lg(home, "logs", job, "--cluster", ray_head.url)).stdout  # the driver's progress, readable
+    assert f"job {job}: 12/12 images (100%)" in log and "finished: 12/12 images" in log and '{"progress"' not in log
+    assert '"summary"' in ok(lg(home, "logs", job, "--cluster", ray_head.url, "--json")).stdout  # raw
 
 
 def test_cost_from_stats_with_given_price(home, done_job) -> None:
@@ -206,7 +207,7 @@ def test_cancel_mid_run_then_resume_exactly_once(ray_head, home, tmp_path: Path)
     H.wait_for(lambda: commits(out, job), 150, "the first commit")
 
     r = ok(lg(home, "cancel", job, "--cluster", ray_head.url))
-    assert "cancelled" in r.stdout and "resume" in r.stdout
+    assert "cancelled" in r.stdout and f"`linegen resume {job} --cluster {ray_head.url}`" in r.stdout
     assert jobs_api.status(ray_head.address(), job).status == "STOPPED"
     stopped = quick_status(home, ray_head.url, job)
     assert stopped["state"] == "CANCELLED" and "cancelled by user" in stopped["reason"]

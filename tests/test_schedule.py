@@ -362,6 +362,7 @@ def test_estimate_from_table_and_no_measurement(tmp_path: Path) -> None:
     none = estimate(str(manifest), "test-tiny", "H100", cache="full", prices={"H100": 3.6}, table=rows)
     assert none["throughput"] is None and none["usd"] is None
     assert "no measured throughput exists for test-tiny on H100 with cache full" in none["reason"]
+    assert none["images"] == {"done": None, "total": 1500}  # a readable manifest is still counted
     # the missing measurement is found before the manifest is read (issue 15, C8): even a manifest
     # that does not exist gets the "no measurement" answer, not a manifest error
     gone = estimate(str(tmp_path / "absent.jsonl"), "test-tiny", "H100", cache="full", table=rows)

@@ -356,7 +356,7 @@ def test_validate_lists_the_prompts_that_will_be_cut(tmp_path, t5_dir):
                            "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["items"] == 3 and [t["line"] for t in doc["truncated"]] == [2]
+    assert doc["images"]["total"] == 3 and [t["line"] for t in doc["truncated"]] == [2]
     assert doc["truncated"][0]["tokens"] > T == doc["truncated"][0]["limit"]
     proc = subprocess.run([LINEGEN, "validate", str(manifest), "--model", "test-tiny", "--text-encoder", str(t5_dir)],
                           capture_output=True, text=True, timeout=120)

@@ -120,7 +120,9 @@ EXPECTED_IMAGE_SCHEMA = [
     ("id", pa.string()),
     ("class_id", pa.int32()), ("prompt", pa.string()), ("prompt_tokens", pa.int32()),
     ("prompt_truncated", pa.bool_()), ("seed", pa.int64()),
+    ("cfg_scale", pa.float64()), ("temperature", pa.float64()), ("top_k", pa.int64()), ("top_p", pa.float64()),
     ("model", pa.string()), ("cache_policy", pa.string()), ("cache_ratio", pa.float64()),
+    ("cache_options", pa.string()),
     ("tokens", pa.list_(pa.int32())), ("width", pa.int32()), ("height", pa.int32()),
 ]
 

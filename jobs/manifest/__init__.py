@@ -25,18 +25,20 @@ from typing import Any, Iterable
 
 from linegen.jobs.manifest.formats import format_of, manifest_extension, parse_csv, parse_jsonl, parse_parquet
 from linegen.jobs.manifest.rows import (ALLOWED_FIELDS, MAX_SEED, MAX_SHOWN_ISSUES, REQUIRED_ONE_OF, SAMPLING_FIELDS,
-                                        Conditioning, ManifestError, ManifestIssue, ManifestRow, Validator)
+                                        Conditioning, ManifestError, ManifestIssue, ManifestRow, Validator,
+                                        kept_columns)
 
 # ---------------------------------------------------------------- entry points
 
-def parse_manifest(data: bytes, name: str,
-                   conditioning: Conditioning | None = None) -> list[ManifestRow]:
+def parse_manifest(data: bytes, name: str, conditioning: Conditioning | None = None, *,
+                   keep: tuple[str, ...] = ()) -> list[ManifestRow]:
     """Validate a manifest held in memory; `name` picks the format and labels the issues.
 
     Raises ManifestError listing every problem. With `conditioning` None the checks that
-    depend on the model (prompt vs class, class range) are skipped.
+    depend on the model (prompt vs class, class range) are skipped. ``keep``: extra columns to
+    carry into the image rows (`--keep-columns`; ``"*"``: every unknown column).
     """
-    v = Validator(name, conditioning)
+    v = Validator(name, conditioning, keep=keep)
     fmt = format_of(name)
     if fmt is None:
         v.issue(None, None, "unknown manifest format; use a .jsonl (or .json with one object "
@@ -50,11 +52,11 @@ def parse_manifest(data: bytes, name: str,
     return v.finish()
 
 
-def parse_rows(rows: Iterable[Any], name: str = "rows",
-               conditioning: Conditioning | None = None) -> list[ManifestRow]:
+def parse_rows(rows: Iterable[Any], name: str = "rows", conditioning: Conditioning | None = None, *,
+               keep: tuple[str, ...] = ()) -> list[ManifestRow]:
     """Validate rows given as Python dicts (the Python API), exactly like the lines of a file;
     each issue names its row by index (``rows[3]: field 'count': ...``)."""
-    v = Validator(name, conditioning, indexed=True)
+    v = Validator(name, conditioning, indexed=True, keep=keep)
     for index, raw in enumerate(rows):
         if not isinstance(raw, dict):
             v.skip_record()
@@ -65,13 +67,13 @@ def parse_rows(rows: Iterable[Any], name: str = "rows",
 
 
 def read_manifest(uri: str, conditioning: Conditioning | None = None, *,
-                  endpoint_url: str | None = None) -> list[ManifestRow]:
+                  endpoint_url: str | None = None, keep: tuple[str, ...] = ()) -> list[ManifestRow]:
     """Read and validate a manifest from a local path or an s3:// URI.
 
     Anything that stops the manifest from being used, including failing to read it, is
     raised as ManifestError, so callers need to handle one error type.
     """
-    return parse_manifest(_read_bytes(uri, endpoint_url), uri, conditioning)
+    return parse_manifest(_read_bytes(uri, endpoint_url), uri, conditioning, keep=keep)
 
 
 def _read_bytes(uri: str, endpoint_url: str | None) -> bytes:
@@ -108,4 +110,4 @@ def total_items(rows: Iterable[ManifestRow]) -> int:
 
 __all__ = ["ALLOWED_FIELDS", "MAX_SEED", "MAX_SHOWN_ISSUES", "REQUIRED_ONE_OF", "SAMPLING_FIELDS", "Conditioning",
            "ManifestError", "ManifestIssue", "ManifestRow", "manifest_extension", "parse_manifest", "parse_rows",
-           "read_manifest", "total_items"]
+           "kept_columns", "read_manifest", "total_items"]

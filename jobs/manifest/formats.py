@@ -179,7 +179,7 @@ def _check_csv_header(columns: list[str], line: int, v: Validator) -> bool:
         elif column in seen:
             v.issue(line, column, "column appears more than once in the CSV header")
             ok = False
-        elif column not in RULES:
+        elif column not in RULES and not v.keeps(column):
             v.issue(line, column, f"unknown CSV column; {allowed_hint(column)}")
             ok = False
         seen.add(column)
@@ -199,7 +199,7 @@ def parse_parquet(data: bytes, v: Validator) -> None:
         v.issue(None, None, f"cannot read Parquet: {e}")
         return
     columns = table.column_names
-    unknown = [c for c in columns if c not in RULES]
+    unknown = [c for c in columns if c not in RULES and not v.keeps(c)]
     for column in unknown:
         v.issue(None, column, f"unknown Parquet column; {allowed_hint(column)}")
     if not set(columns) & set(REQUIRED_ONE_OF):

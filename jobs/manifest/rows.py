@@ -10,7 +10,7 @@ import difflib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 from linegen.errors import UserError
 from linegen.workers.models.config import SAMPLING_RULES
@@ -66,6 +66,7 @@ class ManifestRow:
     temperature: float | None
     top_k: int | None
     top_p: float | None
+    extra: tuple = ()  # (name, value) of the columns kept with --keep-columns, in keep order
 
 
 @dataclass(frozen=True)
@@ -262,13 +263,26 @@ def allowed_hint(field: str) -> str:
     return hint + (f" (did you mean '{close[0]}'?)" if close else "")
 
 
+KEEP_ALL = "*"  # --keep-columns '*': every column that is not a manifest field
+_KEPT_KINDS = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def kept_value_kind(value: Any) -> str | None:
+    """'boolean', 'integer', 'number' or 'string' for a value a kept column may hold; None otherwise."""
+    return _KEPT_KINDS.get(type(value))
+
+
 class Validator:
     """Validates records one by one and remembers what it needs across rows (ids, issues)."""
 
-    def __init__(self, name: str, conditioning: Conditioning | None, indexed: bool = False):
+    def __init__(self, name: str, conditioning: Conditioning | None, indexed: bool = False,
+                 keep: tuple[str, ...] = ()):
         self.name = name
         self.indexed = indexed
         self.conditioning = conditioning
+        # Extra columns carried into the image rows (img2dataset's save_additional_columns).
+        self.keep = tuple(keep)
+        self.kept_kinds: dict[str, tuple[str, int]] = {}  # column -> (kind, first line with a value)
         self.issues: list[ManifestIssue] = []
         self.rows: list[ManifestRow] = []
         self.records = 0
@@ -286,9 +300,13 @@ class Validator:
         self.records += 1
         n_before = len(self.issues)
         values: dict[str, Any] = {}
+        kept: dict[str, Any] = {}
         for field, value in raw.items():
             if field not in RULES:
-                self.issue(line, field, f"unknown field; {allowed_hint(field)}")
+                if self.keeps(field):
+                    self._kept(line, field, value, from_text, kept)
+                else:
+                    self.issue(line, field, f"unknown field; {allowed_hint(field)}")
                 continue
             if value is None or (from_text and value == ""):
                 continue  # absent
@@ -304,8 +322,40 @@ class Validator:
         if len(self.issues) != n_before:
             return
         get = values.get  # positional: a million rows should not pay for keyword matching
+        extra = tuple(sorted(kept.items())) if kept else ()
         self.rows.append(ManifestRow(index, line, get("prompt"), get("class_id"), get("count", 1), get("seed"),
-                                     get("id"), get("cfg_scale"), get("temperature"), get("top_k"), get("top_p")))
+                                     get("id"), get("cfg_scale"), get("temperature"), get("top_k"), get("top_p"),
+                                     extra))
+
+    def keeps(self, field: str) -> bool:
+        return field in self.keep or (KEEP_ALL in self.keep and field not in RULES)
+
+    def _kept(self, line: int, field: str, value: Any, from_text: bool, into: dict[str, Any]) -> None:
+        """A kept column's value: a scalar of one type in every row (a Parquet column needs one)."""
+        if value is None or (from_text and value == ""):
+            into[field] = None
+            return
+        if isinstance(value, str) and (len(value) > MAX_TEXT_CHARS or not _valid_unicode(value)):
+            self.issue(line, field, f"kept column: must be valid text of at most {MAX_TEXT_CHARS} characters")
+            return
+        kind = kept_value_kind(value)
+        if kind is None:
+            self.issue(line, field, f"kept column: must be a string, number or boolean, got {_show(value)} "
+                       f"({json_kind(value)})")
+            return
+        if kind == "integer" and not -2**63 <= value < 2**63:  # a Parquet int64 column holds it
+            self.issue(line, field, f"kept column: integer {_show(value)} does not fit 64 bits")
+            return
+        first = self.kept_kinds.setdefault(field, (kind, line))
+        if first[0] != kind:
+            if {first[0], kind} == {"integer", "number"}:  # 1 and 1.5 in one column: numbers
+                self.kept_kinds[field] = ("number", first[1])
+            else:
+                where = f"{self.name}[{first[1]}]" if self.indexed else f"line {first[1]}"
+                self.issue(line, field, f"kept column: {where} holds a {first[0]}, this row a {kind}; "
+                           "a column holds one type")
+                return
+        into[field] = value
 
     def _check_conditioning(self, line: int, raw: dict[str, Any], values: dict[str, Any]) -> None:
         has_prompt, has_class = "prompt" in values, "class_id" in values
@@ -358,3 +408,19 @@ class Validator:
         return self.rows
 
 
+def kept_columns(rows: Iterable[ManifestRow]) -> tuple[tuple[str, str], ...]:
+    """(name, kind) of every kept column some row has, in name order: the extra columns of the
+    job's image rows. Validation made each column one kind (integers with numbers: numbers); a
+    column with only nulls is text."""
+    kinds: dict[str, set[str]] = {}
+    for row in rows:
+        for name, value in row.extra:
+            seen = kinds.setdefault(name, set())
+            if value is not None:
+                seen.add(kept_value_kind(value))
+    out = []
+    for name in sorted(kinds):
+        seen = kinds[name]
+        kind = "number" if "number" in seen else (seen.pop() if seen else "string")
+        out.append((name, kind))
+    return tuple(out)

@@ -98,8 +98,9 @@ def explain_failure(message: str) -> str:
 
 
 def derive_state(attempts: list, progress, spec, *, dep_succeeded=None, now: float | None = None,
-                 cluster_known: bool = True) -> tuple[str, str]:
-    """(state, reason) from Ray's attempts and the job's own outputs."""
+                 cluster_known: bool = True, resume_hint: str = "linegen resume JOB") -> tuple[str, str]:
+    """(state, reason) from Ray's attempts and the job's own outputs; ``resume_hint``: the resume
+    command as it works for this job (`jobs.hints`), for the reasons that suggest it."""
     from linegen.jobs.schedule import describe_time
 
     now = time.time() if now is None else now
@@ -132,12 +133,12 @@ def derive_state(attempts: list, progress, spec, *, dep_succeeded=None, now: flo
         if last.status == "FAILED":
             return "FAILED", explain_failure(last.message)
         if last.status == "SUCCEEDED":
-            return "INCOMPLETE", "the driver exited without writing _SUCCESS; `linegen resume` finishes the job"
+            return "INCOMPLETE", f"the driver exited without writing _SUCCESS; `{resume_hint}` finishes the job"
     if cluster_known:
-        return "INCOMPLETE", "not running; `linegen resume` finishes the job"
+        return "INCOMPLETE", f"not running; `{resume_hint}` finishes the job"
     if progress is not None and progress.live_age_s is not None:
         return "INCOMPLETE", (f"not running: its driver last reported {int(progress.live_age_s)} s ago; "
-                              "run it again (or `linegen resume`) to finish it")
+                              f"run it again (or `{resume_hint}`) to finish it")
     return "UNKNOWN", "no cluster given: whether it is running cannot be told from its outputs alone"
 
 

@@ -120,6 +120,21 @@ class JobStatus:
         return d
 
 
+def reconciled(attempt: dict, job_state: str) -> dict:
+    """An attempt's doc with ``state``: Ray's status said in terms of the job's, so the two never
+    contradict each other. Ray calls a driver RUNNING while it waits for its start time or for
+    another job (the job is SCHEDULED/WAITING), and for the moment between writing _SUCCESS and
+    exiting (the job has SUCCEEDED); ``status`` keeps Ray's own word."""
+    ray_status = attempt.get("status")
+    state = ray_status
+    if ray_status in ("RUNNING", "PENDING"):
+        if job_state == "SUCCEEDED":
+            state = "FINISHING"  # its outputs are complete; the driver process is exiting
+        elif job_state in ("SCHEDULED", "WAITING"):
+            state = job_state  # the driver runs, and waits (no GPU held)
+    return {**attempt, "state": state}
+
+
 def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = None, cache=None,
                with_stats: bool = True, now: float | None = None, loc: Located | None = None) -> JobStatus:
     """State, progress (shards and images done/total), images/s, ETA, errors and cost so far."""
@@ -145,15 +160,18 @@ def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = 
     def dep_ok(other: str) -> bool:
         return loc.storage is not None and loc.storage.exists(layout.success_key(other))
 
+    from linegen.jobs.hints import resume
+
     state, reason = derive_state(loc.attempts, progress, loc.spec, dep_succeeded=dep_ok, now=now,
-                                 cluster_known=ctx.address is not None)
+                                 cluster_known=ctx.address is not None,
+                                 resume_hint=resume(job_id, cluster=ctx.cluster_text(), out=loc.out))
     if progress is not None and progress.damaged:  # a file of the job cannot be trusted: say which
         state, reason = "DAMAGED", progress.damaged[0]
     if state in ("FAILED", "CANCELLED") and reason:
         errors.insert(0, reason)
     spec = loc.spec
     status = JobStatus(job_id=job_id, state=state, reason=reason, cluster=loc.cluster, out=loc.out,
-                       errors=errors, attempts=[attempt_doc(a) for a in loc.attempts])
+                       errors=errors, attempts=[reconciled(attempt_doc(a), state) for a in loc.attempts])
     if spec is not None:
         status.model, status.cache_policy = spec.model.name, spec.cache.policy
         status.cache_ratio, status.shard_size = spec.cache.ratio, spec.shard_size

@@ -82,7 +82,7 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
     """Validate and prepare the job (manifest copied to OUT/<job>/, job.json, plan.json), then
     submit its driver as Ray job ``<job_id>``. Returns at once; never runs a job twice."""
     from linegen.cluster import jobs_api
-    from linegen.jobs import layout
+    from linegen.jobs import hints, layout
     from linegen.jobs.schedule import dependency_state, describe_time, parse_at, utc_iso
     from linegen.jobs.spec import check_job_id, read_spec
     from linegen.jobs.storage import open_storage
@@ -136,10 +136,11 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
         dep = dependency_state(storage, after)
         dep_active = any(a.status in ACTIVE for a in dep_attempts)
         if dep.state in ("failed", "cancelled") and not dep_active:
-            raise UserError(f"--after {after}: {dep.reason}; resume it first (linegen resume {after})")
+            raise UserError(f"--after {after}: {dep.reason}; resume it first "
+                            f"({hints.resume(after, cluster=cluster)})")
         if dep.state == "waiting" and not dep_active:
             warnings.append(f"job {after} is not running on {cluster}; this job waits until it "
-                            f"succeeds (linegen resume {after})")
+                            f"succeeds ({hints.resume(after, cluster=cluster)})")
     from linegen.jobs.prepare import prepare_job
 
     recorded = read_spec(storage, spec.job_id)

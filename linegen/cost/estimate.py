@@ -173,8 +173,14 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
                          + f"; measure it on a {device} (`python -m linegen.benchmarks.throughput --model {model} "
                          "--device cuda --write`, or a small `linegen submit` there and then "
                          "`--from-job JOB`) rather than trust a guess")
+        # The missing measurement is the answer, even for a manifest that cannot be read; but a
+        # readable one still says how many images it holds.
+        try:
+            doc["images"]["total"] = total_items(read_manifest(manifest, Conditioning.of(spec),
+                                                               endpoint_url=s3_endpoint_url))
+        except UserError:
+            pass
         return doc
-    # Only now the manifest: a million rows take seconds to read, wasted if nothing was measured.
     images = total_items(read_manifest(manifest, Conditioning.of(spec), endpoint_url=s3_endpoint_url))
     doc["images"] = {"done": None, "total": images}  # the shape of every count (jobs.summary)
     rate = tp["images_per_device_s"]
@@ -218,10 +224,12 @@ def dry_run(job, *, prices: dict[str, float] | None = None) -> dict:
     workers = spec.max_workers or spec.workers
     doc: dict[str, Any] = {
         "dry_run": True, "job_id": spec.job_id, "out": f"{spec.out.rstrip('/')}/{spec.job_id}",
-        "manifest": spec.manifest, "rows": len(plan.rows), "items": plan.items, "shards": len(plan),
+        "manifest": spec.manifest, "rows": len(plan.rows),
+        # the shape of every count (jobs.summary): done = committed already
+        "images": {"done": done, "total": plan.items}, "shards": {"done": len(committed), "total": len(plan)},
+        "images_left": left,
         "shard_size": spec.shard_size, "fingerprint": job.fingerprint, "model": spec.model.name,
         "cache_policy": spec.cache.policy, "cache_ratio": spec.cache.ratio, "device": spec.model.device,
-        "committed": {"shards": len(committed), "images": done, "images_left": left},
         "estimates": [], "estimate_note": None,
     }
     # --device cpu runs on CPUs, cuda on GPUs; auto on whatever the cluster has: show every device

@@ -26,8 +26,17 @@ DEFAULT_POLICIES = ("full", "linear", "linear/paper") + tuple(p for p in POLICY_
 DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
 
 
+def estimate_line(first_s: float, *, waves: int, passes: int, what: str) -> str:
+    """'estimate: about 3m10s for 15 candidates x 8 items (first wave 11s)': the time of one timed
+    wave times the waves still to run (every pass of every wave costs about the same)."""
+    from linegen.workers.units import duration
+
+    left = max(0.0, first_s * (waves * passes - 1))
+    return f"estimate: about {duration(left)} more for {what} (first wave took {duration(first_s)})"
+
+
 def default_classifier() -> str:
-    from linegen.workers.models.registry import BUILTIN_WEIGHTS
+    from linegen.workers.models.registry import BUILTIN_WEIGHTS  # found through the package, wherever it is installed
 
     return str(BUILTIN_WEIGHTS / "shapes_classifier.pt")
 
@@ -107,12 +116,31 @@ def _logprobs(engine, requests, tokens, max_batch: int):
                       for i in range(0, len(requests), max_batch)])
 
 
+def _real_reference(clf, opts: EvalOptions, log: Callable[[str], None]):
+    """Real held-out images, and a second real set of `samples` images for the FD floor ->
+    (the reference figures, the real images' features, warnings about a too-small sample)."""
+    from linegen.workers.builtin import shapes
+    from linegen.workers.builtin.classifier import classify, frechet_distance
+
+    real, real_labels = shapes.dataset(shapes.HELDOUT_SEED, opts.real_samples)
+    real_pred, real_feats = classify(clf, real)
+    real2, real2_labels = shapes.dataset(shapes.HELDOUT_SEED + 1, opts.samples)
+    _, real2_feats = classify(clf, real2)
+    reference = {"real_accuracy": float((real_pred == real_labels).mean()), "real_images": opts.real_samples,
+                 "fd_real_vs_real": frechet_distance(real2_feats, real_feats)}
+    log(f"classifier accuracy on {opts.real_samples} real held-out images: {reference['real_accuracy']:.4f}; "
+        f"FD floor (real {opts.samples} vs real {opts.real_samples}): {reference['fd_real_vs_real']:.3f}")
+    warnings = fd_warnings(opts.samples, int(real_feats.shape[1]), reference["fd_real_vs_real"])
+    for w in warnings:
+        log(f"warning: {w}")
+    return reference, real_feats, warnings
+
+
 def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> dict:
     """-> {"model", "settings", "reference", "rows": [one dict per policy x ratio]}."""
     import numpy as np
     import torch
 
-    from linegen.workers.builtin import shapes
     from linegen.workers.builtin.classifier import classify, frechet_distance, load_classifier
     from linegen.workers.cache import CacheConfigError
     from linegen.quality.fidelity import divergence
@@ -126,15 +154,7 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
     clf = load_classifier(opts.classifier, spec.gpt.num_classes)
     n_cls = spec.gpt.num_classes
 
-    # Real reference: held-out images, and a second real set of `samples` images for the FD floor.
-    real, real_labels = shapes.dataset(shapes.HELDOUT_SEED, opts.real_samples)
-    real_pred, real_feats = classify(clf, real)
-    real2, real2_labels = shapes.dataset(shapes.HELDOUT_SEED + 1, opts.samples)
-    _, real2_feats = classify(clf, real2)
-    reference = {"real_accuracy": float((real_pred == real_labels).mean()), "real_images": opts.real_samples,
-                 "fd_real_vs_real": frechet_distance(real2_feats, real_feats)}
-    log(f"classifier accuracy on {opts.real_samples} real held-out images: {reference['real_accuracy']:.4f}; "
-        f"FD floor (real {opts.samples} vs real {opts.real_samples}): {reference['fd_real_vs_real']:.3f}")
+    reference, real_feats, warnings = _real_reference(clf, opts, log)
 
     requests = requests_for(opts, spec, opts.samples)
     labels = np.arange(opts.samples) % n_cls
@@ -142,6 +162,8 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
     configs = [("full", None)] + [(p, r) for p in opts.policies if p != "full" for r in opts.ratios]
     if "full" not in opts.policies:
         log("(the full cache is always run: it is the reference)")
+    log(f"{len(configs)} rows (policy x ratio) of {opts.samples} samples each; "
+        "a time estimate follows the first (the full cache's)")
     rows, full = [], {}
     for name, ratio in configs:
         try:
@@ -172,6 +194,9 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
         row["decode_s"] = round(decode_s, 2)
         row["wall_s"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
+        if len(rows) == 1 and len(configs) > 1:  # the reference run is timed: the others cost about as much
+            log(estimate_line(row["wall_s"], waves=len(configs), passes=1,
+                              what=f"{len(configs)} policy x ratio rows of {opts.samples} samples"))
         log(f"{name:9s} {row['ratio']:>4s}: acc {row['class_accuracy']:.3f} FD(real) {row['fd_real']:.3f} "
             f"FD(full) {row['fd_full']:.3f} match {row['token_match']:.3f} KL {row.get('kl_mean', float('nan')):.4f} "
             f"top1 {row.get('top1_agreement', float('nan')):.3f} ({row['wall_s']:.0f}s)")
@@ -183,7 +208,24 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
                      "temperature": requests[0].sampling.temperature,
                      "max_batch": opts.max_batch, "grid": spec.grid, "tokens": spec.num_tokens},
         "reference": reference, "rows": rows, "wall_s": round(time.perf_counter() - t_start, 1),
+        "warnings": warnings,
     }
+
+
+# Fréchet distance estimates a covariance of the classifier's features from n samples: with n
+# not well above the feature dimension the estimate is mostly noise (its floor, real vs real,
+# is then as large as the differences it is meant to show).
+FD_SAMPLES_PER_DIM = 2
+FD_MIN_SAMPLES = 200
+
+
+def fd_warnings(samples: int, dims: int, floor: float) -> list[str]:
+    need = max(FD_MIN_SAMPLES, FD_SAMPLES_PER_DIM * dims)
+    if samples >= need:
+        return []
+    return [f"FD at n = {samples} is mostly sampling noise (the classifier's features have {dims} dimensions; "
+            f"its real-vs-real floor here is {floor:.3f}): use --samples {need} or more before reading FD; "
+            "class accuracy, token match and KL are still meaningful"]
 
 
 def render_table(report: dict) -> str:

@@ -91,6 +91,7 @@ class TuneResult:
     wall_s: float
     device: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    shipped: str | None = None  # the candidate that is the model's shipped setting (what `--cache auto` uses untuned)
 
     def choice(self) -> CacheChoice:
         return self.best.cache(self.ratio)
@@ -114,18 +115,38 @@ def _check(opts: TuneOptions, spec) -> None:
         raise UserError("--samples and --max-batch must be >= 1")
     try:
         if parse_ratio(opts.ratio) >= 1:
-            raise UserError("--ratio must be below 1: at 1 every policy keeps the full cache")
+            raise UserError("--cache-ratio must be below 1: at 1 every policy keeps the full cache")
     except CacheConfigError as e:
         raise UserError(str(e)) from None
     if not opts.candidates:
         raise UserError("no candidates to measure")
 
 
+def _candidate_engines(opts: TuneOptions, model, batch: int) -> tuple[dict, dict, int | None]:
+    """Every candidate's engine, built before any is measured: one that cannot hold the budget is
+    a row (with its error), not a failure. -> (label -> (candidate, policy, engine), rows so far,
+    the budget in tokens)."""
+    spec = model.spec
+    engines, rows_by_label, budget = {}, {}, None
+    for cand in opts.candidates:
+        try:
+            policy = cand.cache(opts.ratio).build(spec.prefix_len, spec.grid)
+        except UserError as e:
+            rows_by_label[cand.label] = CandidateScore(cand.label, cand.policy, {}, None, None, 0.0, str(e))
+            continue
+        engines[cand.label] = (cand, policy, model.engine(policy, max_batch=batch, images=False))
+        budget = policy.budget(engines[cand.label][2].layout)
+    if not engines:
+        raise UserError(f"no candidate fits a budget of {opts.ratio} on {spec.name}: "
+                        + "; ".join(r.error for r in rows_by_label.values()))
+    return engines, rows_by_label, budget
+
+
 def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> TuneResult:
     """Measure every candidate on the calibration items and pick the lowest KL."""
     import torch
 
-    from linegen.quality.evaluate import EvalOptions, requests_for
+    from linegen.quality.evaluate import EvalOptions, estimate_line, requests_for
     from linegen.workers.cache import make_policy
     from linegen.quality.fidelity import divergence
     from linegen.workers.runner import LoadedModel
@@ -142,21 +163,11 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
 
         requests = [replace(r, sampling=r.sampling.with_overrides(temperature=opts.temperature)) for r in requests]
     batch = min(opts.max_batch, opts.samples)
+    log(f"{len(opts.candidates)} candidates x {opts.samples} calibration items at {opts.ratio}; "
+        "a time estimate follows the first wave")
     full = model.engine(make_policy("full"), max_batch=batch, images=False)
 
-    # Build every candidate first: one that cannot hold the budget is a row, not a failure.
-    engines, rows_by_label, budget = {}, {}, None
-    for cand in opts.candidates:
-        try:
-            policy = cand.cache(opts.ratio).build(spec.prefix_len, spec.grid)
-        except UserError as e:
-            rows_by_label[cand.label] = CandidateScore(cand.label, cand.policy, {}, None, None, 0.0, str(e))
-            continue
-        engines[cand.label] = (cand, policy, model.engine(policy, max_batch=batch, images=False))
-        budget = policy.budget(engines[cand.label][2].layout)
-    if not engines:
-        raise UserError(f"no candidate fits a budget of {opts.ratio} on {spec.name}: "
-                        + "; ".join(r.error for r in rows_by_label.values()))
+    engines, rows_by_label, budget = _candidate_engines(opts, model, batch)
 
     kl_sum = {label: 0.0 for label in engines}
     agree = {label: 0.0 for label in engines}
@@ -166,8 +177,12 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
         wave = requests[w0:w0 + batch]
         ref: list = []
         # The full cache's own sample; its guided distributions at each step are the reference.
+        t_ref = time.perf_counter()
         tokens = full.run_wave(wave, on_logits=lambda _s, g: ref.append(torch.log_softmax(g.float(), -1))).tokens
         steps += tokens.numel()
+        if w0 == 0:  # say how long before the long part: each candidate's pass costs about one such wave
+            log(estimate_line(time.perf_counter() - t_ref, waves=-(-len(requests) // batch), passes=1 + len(engines),
+                              what=f"{len(engines)} candidates x {len(requests)} items"))
         for label, (_cand, _policy, engine) in engines.items():
             t0 = time.perf_counter()
             acc: dict = {"kl": 0.0, "agree": 0.0}  # device tensors after the first step: no sync per step
@@ -191,7 +206,12 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     rows = tuple(rows_by_label[c.label] for c in opts.candidates)
     best = min((r for r in rows if r.kl_mean is not None), key=lambda r: (r.kl_mean, -r.top1_agreement))
     sp = requests[0].sampling
-    return TuneResult(model=spec.name, ratio=opts.ratio, budget_tokens=budget, num_tokens=spec.num_tokens,
+    from linegen.settings.cache_choice import recommended
+
+    rec = recommended(spec)
+    rec_options = _explicit_options(rec.build())
+    shipped = next((r.label for r in rows if r.policy == rec.policy and r.options == rec_options), None)
+    return TuneResult(shipped=shipped, model=spec.name, ratio=opts.ratio, budget_tokens=budget, num_tokens=spec.num_tokens,
                       samples=opts.samples, seed=opts.seed,
                       sampling={"cfg_scale": sp.cfg_scale, "top_k": sp.top_k, "temperature": sp.temperature},
                       rows=rows, best=best, wall_s=round(time.perf_counter() - t_start, 1), device=str(model.device))
@@ -209,7 +229,9 @@ def render_table(result: TuneResult) -> str:
         if r.kl_mean is None:
             lines.append(f"| {r.label} | - | - | - | does not fit: {r.error} |")
             continue
-        mark = "**chosen**" if r.label == result.best.label else ""
+        marks = (["**chosen**"] if r.label == result.best.label else []) + \
+            (["shipped default"] if r.label == result.shipped else [])
+        mark = ", ".join(marks)
         kl = f"{r.kl_mean:.4f}" if r.kl_mean >= 1e-3 else f"{r.kl_mean:.2e}"
         lines.append(f"| {r.label} | {kl} | {r.top1_agreement:.3f} | {r.wall_s:.0f} | {mark} |")
     return "\n".join(lines)

@@ -97,3 +97,16 @@ def recommended(spec) -> CacheChoice:
     if rec is None:
         return FALLBACK
     return CacheChoice(rec.policy, rec.ratio, None, {"preset": rec.preset} if rec.preset else {})
+
+
+def check_candidates(policies, ratios) -> None:
+    """`eval`, `tune`, `bench` and `grid`: every ``POLICY`` or ``POLICY/PRESET`` at every ratio
+    checked like `--cache` (schema, preset, ratio) before any model is built or image made."""
+    for ratio in ratios:
+        try:
+            parse_ratio(ratio)
+        except CacheConfigError as e:
+            raise UserError(f"--cache-ratio: {e}") from None
+    for item in policies:
+        name, _, preset = item.partition("/")
+        CacheChoice(name, None, None, {"preset": preset} if preset else {}).build()

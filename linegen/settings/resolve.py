@@ -23,6 +23,9 @@ class Settings:
     batch_size: int | None = None  # None: as many as fit the memory budget
     memory_budget: str | None = None  # e.g. "20GiB"; None: a fraction of free device memory
     s3_endpoint_url: str | None = field(default=None, repr=False)  # may hold credentials: never shown
+    # Where the cache setting came from, in words `run` prints: "flag", "config entry <path>",
+    # "model default" (the setting shipped with the model), "default" (no cache flag: full).
+    cache_source: str = "default"
 
     @classmethod
     def from_flags(cls, *, model: str | None = None, checkpoint: str | None = None,
@@ -77,23 +80,46 @@ class Settings:
                 parse_bytes(memory_budget)
             except ValueError as e:
                 raise UserError(f"--memory-budget: {e}") from None
+        _check_cache_flags(cache, cache_ratio, cache_lines, cache_options)
+        source = "flag"
         if no_cache_flags and configured is not None:
-            cache_choice = configured
+            cache_choice, source = configured, f"config entry {config.path}"
         elif cache == AUTO:  # the setting measured for this model, adjusted by any other cache flag
             base = configured or recommended(choice.spec())
+            source = f"--cache auto: config entry {config.path}" if configured is not None else "--cache auto: model default"
             given = _cache_choice(base.policy, None, None, cache_options)
             cache_choice = CacheChoice(base.policy, cache_ratio if (cache_ratio or cache_lines) else base.ratio,
                                        cache_lines, {**base.options, **given.options})
         else:
             cache_choice = _cache_choice(cache or "full", cache_ratio, cache_lines, cache_options)
+            source = "flag" if cache else "default"
+        cache_choice.build()  # every option typed and in range, before any work (the grid: `check`)
         return cls(model=choice, cache=cache_choice, sampling=sampling, seed=seed, batch_size=batch_size,
-                   memory_budget=memory_budget, s3_endpoint_url=s3_endpoint_url)
+                   memory_budget=memory_budget, s3_endpoint_url=s3_endpoint_url, cache_source=source)
 
     def check(self) -> None:
         """Everything that can be checked without loading weights: model, files, cache on its grid."""
         self.model.check()
         spec = self.model.spec()
         self.cache.build(spec.prefix_len, spec.grid)
+
+
+def _check_cache_flags(cache: str | None, ratio, lines, options) -> None:
+    """No cache flag is silently ignored: a budget or an option needs a compressing policy.
+
+    Without ``--cache`` the cache is the config entry's or full, and neither would use a lone
+    ``--cache-ratio`` or ``--cache-option``; rather than guess which policy was meant, say how to
+    ask for it."""
+    given = [name for name, value in (("--cache-ratio", ratio), ("--cache-lines", lines),
+                                      ("--cache-option", options)) if value]
+    if not given:
+        return
+    if cache is None:
+        raise UserError(f"{' and '.join(given)} needs a compressing --cache: add --cache linear (or another "
+                        "policy), or --cache auto to adjust the setting measured for the model")
+    if cache == "full":
+        raise UserError(f"--cache full keeps every token and takes no {' or '.join(given)}; drop "
+                        f"{'it' if len(given) == 1 else 'them'} or pick a compressing --cache (e.g. linear)")
 
 
 def _cache_choice(cache: str, ratio, lines: int | None, options) -> CacheChoice:

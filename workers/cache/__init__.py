@@ -9,6 +9,7 @@ from linegen.workers.cache.base import DEFAULT_RATIO, CacheConfigError, CachePol
 from linegen.workers.cache.full import FullCache
 from linegen.workers.cache.h2o import H2OCache
 from linegen.workers.cache.linear import LineARCache
+from linegen.workers.cache.options import SCHEMAS, check_options, options_help
 from linegen.workers.cache.presets import PRESETS, expand
 from linegen.workers.cache.rkv import RKVCache
 from linegen.workers.cache.snapkv import SnapKVCache
@@ -32,6 +33,7 @@ def make_policy(name: str, ratio: float | str | None = None, lines: int | None =
     """
     if name not in POLICIES:
         raise CacheConfigError(f"unknown cache policy {name!r}; choose from {', '.join(POLICIES)}")
+    check_options(name, options)  # every key typed and in range, before anything is built
     if name == "full":
         return FullCache()
     if ratio is not None and lines is not None:
@@ -44,4 +46,4 @@ def make_policy(name: str, ratio: float | str | None = None, lines: int | None =
 
 
 __all__ = ["DEFAULT_RATIO", "CacheConfigError", "CachePolicy", "Layout", "POLICIES", "POLICY_NAMES", "PRESETS",
-           "make_policy", "parse_ratio"]
+           "SCHEMAS", "check_options", "make_policy", "options_help", "parse_ratio"]

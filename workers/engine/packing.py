@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from linegen.errors import UserError
 from linegen.workers.sizes import fmt_bytes
 
 
-class PackingError(ValueError):
-    pass
+class PackingError(UserError, ValueError):
+    """A memory budget that cannot hold one sequence: the user's setting, said in one line."""
 
 
 @dataclass(frozen=True)
