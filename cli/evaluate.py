@@ -7,15 +7,14 @@ from typing import Optional
 
 import typer
 
-from linegen.cli.flags import Json, ModelFlags, SamplingFlags, opt, option
+from linegen.cli.flags import Json, ModelFlags, SamplingFlags, WeightsFlags, opt, option
 from linegen.quality.evaluate import DEFAULT_POLICIES
 
 
-def _choice(model, checkpoint, vq_checkpoint, device, dtype, compile="off"):
+def _choice(weights: WeightsFlags, compile: str = "off"):
     from linegen.settings.resolve import Settings
 
-    return Settings.from_flags(model=model, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint, device=device,
-                               dtype=dtype, compile=compile).model
+    return Settings.from_flags(**vars(weights), compile=compile).model
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -32,12 +31,8 @@ def eval_command(
     seed: int = opt(SamplingFlags, "seed"),
     cfg_scale: Optional[float] = opt(SamplingFlags, "cfg_scale"),
     top_k: Optional[int] = opt(SamplingFlags, "top_k"),
-    model: Optional[str] = opt(ModelFlags, "model"),
-    checkpoint: Optional[str] = opt(ModelFlags, "checkpoint"),
-    vq_checkpoint: Optional[str] = opt(ModelFlags, "vq_checkpoint"),
+    weights: WeightsFlags = None,
     classifier: Optional[str] = typer.Option(None, "--classifier", help="Evaluator classifier (default: the shipped one)."),
-    device: str = opt(ModelFlags, "device"),
-    dtype: Optional[str] = opt(ModelFlags, "dtype"),
     compile: str = opt(ModelFlags, "compile"),
     as_json: bool = Json,
 ) -> None:
@@ -46,7 +41,7 @@ def eval_command(
     from linegen.settings.cache_choice import check_candidates
 
     check_candidates(_split(policies), _split(ratios))  # before the model loads
-    opts = EvalOptions(model=_choice(model, checkpoint, vq_checkpoint, device, dtype, compile), policies=_split(policies),
+    opts = EvalOptions(model=_choice(weights, compile), policies=_split(policies),
                        ratios=_split(ratios), samples=samples, fidelity_samples=fidelity_samples,
                        real_samples=real_samples, seed=seed, cfg_scale=cfg_scale, top_k=top_k, max_batch=max_batch,
                        classifier=classifier or default_classifier())
@@ -65,11 +60,7 @@ def grid_command(
     seed: int = opt(SamplingFlags, "seed"),
     cfg_scale: Optional[float] = opt(SamplingFlags, "cfg_scale"),
     top_k: Optional[int] = opt(SamplingFlags, "top_k"),
-    model: Optional[str] = opt(ModelFlags, "model"),
-    checkpoint: Optional[str] = opt(ModelFlags, "checkpoint"),
-    vq_checkpoint: Optional[str] = opt(ModelFlags, "vq_checkpoint"),
-    device: str = opt(ModelFlags, "device"),
-    dtype: Optional[str] = opt(ModelFlags, "dtype"),
+    weights: WeightsFlags = None,
     as_json: bool = Json,
 ) -> None:
     """A PNG grid of samples per class (rows) for several cache policies side by side (same seeds)."""
@@ -77,7 +68,7 @@ def grid_command(
     from linegen.settings.cache_choice import check_candidates
 
     check_candidates(_split(policies), [ratio])
-    opts = GridOptions(model=_choice(model, checkpoint, vq_checkpoint, device, dtype), out=out,
+    opts = GridOptions(model=_choice(weights), out=out,
                        policies=_split(policies), ratio=ratio, per_class=per_class, seed=seed,
                        cfg_scale=cfg_scale, top_k=top_k)
     summary = make_grid(opts, log=(lambda m: None) if as_json else (lambda m: typer.echo(m, err=True)))

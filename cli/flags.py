@@ -69,6 +69,23 @@ class ModelFlags:
     compile: str = flag("auto", "--compile", help="Decode path: auto (CUDA graphs on GPU; on CPU the compiled step only when the job repays its compile time), on, or off (the eager reference).")
 
 
+def _same(group_cls: type, name: str) -> Any:
+    """A field declared in another group, shared as it is (one option, one help text)."""
+    f = next(f for f in dataclasses.fields(group_cls) if f.name == name)
+    return field(default=f.default, metadata=f.metadata)
+
+
+@group
+class WeightsFlags:
+    """The model flags of the commands that measure a model here (eval, grid, tune)."""
+
+    model: Optional[str] = _same(ModelFlags, "model")
+    checkpoint: Optional[str] = _same(ModelFlags, "checkpoint")
+    vq_checkpoint: Optional[str] = _same(ModelFlags, "vq_checkpoint")
+    device: str = _same(ModelFlags, "device")
+    dtype: Optional[str] = _same(ModelFlags, "dtype")
+
+
 @group
 class CacheFlags:
     """The KV cache policy and its memory budget."""

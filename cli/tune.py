@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from linegen.cli.flags import Config, Json, ModelFlags, SamplingFlags, StoreFlags, opt, option
+from linegen.cli.flags import Config, Json, SamplingFlags, StoreFlags, WeightsFlags, opt, option
 from linegen.errors import UserError
 
 
@@ -18,14 +18,10 @@ def tune_command(
     max_batch: int = option(32, "--batch-size", aliases=("--max-batch",), help="Items per engine wave."),
     write: bool = typer.Option(True, "--write/--no-write", help="Record the choice in the config file's [models] entry."),
     config: Optional[str] = Config,
-    model: Optional[str] = opt(ModelFlags, "model"),
-    checkpoint: Optional[str] = opt(ModelFlags, "checkpoint"),
-    vq_checkpoint: Optional[str] = opt(ModelFlags, "vq_checkpoint"),
+    weights: WeightsFlags = None,
     cfg_scale: Optional[float] = opt(SamplingFlags, "cfg_scale"),
     top_k: Optional[int] = opt(SamplingFlags, "top_k"),
     temperature: Optional[float] = opt(SamplingFlags, "temperature"),
-    device: str = opt(ModelFlags, "device"),
-    dtype: Optional[str] = opt(ModelFlags, "dtype"),
     s3_endpoint_url: Optional[str] = opt(StoreFlags, "s3_endpoint_url"),
     as_json: bool = Json,
 ) -> None:
@@ -39,7 +35,7 @@ def tune_command(
     from linegen.settings.cache_choice import check_candidates
 
     check_candidates([], [ratio])  # before the model loads
-    name = model or DEFAULT_MODEL
+    name, checkpoint, vq_checkpoint = weights.model or DEFAULT_MODEL, weights.checkpoint, weights.vq_checkpoint
     target = Path(config).expanduser() if config is not None else default_config_path()
     try:  # a config file that does not exist yet is created when the choice is written
         cfg = load_config(target) if target.exists() else Config(path=target)
@@ -48,7 +44,8 @@ def tune_command(
     configured = cfg.models.get(name)
     if configured is not None and checkpoint is None:  # tune the weights `run --model NAME` would load
         checkpoint, vq_checkpoint = configured.checkpoint, vq_checkpoint or configured.vq_checkpoint
-    choice = ModelChoice(name=name, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint, device=device, dtype=dtype,
+    choice = ModelChoice(name=name, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint, device=weights.device,
+                         dtype=weights.dtype,
                          s3_endpoint_url=s3_endpoint_url or cfg.s3.endpoint_url)
     opts = TuneOptions(model=choice, ratio=ratio, samples=samples, seed=seed, max_batch=max_batch,
                        cfg_scale=cfg_scale, top_k=top_k, temperature=temperature)
