@@ -184,23 +184,30 @@ def _node_entry(row: dict, usage_by_node: dict, hw_by_node: dict[str, dict]) -> 
     """One node of the snapshot from its /api/v0/nodes row, Ray's resource use and the hardware summary."""
     node_id = row.get("node_id")
     res = {k: _clean(v) for k, v in (row.get("resources_total") or {}).items() if _num(v) is not None}
-    cpus = float(res.get("CPU", 0))
-    gpus_total = float(res.get("GPU", 0))
     alive = row.get("state") == "ALIVE"
-    node_usage = usage_by_node.get(node_id) if alive else None
     hw = hw_by_node.get(node_id)
     gpus: Any = [_gpu_entry(g) for g in hw["gpus"]] if hw is not None and isinstance(hw.get("gpus"), list) else NA
+    return _node_doc(node_id=node_id, address=row.get("node_ip"),
+                     hostname=(hw or {}).get("hostname") or row.get("node_name"), alive=alive,
+                     is_head=bool(row.get("is_head_node")), res=res,
+                     usage=usage_by_node.get(node_id) if alive else None, gpus=gpus)
+
+
+def _node_doc(*, node_id, address, hostname, alive: bool, is_head: bool, res: dict, usage, gpus: Any) -> dict[str, Any]:
+    """One node of a snapshot: its resources, what is in use (n/a on a dead node), its GPUs."""
+    cpus = float(res.get("CPU", 0))
+    gpus_total = float(res.get("GPU", 0))
     entry = {
         "node_id": node_id,
-        "address": row.get("node_ip"),
-        "hostname": (hw or {}).get("hostname") or row.get("node_name"),
+        "address": address,
+        "hostname": hostname,
         "alive": alive,
-        "is_head": bool(row.get("is_head_node")),
+        "is_head": is_head,
         "resources_total": res,
         "cpus_total": _clean(cpus),
-        "cpus_in_use": _in_use(node_usage, "CPU", cpus) if alive else NA,
+        "cpus_in_use": _in_use(usage, "CPU", cpus) if alive else NA,
         "gpus_total": _clean(gpus_total),
-        "gpus_in_use": _in_use(node_usage, "GPU", gpus_total) if alive else NA,
+        "gpus_in_use": _in_use(usage, "GPU", gpus_total) if alive else NA,
         "gpus": gpus,
     }
     entry.update(_gpu_aggregate(gpus) if isinstance(gpus, list) else {
@@ -224,28 +231,13 @@ def _local() -> dict[str, Any]:
     for n in ray.nodes():
         res = {k: _clean(v) for k, v in (n.get("Resources") or {}).items() if _num(v) is not None}
         alive = bool(n.get("Alive"))
-        cpus = float(res.get("CPU", 0))
-        gpus_total = float(res.get("GPU", 0))
         # Per-node availability is only public for the whole cluster: exact for one node.
         usage = None
         if alive and single:
             usage = {k: [float(total.get(k, 0)) - float(available.get(k, 0))] for k in ("CPU", "GPU") if k in total}
-        nodes.append({
-            "node_id": n.get("NodeID"),
-            "address": n.get("NodeManagerAddress"),
-            "hostname": n.get("NodeManagerHostname"),
-            "alive": alive,
-            "is_head": "node:__internal_head__" in res,
-            "resources_total": res,
-            "cpus_total": _clean(cpus),
-            "cpus_in_use": _in_use(usage, "CPU", cpus) if alive else NA,
-            "gpus_total": _clean(gpus_total),
-            "gpus_in_use": _in_use(usage, "GPU", gpus_total) if alive else NA,
-            "gpus": NA,
-            "gpu_utilisation_percent": NA,
-            "gpu_memory_used_bytes": NA,
-            "gpu_memory_total_bytes": NA,
-        })
+        nodes.append(_node_doc(node_id=n.get("NodeID"), address=n.get("NodeManagerAddress"),
+                               hostname=n.get("NodeManagerHostname"), alive=alive,
+                               is_head="node:__internal_head__" in res, res=res, usage=usage, gpus=NA))
     usage_all = {k: [float(total.get(k, 0)) - float(available.get(k, 0))] for k in ("CPU", "GPU") if k in total}
     return {
         "cluster": "local",

@@ -20,6 +20,16 @@ def cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
     return Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "linegen" / "objects"
 
 
+def _local(uri: str, *, folder: bool) -> Path:
+    """A local file (or folder) as it is: nothing to download."""
+    path = Path(os.path.expanduser(local_path(uri)))
+    if folder and not path.is_dir():
+        raise StorageNotFound(f"{path} is not a folder")
+    if not folder and not path.exists():
+        raise StorageNotFound(f"{path} does not exist")
+    return path
+
+
 def fetch_to_local(
     uri: str, *, endpoint_url: str | None = None, cache_dir: str | os.PathLike[str] | None = None
 ) -> Path:
@@ -29,10 +39,7 @@ def fetch_to_local(
     """
     uri = os.fspath(uri)
     if not uri.startswith("s3://"):
-        path = Path(os.path.expanduser(local_path(uri)))
-        if not path.exists():
-            raise StorageNotFound(f"{path} does not exist")
-        return path
+        return _local(uri, folder=False)
 
     bucket, key = parse_s3(uri)
     name = key.rsplit("/", 1)[-1]
@@ -84,10 +91,7 @@ def fetch_folder_to_local(
     """
     uri = os.fspath(uri)
     if not uri.startswith("s3://"):
-        path = Path(os.path.expanduser(local_path(uri)))
-        if not path.is_dir():
-            raise StorageNotFound(f"{path} is not a folder")
-        return path
+        return _local(uri, folder=True)
     base = uri.rstrip("/")
     keys = [k for k in open_storage(base, endpoint_url=endpoint_url).list()
             if not any(part.startswith(TMP_PREFIX) for part in k.split("/"))]

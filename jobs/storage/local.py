@@ -15,6 +15,17 @@ from linegen.jobs.storage.base import Storage, StorageError, StorageExists, Stor
 from linegen.jobs.storage.keys import TMP_PREFIX, check_key, check_prefix
 
 
+
+def read_file(path: Path) -> bytes:
+    """A local file's bytes; a missing one is StorageNotFound, any other failure one StorageError line."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise StorageNotFound(f"{path} does not exist") from None
+    except OSError as e:
+        raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
+
+
 class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(os.path.expanduser(os.fspath(root))).absolute()
@@ -87,13 +98,7 @@ class LocalStorage(Storage):
         return True
 
     def get(self, key: str) -> bytes:
-        path = self._path(key)
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise StorageNotFound(f"{path} does not exist") from None
-        except OSError as e:
-            raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
+        return read_file(self._path(key))
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from linegen.jobs.storage.base import Storage, StorageError, StorageNotFound
-from linegen.jobs.storage.local import LocalStorage
+from linegen.jobs.storage.base import Storage, StorageError
+from linegen.jobs.storage.local import LocalStorage, read_file
 from linegen.jobs.storage.s3 import S3Storage
 
 
@@ -72,10 +72,4 @@ def read_uri(uri: str, *, endpoint_url: str | None = None) -> bytes:
         if not key or key.endswith("/"):
             raise StorageError(f"invalid S3 object URL {uri!r}: no object key")
         return S3Storage(bucket, endpoint_url=endpoint_url).get(key)
-    path = Path(os.path.expanduser(local_path(uri)))
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise StorageNotFound(f"{path} does not exist") from None
-    except OSError as e:
-        raise StorageError(f"cannot read {path}: {e.strerror or e}") from None
+    return read_file(Path(os.path.expanduser(local_path(uri))))
