@@ -36,7 +36,7 @@ class GenRequest:
 
     seed: int
     class_id: int | None = None
-    caption: Tensor | None = None  # [caption_tokens, caption_dim] features, left-padded
+    caption: Tensor | None = None  # [caption_tokens, caption_dim] features, left-padded (Janus: [2, P] ids)
     caption_mask: Tensor | None = None  # [caption_tokens] bool, True = real token
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
@@ -167,6 +167,8 @@ class Engine:
     # -- decoding ---------------------------------------------------------------------------
     def _prefix(self, requests: list[GenRequest], guided: bool) -> tuple[Tensor, Tensor | None]:
         n, gpt = len(requests), self.gpt
+        if hasattr(gpt, "embed_prompt"):  # a model with its own prompt prefix (Janus: token ids)
+            return gpt.embed_prompt(requests, guided, self.device)
         if gpt.config.cond == "c2i":
             labels = torch.tensor([r.class_id for r in requests], dtype=torch.long, device=self.device)
             if guided:
