@@ -70,7 +70,8 @@ def build_folder(path: Path, seed: int = 0):
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, seed)
     model.save_pretrained(path)
-    image_processor = JanusImageProcessor(size={"height": IMAGE, "width": IMAGE})
+    # Janus-Pro's own preprocessor maps pixels to [-1, 1] (mean = std = 0.5), as its VQ decodes them
+    image_processor = JanusImageProcessor(size={"height": IMAGE, "width": IMAGE}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     JanusProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
                    num_image_tokens=GRID * GRID).save_pretrained(path)
     return model
@@ -104,3 +105,4 @@ def to_deepseek_folder(hf_folder: Path, out: Path) -> None:
         config["language_config"]["rope_theta"] = text["rope_parameters"].get("rope_theta", 10000.0)
     (out / "config.json").write_text(json.dumps(config, indent=1))
     AutoTokenizer.from_pretrained(str(hf_folder)).save_pretrained(out)
+    (out / "chat_template.jinja").unlink(missing_ok=True)  # DeepSeek's folders carry no chat template

@@ -78,9 +78,9 @@ def read_config(folder: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise JanusConfigError(f"{path}: no such file (a Janus checkpoint folder holds config.json)") from None
+        raise JanusConfigError("no config.json (a Janus checkpoint folder holds one)") from None
     except (OSError, ValueError) as e:
-        raise JanusConfigError(f"{path}: not readable JSON ({e})") from None
+        raise JanusConfigError(f"config.json is not readable JSON ({e})") from None
 
 
 def _need(d: dict, key: str, where: str):
