@@ -90,6 +90,10 @@ CAPTION_TOKENS_USED = 20
 
 def _requests(spec: ModelSpec, n: int, cfg_scale: float) -> list[GenRequest]:
     sampling = SamplingParams(cfg_scale=cfg_scale, top_k=0, top_p=1.0)
+    if hasattr(spec.gpt, "text_vocab_size"):  # Janus-Pro: prompt token ids, not T5 features
+        from linegen.workers.models.janus_prompts import random_prompt_requests
+
+        return random_prompt_requests(spec, n, sampling)
     if spec.gpt.cond == "c2i":
         return [GenRequest(seed=1000 + i, class_id=i % spec.gpt.num_classes, sampling=sampling) for i in range(n)]
     g = torch.Generator().manual_seed(0)

@@ -165,20 +165,20 @@ def _special_ids(folder: Path, tokenizer) -> tuple[int, int, int]:
 
 
 def random_prompt_requests(spec: "ModelSpec", n: int, sampling, used: int = 24):
-    """Bench requests: `used` real entries of random ids per row (a typical templated prompt)."""
+    """Bench requests: `used` real entries per row (a typical templated prompt) of random ids below
+    the model's text vocabulary, BOS first and begin-of-image last; pad 0."""
     import torch
 
     from linegen.workers.engine.engine import GenRequest
 
-    P = spec.gpt.caption_tokens
+    P, vocab = spec.gpt.caption_tokens, spec.gpt.text_vocab_size
     used = min(used, P)
     g = torch.Generator().manual_seed(0)
     out = []
     for i in range(n):
-        ids = torch.full((2, P), BYTE_IDS["pad"], dtype=torch.long)
-        ids[0, P - used:] = torch.randint(BYTE_IDS["first_byte"], BYTE_IDS["first_byte"] + 256, (used,), generator=g)
-        ids[:, P - used] = BYTE_IDS["bos"]
-        ids[:, P - 1] = BYTE_IDS["boi"]
+        ids = torch.zeros(2, P, dtype=torch.long)
+        ids[0, P - used:] = torch.randint(3, min(vocab, 1 << 16), (used,), generator=g)
+        ids[:, P - used], ids[:, P - 1] = 1, 2
         mask = torch.zeros(P, dtype=torch.bool)
         mask[P - used:] = True
         out.append(GenRequest(seed=1000 + i, caption=ids, caption_mask=mask, sampling=sampling))
