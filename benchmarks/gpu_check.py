@@ -79,7 +79,7 @@ def gpu_setup() -> Setup:
 def smoke_setup() -> Setup:
     tiny = ModelSpec(name="smoke-16", gpt=TINY_GPT, image_size=64, vq=TINY_VQ)
     tiny_janus = janus_spec("smoke-janus", janus_lm(64, 2, 4, 128, vocab_size=256, text_vocab_size=512),
-                            "tiny Janus for the smoke run", image_size=64, vq=TINY_VQ)
+                            "tiny Janus for the smoke run", image_size=32, vq=TINY_VQ)  # 8x8: a quarter of the steps
     return Setup(device=torch.device("cpu"), spec=tiny, batch=2, packed_cap=4, memory_budget=parse_bytes("256MiB"),
                  compiled="static", check_spec=tiny, time_limit_s=90.0, janus=tiny_janus, janus_batch=2,
                  janus_limit_s=110.0)

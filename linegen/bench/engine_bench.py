@@ -23,6 +23,7 @@ from linegen.workers.engine import Engine, GenRequest, SamplingParams
 from linegen.workers.engine.compile_choice import ENGINE_MODES
 from linegen.workers.engine.packing import weights_bytes
 from linegen.workers.models.config import ModelSpec
+from linegen.workers.models.janus_config import is_janus
 from linegen.workers.models.loading import load_model
 from linegen.workers.models.precision import resolve_dtype_name
 from linegen.workers.models.registry import get_spec
@@ -90,7 +91,7 @@ CAPTION_TOKENS_USED = 20
 
 def _requests(spec: ModelSpec, n: int, cfg_scale: float) -> list[GenRequest]:
     sampling = SamplingParams(cfg_scale=cfg_scale, top_k=0, top_p=1.0)
-    if hasattr(spec.gpt, "text_vocab_size"):  # Janus-Pro: prompt token ids, not T5 features
+    if is_janus(spec):  # Janus-Pro: prompt token ids, not T5 features
         from linegen.workers.models.janus_prompts import random_prompt_requests
 
         return random_prompt_requests(spec, n, sampling)

@@ -155,8 +155,8 @@ def load_janus(name: str, folder: str | Path, *, device="cpu", dtype=torch.float
     if layout == "deepseek":
         vq_cfg = vq_config_from_weights(vq_state, spec.vq)
         spec = replace(spec, vq=vq_cfg, image_size=spec.grid * vq_cfg.downsample)
-    with torch.device("meta"):
-        lm = JanusLM(spec.gpt, spec.num_tokens)
+    with torch.device("meta"):  # every tensor comes from the files; the LM is cast once, as it loads
+        lm = JanusLM(spec.gpt, spec.num_tokens).to(dtype)
         vq = VQModel(spec.vq)
     load_into(lm, lm_state, source_name=f"{folder} (language model)", assign=True)
     # LlamaGen-code VQs may carry a codebook-usage counter; it is training bookkeeping, not weights.

@@ -44,7 +44,7 @@ class JanusLMConfig(GPTConfig):
 def janus_lm(dim: int, n_layer: int, n_head: int, intermediate: int, **kw) -> JanusLMConfig:
     kw.setdefault("head_hidden", dim)
     return JanusLMConfig(dim=dim, n_layer=n_layer, n_head=n_head, intermediate_size=intermediate, cond="t2i",
-                         vocab_size=kw.pop("vocab_size", 16384), caption_tokens=PROMPT_TOKENS, caption_dim=dim,
+                         vocab_size=kw.pop("vocab_size", 16384), caption_tokens=PROMPT_TOKENS,
                          norm_eps=kw.pop("norm_eps", 1e-6), **kw)
 
 
