@@ -94,12 +94,18 @@ def test_deepseek_layout_gives_the_same_tokens(janus):
     assert np.array_equal(np.stack([g.tokens for g in images]), janus["refs"].numpy())
 
 
-@pytest.mark.parametrize("name", ["linear", "streaming", "h2o", "snapkv", "rkv"])
-def test_every_cache_policy_runs_and_changes_tokens(janus, name):
+@pytest.fixture(scope="module")
+def loaded(janus):
     spec, lm, vq = load_janus("janus-pro", janus["hf"])
     enc = JanusPrompts.load(janus["hf"], spec).encode(PROMPTS)
     requests = [GenRequest(seed=i, caption=e.features, caption_mask=e.mask, sampling=SamplingParams(**GREEDY))
                 for i, e in enumerate(enc)]
+    return spec, lm, vq, requests
+
+
+@pytest.mark.parametrize("name", ["linear", "streaming", "h2o", "snapkv", "rkv"])
+def test_every_cache_policy_runs_and_changes_tokens(janus, loaded, name):
+    spec, lm, vq, requests = loaded
     engine = Engine(lm, vq, spec, make_policy(name, ratio="1/4"), max_batch=2)
     tokens = engine.run_wave(requests).tokens
     assert tokens.shape == janus["refs"].shape and not torch.equal(tokens, janus["refs"])
