@@ -59,11 +59,12 @@ class JanusPrompts:
         transformers.logging.set_verbosity_error()
         processor = tokenizer = None
         try:
-            if (folder / "processor_config.json").is_file() and _has_chat_template(folder):
+            has_processor = any((folder / n).is_file() for n in ("processor_config.json", "preprocessor_config.json"))
+            if has_processor and _has_chat_template(folder):
                 try:
                     processor = transformers.AutoProcessor.from_pretrained(str(folder), local_files_only=True)
                     tokenizer = processor.tokenizer
-                except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError):
                     processor = None  # e.g. DeepSeek's own VLChatProcessor config: use its format below
             if tokenizer is None:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
