@@ -118,6 +118,14 @@ def _timed_wave(engine: Engine, n: int, cfg_scale: float, repeats: int):
 
 def build_spec(opts: BenchOptions) -> ModelSpec:
     spec = get_spec(opts.model)
+    if is_janus(spec) and opts.checkpoint:  # a Janus folder decides its own dimensions
+        from linegen.errors import UserError
+        from linegen.workers.models.janus_config import JanusConfigError, read_config, spec_from_config
+
+        try:
+            spec = spec_from_config(spec.name, read_config(opts.checkpoint))
+        except JanusConfigError as e:
+            raise UserError(f"--checkpoint {opts.checkpoint}: {e}") from None
     if opts.gpt_overrides:
         spec = replace(spec, name=spec.name + "+custom", gpt=replace(spec.gpt, **opts.gpt_overrides))
     if opts.image_size:
