@@ -38,8 +38,8 @@ def load_gpt(spec: ModelSpec, source: Source | None, *, random_seed: int = 0) ->
 def load_model(spec: ModelSpec, checkpoint: Source | None, vq_checkpoint: Source | None, *,
                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                random_seed: int = 0) -> tuple[GPT, VQModel]:
-    """GPT in `dtype` on `device`; the VQ decoder always in fp32 (as LlamaGen does). A Janus model
-    takes its checkpoint as one folder (workers/models/janus_checkpoint.py): use load_janus for it."""
+    """GPT in `dtype` on `device`; the VQ decoder always in fp32 (as LlamaGen does). A Janus model's
+    `checkpoint` is its folder, which holds the VQ too (workers/models/janus_checkpoint.py)."""
     from linegen.workers.models.janus_config import is_janus
 
     if is_janus(spec):
