@@ -138,6 +138,7 @@ def validate_command(
     model: str = typer.Option(None, "--model", help="Check the rows against this model (default: the built-in model, as `run` uses)."),
     text_encoder: str = typer.Option(None, "--text-encoder", help="With a text-to-image --model: also list the prompts its tokenizer will cut (local folder or s3:// prefix)."),
     keep_columns: Optional[List[str]] = opt(JobFlags, "keep_columns"),
+    checkpoint: str = typer.Option(None, "--checkpoint", help="With a Janus-Pro --model: its checkpoint folder, to list the prompts it will cut."),
     store: StoreFlags = None,
     as_json: bool = Json,
 ) -> None:
@@ -147,7 +148,7 @@ def validate_command(
 
     try:
         result = validate(manifest, model=model, text_encoder=text_encoder, s3_endpoint_url=store.s3_endpoint_url,
-                          keep_columns=keep_columns)
+                          keep_columns=keep_columns, checkpoint=checkpoint)
     except ManifestError as e:
         if as_json:
             typer.echo(json.dumps({"valid": False, "issues": [vars(i) for i in e.issues]}, indent=2))
@@ -155,11 +156,11 @@ def validate_command(
         raise
     if as_json:
         doc = result.to_dict()
-        if text_encoder is None:
+        if text_encoder is None and checkpoint is None:
             doc.pop("truncated")
         typer.echo(json.dumps(doc))
         return
     typer.echo(f"{manifest}: valid, {result.rows} rows, {result.items} images")
     for t in result.truncated:
-        typer.echo(f"  warning: {manifest}:{t['line']}: prompt has {t['tokens']} tokens; only the first "
-                   f"{t['limit']} are used", err=True)
+        kept = "the middle of the text is cut" if checkpoint else f"only the first {t['limit']} are used"
+        typer.echo(f"  warning: {manifest}:{t['line']}: prompt has {t['tokens']} tokens; {kept}", err=True)

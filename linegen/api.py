@@ -102,10 +102,11 @@ def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: in
 
 
 def validate(manifest, *, model: str | None = None, text_encoder: str | None = None,
-             s3_endpoint_url: str | None = None, keep_columns=None) -> Validation:
+             s3_endpoint_url: str | None = None, keep_columns=None, checkpoint: str | None = None) -> Validation:
     """Check a manifest (path/URI or rows): raises ManifestError naming every bad row and field.
     Rows are checked against ``model`` (default: the one `run` uses, so what passes here runs);
-    with a t2i model and its text encoder, the prompts the tokenizer will cut are listed by line."""
+    with a t2i model and its text encoder (Janus-Pro: its checkpoint folder), the prompts the
+    tokenizer will cut are listed by line."""
     from linegen.jobs.manifest import Conditioning, parse_rows, read_manifest, total_items
     from linegen.settings.model_choice import ModelChoice
     from linegen.workers.models.registry import DEFAULT_MODEL
@@ -122,6 +123,8 @@ def validate(manifest, *, model: str | None = None, text_encoder: str | None = N
             else read_manifest(name, conditioning, endpoint_url=s3_endpoint_url, keep=keep))
     truncated = [] if text_encoder is None else _truncated_prompts(rows, text_encoder, spec.gpt.caption_tokens,
                                                                   s3_endpoint_url)
+    if checkpoint is not None:
+        truncated = _janus_truncated(rows, model, checkpoint, s3_endpoint_url)
     return Validation(rows=len(rows), items=total_items(rows), truncated=truncated)
 
 
@@ -135,6 +138,23 @@ def _truncated_prompts(rows, text_encoder: str, limit: int, endpoint_url: str | 
         raise UserError(f"--text-encoder {text_encoder}: {e}") from None
     prompt_rows = [r for r in rows if r.prompt is not None]
     counts = token_counts(tokenizer, prepare_texts([r.prompt for r in prompt_rows]))
+    return [{"line": r.line, "tokens": n, "limit": limit} for r, n in zip(prompt_rows, counts) if n > limit]
+
+
+def _janus_truncated(rows, model: str | None, checkpoint: str, endpoint_url: str | None) -> list[dict]:
+    """Janus-Pro: the prompts (chat template included) longer than a row's prompt entries."""
+    from linegen.settings import janus_choice
+    from linegen.settings.model_choice import ModelChoice
+    from linegen.workers.models.janus_config import is_janus
+
+    choice = ModelChoice(name=model or "", checkpoint=checkpoint, s3_endpoint_url=endpoint_url)
+    spec = choice.spec() if model is not None else None
+    if spec is None or not is_janus(spec):
+        raise UserError("--checkpoint in validate needs --model with a Janus-Pro model (it lists the prompts cut)")
+    encoder = janus_choice.prompts(choice, spec)
+    prompt_rows = [r for r in rows if r.prompt is not None]
+    limit = spec.gpt.caption_tokens
+    counts = encoder.token_counts([r.prompt for r in prompt_rows])
     return [{"line": r.line, "tokens": n, "limit": limit} for r, n in zip(prompt_rows, counts) if n > limit]
 
 

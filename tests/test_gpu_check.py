@@ -20,6 +20,10 @@ def test_gpu_check_smoke_mode_runs_every_policy_and_checks_tokens(tmp_path):
     assert imported.name == "__init__.py" and not imported.exists() and REPO not in imported.parents
     text = (tmp_path / "gpu_check.md").read_text()
     assert "skipped" not in text and "failed" not in text
+    text, janus = text.split("## smoke-janus")  # Janus-Pro's rows are a table of their own, last
+    janus_rows = [line.split("|")[1:5] for line in janus.splitlines() if line.count("|") == 14]
+    assert sorted((p.strip(), r.strip(), path.strip()) for p, r, _, path in janus_rows if path.strip() in ("eager", "static")) == \
+        [("full", "1", "eager"), ("full", "1", "static"), ("linear", "1/6", "eager"), ("linear", "1/6", "static")]
     table = [line for line in text.splitlines()
              if line.count("|") == 14 and line.split("|")[4].strip() in ("eager", "static")]
     policies = {line.split("|")[1].strip() + " " + line.split("|")[2].strip() for line in table}

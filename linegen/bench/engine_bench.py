@@ -22,6 +22,7 @@ from linegen.workers.engine import Engine, GenRequest, SamplingParams
 from linegen.workers.engine.compile_choice import ENGINE_MODES
 from linegen.workers.engine.packing import weights_bytes
 from linegen.workers.models.config import ModelSpec
+from linegen.workers.models.janus_config import is_janus
 from linegen.workers.models.loading import load_model
 from linegen.workers.models.precision import resolve_dtype_name
 from linegen.workers.models.registry import get_spec
@@ -90,6 +91,10 @@ CAPTION_TOKENS_USED = 20
 
 def _requests(spec: ModelSpec, n: int, cfg_scale: float) -> list[GenRequest]:
     sampling = SamplingParams(cfg_scale=cfg_scale, top_k=0, top_p=1.0)
+    if is_janus(spec):  # Janus-Pro: prompt token ids, not T5 features
+        from linegen.workers.models.janus_prompts import random_prompt_requests
+
+        return random_prompt_requests(spec, n, sampling)
     if spec.gpt.cond == "c2i":
         return [GenRequest(seed=1000 + i, class_id=i % spec.gpt.num_classes, sampling=sampling) for i in range(n)]
     g = torch.Generator().manual_seed(0)
@@ -113,6 +118,14 @@ def _timed_wave(engine: Engine, n: int, cfg_scale: float, repeats: int):
 
 def build_spec(opts: BenchOptions) -> ModelSpec:
     spec = get_spec(opts.model)
+    if is_janus(spec) and opts.checkpoint:  # a Janus folder decides its own dimensions
+        from linegen.errors import UserError
+        from linegen.workers.models.janus_config import JanusConfigError, read_config, spec_from_config
+
+        try:
+            spec = spec_from_config(spec.name, read_config(opts.checkpoint))
+        except JanusConfigError as e:
+            raise UserError(f"--checkpoint {opts.checkpoint}: {e}") from None
     if opts.gpt_overrides:
         spec = replace(spec, name=spec.name + "+custom", gpt=replace(spec.gpt, **opts.gpt_overrides))
     if opts.image_size:

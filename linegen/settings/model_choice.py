@@ -34,9 +34,14 @@ class ModelChoice:
         from linegen.workers.models.registry import UnknownModel, get_spec
 
         try:
-            return get_spec(self.name)
+            spec = get_spec(self.name)
         except UnknownModel as e:
             raise UserError(str(e)) from None
+        if _is_janus(spec):
+            from linegen.settings import janus_choice
+
+            return janus_choice.folder_spec(self, spec)
+        return spec
 
     def check(self) -> None:
         """Everything that can be checked without loading weights (fast, before any work)."""
@@ -45,6 +50,10 @@ class ModelChoice:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.compile not in COMPILE:
             raise UserError(f"--compile must be one of {', '.join(COMPILE)}, got {self.compile!r}")
+        if _is_janus(spec):
+            from linegen.settings import janus_choice
+
+            return janus_choice.check(self, spec)
         self._check_text_encoder(spec)
         if spec.random_by_design and self.checkpoint is None:
             return
@@ -106,6 +115,10 @@ class ModelChoice:
 
         self.check()
         spec = self.spec()
+        if _is_janus(spec):
+            from linegen.settings import janus_choice
+
+            return janus_choice.load(self, spec)
         device = self.resolve_device()
         dtype = self.resolve_dtype(device)
         gpt_src, vq_src = self.checkpoint, self.vq_checkpoint
@@ -126,6 +139,10 @@ class ModelChoice:
     def load_text_encoder(self, device: str):
         """The T5 encoder a t2i model needs (None for c2i), on `device`: bf16 on GPU as LlamaGen runs it."""
         spec = self.spec()
+        if _is_janus(spec):  # Janus: token ids from the checkpoint's tokenizer and chat template
+            from linegen.settings import janus_choice
+
+            return janus_choice.prompts(self, spec)
         if spec.gpt.cond != "t2i":
             return None
         import torch
@@ -153,6 +170,12 @@ def model_table() -> list[dict]:
              "weights": "built-in" if s.builtin_weights else ("random" if s.random_by_design else "checkpoint"),
              "description": s.description}
             for s in MODELS.values()]
+
+
+def _is_janus(spec) -> bool:
+    from linegen.workers.models.janus_config import is_janus
+
+    return is_janus(spec)
 
 
 def _check_readable(flag: str, uri: str, endpoint_url: str | None) -> None:

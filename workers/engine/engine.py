@@ -114,6 +114,8 @@ class Engine:
     # -- decoding ---------------------------------------------------------------------------
     def _prefix(self, requests: list[GenRequest], guided: bool) -> tuple[Tensor, Tensor | None]:
         n, gpt = len(requests), self.gpt
+        if hasattr(gpt, "embed_prompt"):  # a model with its own prompt prefix (Janus: token ids)
+            return gpt.embed_prompt(requests, guided, self.device)
         if gpt.config.cond == "c2i":
             labels = torch.tensor([r.class_id for r in requests], dtype=torch.long, device=self.device)
             if guided:

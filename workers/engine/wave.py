@@ -16,7 +16,7 @@ class GenRequest:
 
     seed: int
     class_id: int | None = None
-    caption: Tensor | None = None  # [caption_tokens, caption_dim] features, left-padded
+    caption: Tensor | None = None  # [caption_tokens, caption_dim] features, left-padded (Janus: [2, P] ids)
     caption_mask: Tensor | None = None  # [caption_tokens] bool, True = real token
     sampling: SamplingParams = field(default_factory=SamplingParams)
 

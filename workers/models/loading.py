@@ -38,7 +38,16 @@ def load_gpt(spec: ModelSpec, source: Source | None, *, random_seed: int = 0) ->
 def load_model(spec: ModelSpec, checkpoint: Source | None, vq_checkpoint: Source | None, *,
                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                random_seed: int = 0) -> tuple[GPT, VQModel]:
-    """GPT in `dtype` on `device`; the VQ decoder always in fp32 (as LlamaGen does)."""
+    """GPT in `dtype` on `device`; the VQ decoder always in fp32 (as LlamaGen does). A Janus model's
+    `checkpoint` is its folder, which holds the VQ too (workers/models/janus_checkpoint.py)."""
+    from linegen.workers.models.janus_config import is_janus
+
+    if is_janus(spec):
+        from linegen.workers.models.janus_checkpoint import load_janus, random_janus
+
+        if checkpoint is None:
+            return random_janus(spec, device=device, dtype=dtype, seed=random_seed)
+        return load_janus(spec.name, checkpoint, device=device, dtype=dtype)[1:]
     gpt = load_gpt(spec, checkpoint, random_seed=random_seed).to(device=device, dtype=dtype)
     if vq_checkpoint is None:
         torch.manual_seed(random_seed)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from linegen.workers.builtin.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
 from linegen.workers.models.config import CacheSetting, GPTConfig, ModelSpec, SamplingParams, VQ16, VQConfig, gpt_config
+from linegen.workers.models.janus_config import JANUS_1B, JANUS_7B, janus_spec
 
 
 class UnknownModel(KeyError):
@@ -50,6 +51,11 @@ MODELS: dict[str, ModelSpec] = {
         _llamagen("XL", 384), _llamagen("XXL", 384), _llamagen("3B", 384),
         _llamagen("XL", 256, "t2i", default_sampling=T2I_SAMPLING),
         _llamagen("XL", 512, "t2i", default_sampling=T2I_SAMPLING),
+        # Janus-Pro (docs/janus.md): the published sizes, so --random-weights, bench and packing work
+        # without files; with --checkpoint DIR the folder's config.json decides the dimensions.
+        janus_spec("janus-pro", JANUS_1B, "Janus-Pro text-to-image (dimensions from --checkpoint DIR; 1B without one)"),
+        janus_spec("janus-pro-1b", JANUS_1B, "Janus-Pro-1B text-to-image at 384px (576 tokens), VQ-16"),
+        janus_spec("janus-pro-7b", JANUS_7B, "Janus-Pro-7B text-to-image at 384px (576 tokens), VQ-16"),
         ModelSpec(name="test-tiny", gpt=TINY_GPT, image_size=32, vq=TINY_VQ,
                   description="tiny random-weight c2i model for tests (8x8 tokens, 32px)", random_by_design=True,
                   default_sampling=TINY_SAMPLING),
