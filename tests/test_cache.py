@@ -13,7 +13,7 @@ from linegen.quality.fidelity import fidelity
 from linegen.workers.engine.packing import PackingError
 from linegen.workers.models.config import GPTConfig, ModelSpec
 from linegen.workers.models.gpt import GPT
-from linegen.workers.models.loading import init_random
+from linegen.workers.models.checkpoint import init_random
 from linegen.workers.models.registry import TINY_VQ
 
 POLICIES = ["linear", "streaming", "h2o", "snapkv", "rkv"]

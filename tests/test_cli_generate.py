@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import reference_gpt as ref
-from linegen.workers.models.loading import init_random
+from linegen.workers.models.checkpoint import init_random
 from linegen.workers.models.gpt import GPT
 from linegen.workers.models.registry import get_spec
 from linegen.workers.models.vq import VQModel, to_uint8

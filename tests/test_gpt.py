@@ -9,7 +9,7 @@ from linegen.workers.cache import Layout, make_policy
 from linegen.workers.cache.kv import KVCache
 from linegen.workers.models.config import GPTConfig, ModelSpec, VQConfig
 from linegen.workers.models.gpt import GPT, precompute_rope_2d
-from linegen.workers.models.loading import init_random
+from linegen.workers.models.checkpoint import init_random
 
 GRID = 4
 CFG_C2I = GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=96)

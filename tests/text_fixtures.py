@@ -28,7 +28,7 @@ def make_t2i_checkpoints(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     """test-tiny-t2i weights as train_t2i.py saves them ({"model": sd} with the null caption buffer)
     and the test-tiny VQ; weights scaled up so that prompts visibly change the logits."""
     from linegen.workers.models.gpt import GPT
-    from linegen.workers.models.loading import init_random
+    from linegen.workers.models.checkpoint import init_random
     from linegen.workers.models.registry import get_spec
     from linegen.workers.models.vq import VQModel
 

@@ -38,9 +38,9 @@ def check(choice: "ModelChoice", spec: "ModelSpec") -> None:
         raise UserError(TRANSFORMERS_MISSING)
     folder = _local(choice.checkpoint)
     if folder is None:
-        from linegen.settings.model_choice import _check_readable
+        from linegen.settings.readable import check_readable
 
-        _check_readable("--checkpoint", choice.checkpoint.rstrip("/") + "/config.json", choice.s3_endpoint_url)
+        check_readable("--checkpoint", choice.checkpoint.rstrip("/") + "/config.json", choice.s3_endpoint_url)
         return
     folder_spec(choice, spec)  # reads config.json: a wrong layout is an error here, before any work
 

@@ -9,6 +9,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from linegen.errors import UserError
+from linegen.settings.readable import check_readable
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 COMPILE = ("auto", "on", "off")
@@ -64,7 +65,7 @@ class ModelChoice:
         if not self.random_weights:
             for flag, uri in (("--checkpoint", self.checkpoint), ("--vq-checkpoint", self.vq_checkpoint)):
                 if uri is not None:
-                    _check_readable(flag, uri, self.s3_endpoint_url)
+                    check_readable(flag, uri, self.s3_endpoint_url)
 
     def _check_text_encoder(self, spec) -> None:
         if spec.gpt.cond != "t2i":
@@ -81,7 +82,7 @@ class ModelChoice:
         if importlib.util.find_spec("transformers") is None:
             raise UserError(TRANSFORMERS_MISSING)
         if self.text_encoder.startswith("s3://"):
-            _check_readable("--text-encoder", self.text_encoder.rstrip("/") + "/config.json", self.s3_endpoint_url)
+            check_readable("--text-encoder", self.text_encoder.rstrip("/") + "/config.json", self.s3_endpoint_url)
             return
         try:
             check_folder(os.path.expanduser(self.text_encoder.removeprefix("file://")))
@@ -177,24 +178,3 @@ def _is_janus(spec) -> bool:
 
     return is_janus(spec)
 
-
-def _check_readable(flag: str, uri: str, endpoint_url: str | None) -> None:
-    """Fail fast on a checkpoint that is not there (the load itself may happen on another node)."""
-    from pathlib import Path
-
-    from linegen.jobs.storage import StorageError, open_storage
-
-    if not uri.startswith("s3://"):
-        p = Path(uri.removeprefix("file://")).expanduser()
-        if not p.is_file():
-            raise UserError(f"{flag} {uri}: no such file")
-        if not os.access(p, os.R_OK):
-            raise UserError(f"{flag} {uri}: not readable")
-        return
-    bucket_and_key = uri[len("s3://"):]
-    bucket, _, key = bucket_and_key.partition("/")
-    try:
-        if not open_storage(f"s3://{bucket}", endpoint_url=endpoint_url).exists(key):
-            raise UserError(f"{flag} {uri}: no such object")
-    except StorageError as e:
-        raise UserError(f"{flag} {uri}: {e}") from None

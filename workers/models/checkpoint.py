@@ -190,3 +190,11 @@ def load_vq(config: VQConfig, source: Source, *, with_encoder: bool = False) -> 
         model = VQModel(config, with_encoder=with_encoder)
     load_into(model, state, source_name=source_name(source), optional_prefixes=VQ_ENCODER_PREFIXES, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def init_random(module: nn.Module, seed: int) -> None:
+    """LlamaGen's training init (normal 0.02), seeded; gives noise images for pipeline trials."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            m.weight.data = torch.randn(m.weight.shape, generator=g) * 0.02

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from linegen.workers.models.checkpoint import JUNK_KEYS, CheckpointError, load_into
+from linegen.workers.models.checkpoint import JUNK_KEYS, CheckpointError, init_random, load_into
 from linegen.workers.models.config import ModelSpec, VQConfig
 from linegen.workers.models.janus import JanusLM
 from linegen.workers.models.janus_config import JanusConfigError, folder_layout, read_config, spec_from_config
@@ -168,7 +168,6 @@ def load_janus(name: str, folder: str | Path, *, device="cpu", dtype=torch.float
 
 def random_janus(spec: ModelSpec, *, device="cpu", dtype=torch.float32, seed: int = 0) -> tuple[JanusLM, VQModel]:
     """Random weights of a registered size (pipeline trials, bench): normal(0.02) like LlamaGen's init."""
-    from linegen.workers.models.loading import init_random
 
     lm = JanusLM(spec.gpt, spec.num_tokens)
     init_random(lm, seed)

@@ -5,22 +5,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
-from torch import nn
 
-from linegen.workers.models.checkpoint import load_into, load_vq, read_checkpoint, source_name
+from linegen.workers.models.checkpoint import init_random, load_into, load_vq, read_checkpoint, source_name
 from linegen.workers.models.config import ModelSpec
 from linegen.workers.models.gpt import GPT
 from linegen.workers.models.vq import VQModel
 
 Source = str | Path | BinaryIO | dict
-
-
-def init_random(module: nn.Module, seed: int) -> None:
-    """LlamaGen's training init (normal 0.02), seeded; gives noise images for pipeline trials."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            m.weight.data = torch.randn(m.weight.shape, generator=g) * 0.02
 
 
 def load_gpt(spec: ModelSpec, source: Source | None, *, random_seed: int = 0) -> GPT:
