@@ -71,24 +71,6 @@ def _folder(choice: "ModelChoice") -> Path | None:
         raise UserError(f"--checkpoint {choice.checkpoint}: {e}") from None
 
 
-def load(choice: "ModelChoice", spec: "ModelSpec"):
-    """-> (spec, JanusLM, VQModel, device), the spec being the checkpoint's."""
-    from linegen.workers.models.checkpoint import CheckpointError
-    from linegen.workers.models.janus_checkpoint import load_janus, random_janus
-
-    device = choice.resolve_device()
-    dtype = choice.resolve_dtype(device)
-    folder = _folder(choice)
-    try:
-        if folder is None:
-            lm, vq = random_janus(spec, device=device, dtype=dtype, seed=choice.random_seed)
-            return spec, lm, vq, device
-        spec, lm, vq = load_janus(spec.name, folder, device=device, dtype=dtype)
-    except CheckpointError as e:
-        raise UserError(str(e)) from None
-    return spec, lm, vq, device
-
-
 def prompts(choice: "ModelChoice", spec: "ModelSpec"):
     """The prompt encoder (tokenizer + chat template of the folder; bytes with random weights)."""
     from linegen.workers.models.janus_prompts import JanusPrompts

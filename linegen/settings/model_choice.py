@@ -109,31 +109,25 @@ class ModelChoice:
         return getattr(torch, resolve_dtype_name(self.dtype, device))
 
     def load(self):
-        """-> (spec, gpt, vq, device) with weights on the device."""
-        from linegen.jobs.storage import StorageError, fetch_to_local
+        """-> (spec, gpt, vq, device) with weights on the device. Loading is the workers' own
+        (workers/models/loading.py); this hands them the storage fetchers for the job's locations."""
+        from functools import partial
+
+        from linegen.jobs.storage import StorageError, fetch_folder_to_local, fetch_to_local
         from linegen.workers.models.checkpoint import CheckpointError
-        from linegen.workers.models.loading import load_model
+        from linegen.workers.models.loading import load_named
 
         self.check()
-        spec = self.spec()
-        if _is_janus(spec):
-            from linegen.settings import janus_choice
-
-            return janus_choice.load(self, spec)
         device = self.resolve_device()
-        dtype = self.resolve_dtype(device)
-        gpt_src, vq_src = self.checkpoint, self.vq_checkpoint
-        if spec.builtin_weights is not None and not self.random_weights:
-            # The shipped (GPT, VQ) pair fills in whichever file the user did not give.
-            gpt_src = gpt_src if gpt_src is not None else spec.builtin_weights[0]
-            vq_src = vq_src if vq_src is not None else spec.builtin_weights[1]
-        if spec.random_by_design and gpt_src is None:
-            gpt_src = vq_src = None
         try:
-            gpt_path = None if self.random_weights or gpt_src is None else fetch_to_local(gpt_src, endpoint_url=self.s3_endpoint_url)
-            vq_path = None if self.random_weights or vq_src is None else fetch_to_local(vq_src, endpoint_url=self.s3_endpoint_url)
-            gpt, vq = load_model(spec, gpt_path, vq_path, device=device, dtype=dtype, random_seed=self.random_seed)
-        except (StorageError, CheckpointError) as e:
+            spec, gpt, vq = load_named(
+                self.spec(), self.checkpoint, self.vq_checkpoint, device=device, dtype=self.resolve_dtype(device),
+                fetch_file=partial(fetch_to_local, endpoint_url=self.s3_endpoint_url),
+                fetch_folder=partial(fetch_folder_to_local, endpoint_url=self.s3_endpoint_url),
+                random_weights=self.random_weights, random_seed=self.random_seed)
+        except StorageError as e:
+            raise UserError(f"--checkpoint {self.checkpoint}: {e}" if _is_janus(self.spec()) else str(e)) from None
+        except CheckpointError as e:
             raise UserError(str(e)) from None
         return spec, gpt, vq, device
 
