@@ -8,7 +8,6 @@
   with its own ``--temp-dir`` and ports, waiting until the dashboard answers ``/api/version``.
   `HeadProcess.stop()` stops exactly that head (never ``ray stop``, which stops every Ray on the
   machine). Useful to try remote-cluster commands on one machine::
-
       from linegen.cluster.local import start_head
       head = start_head(port_dashboard=8265, port_gcs=6379, temp_dir="/tmp/ray-head",
                         env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "..."})
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from linegen.cluster.address import ClusterAddress
+from linegen.cluster.reaper import Reaper
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -113,7 +113,6 @@ class LocalCluster:
             Path(self.temp_dir).mkdir(parents=True, exist_ok=True)
             kwargs["_temp_dir"] = self.temp_dir
         kwargs.update(self.init_kwargs)
-        from linegen.cluster.reaper import Reaper
 
         self._reaper = Reaper()  # before ray.init: it takes every process started from now on
         try:

@@ -20,14 +20,17 @@ import sys
 import time
 from typing import Callable
 
-from linegen.jobs import layout
 from linegen.errors import UserError, one_line
+from linegen.jobs import layout
 from linegen.jobs.errors import JobFailed
+from linegen.jobs.outcome import driver_outcome
 from linegen.jobs.pool import POLL_S, PREFETCH, Pool, Run, Shape, Worker, WorkerNumbers, pool_shape
 from linegen.jobs.prepare import PreparedJob, load_job, prepare_job
 from linegen.jobs.progress import Progress, clear_live
+from linegen.jobs.schedule import wait_for_start
 from linegen.jobs.summary import write_success
 from linegen.jobs.tally import Tally, Todo
+from linegen.workers.metrics import DRIVER_SERIES, Recorder
 
 
 def run_job(job: PreparedJob, progress: Callable[[Progress], None] | None = None, *, submitted: bool = False) -> dict:
@@ -67,7 +70,6 @@ class Scheduler:
 
     def __init__(self, job: PreparedJob, todo: Todo, tally: Tally, shape: Shape):
         from linegen.jobs.sink import ShardSink
-        from linegen.workers.metrics import DRIVER_SERIES, Recorder
 
         self.spec, self.todo, self.tally, self.shape = job.spec, todo, tally, shape
         self.pool = Pool(job, ShardSink.for_job(job), shape)
@@ -273,8 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     out, job_id = argv
     # linegen submit: _FAILED/_CANCELLED markers and SIGTERM (jobs/outcome.py); --at/--after
     # waiting before Ray and actors exist, so no GPU is held (jobs/schedule.py).
-    from linegen.jobs.outcome import driver_outcome
-    from linegen.jobs.schedule import wait_for_start
 
     endpoint = os.environ.get("LINEGEN_S3_ENDPOINT_URL")
     with driver_outcome(out, job_id, endpoint) as outcome:

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Callable, TypeVar
 
+from linegen.errors import UserError
+from linegen.jobs.schedule import parse_duration
 from linegen.jobs.storage.base import StorageUnreachable
 
 DEFAULT_BUDGET_S = 15 * 60.0
@@ -25,8 +27,6 @@ T = TypeVar("T")
 
 def budget_seconds(text: str | None) -> float:
     """``--storage-outage-budget`` as seconds (a duration such as 90s, 15m, 1h; 0 = never wait)."""
-    from linegen.errors import UserError
-    from linegen.jobs.schedule import parse_duration
 
     if text is None:
         return DEFAULT_BUDGET_S

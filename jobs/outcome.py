@@ -3,7 +3,6 @@
 ``_SUCCESS`` (written by the driver) says a job is complete. These two markers say why it is not,
 so that ``linegen status`` can show the reason and a job submitted with ``--after`` learns that
 the job it waits for will never succeed (jobs.schedule). Each is a small JSON document::
-
     {"state": "failed" | "cancelled", "reason": "one line", "at": 1795353501.6, "attempt": "j-resume-1"}
 
 Writers:
@@ -32,8 +31,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+from linegen.cluster.address import redact_text
 from linegen.jobs import layout
 from linegen.jobs.errors import JobCancelled, UserError
+from linegen.jobs.storage import StorageNotFound
 
 ATTEMPT_ENV = "LINEGEN_ATTEMPT"  # the Ray submission id of this attempt (set by `linegen submit`)
 MAX_REASON = 2000
@@ -51,8 +52,6 @@ class Outcome:
 
 
 def _one_line(text: str) -> str:
-    from linegen.cluster.address import redact_text
-
     lines = [ln.strip() for ln in redact_text(text).splitlines() if ln.strip()]
     line = " | ".join(lines) if len(lines) <= 3 else " | ".join(lines[:3]) + f" | ... ({len(lines) - 3} more lines)"
     return line[:MAX_REASON]
@@ -82,7 +81,6 @@ def write_cancelled(storage, job_id: str, reason: str, *, overwrite: bool = Fals
 
 def read_outcome(storage, job_id: str) -> Outcome | None:
     """The job's ``_CANCELLED`` (first) or ``_FAILED`` marker, or None."""
-    from linegen.jobs.storage import StorageNotFound
 
     for key, state in ((layout.cancelled_key(job_id), "cancelled"), (layout.failed_key(job_id), "failed")):
         try:

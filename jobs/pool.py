@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from linegen.errors import UserError
 from linegen.jobs.plan import Shard
+from linegen.jobs.schedule import parse_duration
 
 PREFETCH = 2  # shards queued per worker
 POLL_S = 1.0  # how long one poll() waits for a finished shard; also the live-progress period
@@ -52,8 +53,6 @@ def pool_shape(spec, *, submitted: bool) -> Shape:
     """The workers a job asks for. ``submitted``: a driver on a cluster that may autoscale (`--device
     auto` then means GPU workers); otherwise the embedded cluster, whose GPUs are what it has now."""
     import ray
-
-    from linegen.jobs.schedule import parse_duration
 
     device = spec.model.device
     gpus = spec.gpus_per_worker

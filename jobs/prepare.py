@@ -13,8 +13,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from linegen.jobs import layout
 from linegen.errors import UserError
+from linegen.guarded import load_json_object
+from linegen.jobs import layout
 from linegen.jobs.manifest import Conditioning, manifest_extension, parse_manifest
 from linegen.jobs.plan import Plan
 from linegen.jobs.spec import JobSpec, read_spec
@@ -111,7 +112,6 @@ def _manifest_changed(spec: JobSpec) -> UserError:
 def read_plan(storage: Storage, job_id: str, *, missing_ok: bool = False) -> dict | None:
     """plan.json ({"fingerprint", "items", "shards"}); a damaged one is a UserError naming it.
     ``missing_ok``: None when there is none (a job still being prepared)."""
-    from linegen.guarded import load_json_object
 
     key = layout.plan_key(job_id)
     where = storage.location(key)

@@ -26,11 +26,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from linegen.jobs import layout
-from linegen.jobs.stats import ShardStats, StatsCache, read_shard_stats
 from linegen.errors import UserError
-from linegen.jobs.storage import Storage, StorageError, StorageNotFound
+from linegen.guarded import load_json_object
+from linegen.jobs import layout
 from linegen.jobs.headline import eta_s
+from linegen.jobs.outcome import read_outcome
+from linegen.jobs.plan import shard_index
+from linegen.jobs.prepare import read_plan
+from linegen.jobs.spec import read_spec
+from linegen.jobs.stats import ShardStats, StatsCache, read_shard_stats
+from linegen.jobs.storage import Storage, StorageError, StorageNotFound
+from linegen.jobs.summary import read_summary
 
 READ_THREADS = 8
 LIVE_EVERY_S = 3.0  # how often the driver rewrites _progress.json
@@ -92,8 +98,6 @@ class JobProgress:
 
 
 def _shard_size_of(shard_id: str, shard_size: int, items: int) -> int:
-    from linegen.jobs.plan import shard_index
-
     index = shard_index(shard_id)
     return 0 if index is None else max(0, min(shard_size, items - index * shard_size))
 
@@ -120,7 +124,6 @@ def clear_live(storage: Storage, job_id: str) -> None:
 def read_live(storage: Storage, job_id: str) -> dict | None:
     """The driver's _progress.json, its fields checked; None if absent or damaged (it is rewritten
     every few seconds, and only says how a running job does: damage never hides the job)."""
-    from linegen.guarded import load_json_object
 
     key = layout.progress_key(job_id)
     try:
@@ -149,10 +152,6 @@ def read_progress(storage: Storage, job_id: str, *, with_stats: bool = True, sin
     """Progress of ``job_id`` under ``storage``. ``since``: start of the running attempt (Unix s),
     for its throughput and ETA. ``with_stats=False`` skips the stats files (counts only).
     ``live=False``: ignore _progress.json (the cluster says no attempt runs)."""
-    from linegen.jobs.outcome import read_outcome
-    from linegen.jobs.prepare import read_plan
-    from linegen.jobs.spec import read_spec
-    from linegen.jobs.summary import read_summary
 
     spec = spec if spec is not None else read_spec(storage, job_id)
     p = JobProgress(job_id=job_id, spec=spec)

@@ -15,9 +15,12 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from linegen.cluster.local import LocalCluster
 from linegen.jobs.driver import run_job
+from linegen.jobs.outcome import local_outcome
 from linegen.jobs.prepare import PreparedJob
 from linegen.jobs.progress import Progress
+from linegen.jobs.summary import finished_summary
 
 INTERRUPTED = "interrupted; run the same command again to resume"
 
@@ -76,15 +79,11 @@ def interruptible(on_second: Callable[[], None] | None = None) -> Iterator[_Guar
 def run_embedded(prepared: PreparedJob, progress: Callable[[Progress], None] | None = None,
                  num_cpus: int | None = None) -> dict:
     """Run a prepared job (every check and the whole manifest done before Ray starts) here."""
-    from linegen.jobs.summary import finished_summary
 
     done = finished_summary(prepared)  # every shard already committed: the markers answer, no Ray
     if done is not None:
         return done
     import logging
-
-    from linegen.cluster.local import LocalCluster
-    from linegen.jobs.outcome import local_outcome
 
     # A private in-process cluster: no token file to write, no Ray banner on the user's terminal.
     cluster = LocalCluster(num_cpus=num_cpus, auth_mode="disabled", log_to_driver=False,

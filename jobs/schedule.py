@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
+from linegen.cluster.inside import jobs_from_inside
+from linegen.jobs import layout
 from linegen.jobs.errors import JobCancelled, UserError
+from linegen.jobs.outcome import read_outcome
 
 POLL_S = 3.0  # how often a waiting driver looks at the other job's markers
 RAY_CHECK_S = 30.0  # how often it also asks the Jobs API (only the fallback)
@@ -141,8 +144,6 @@ def dependency_state(storage, other: str, ray_check: Callable[[str], str | None]
     ``ray_check(other)`` returns a failure reason when the cluster knows attempts of ``other`` and
     none is pending or running, else None (unknown, or still going).
     """
-    from linegen.jobs import layout
-    from linegen.jobs.outcome import read_outcome
 
     if storage.exists(layout.success_key(other)):
         return DependencyState("succeeded")
@@ -160,7 +161,6 @@ def dependency_state(storage, other: str, ray_check: Callable[[str], str | None]
 def _ray_check(other: str) -> str | None:
     """The Jobs API seen from inside the cluster: a reason if every attempt of ``other`` ended
     without success, else None (no attempts known, one still active, or the API unreachable)."""
-    from linegen.cluster.inside import jobs_from_inside
 
     states = jobs_from_inside()
     if not states:

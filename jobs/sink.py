@@ -44,9 +44,11 @@ from typing import Any
 import numpy as np
 
 from linegen.jobs import layout, writer
+from linegen.jobs.manifest import kept_columns
 from linegen.jobs.marker import CommitMarker, DamagedMarker, check_bytes, check_size, parse_marker
-from linegen.jobs.outage import Outage
+from linegen.jobs.outage import Outage, budget_seconds
 from linegen.jobs.plan import Shard
+from linegen.jobs.schedule import utc_iso
 from linegen.jobs.storage import Storage, StorageExists, StorageNotFound
 
 # Stats fields the sink knows better than the worker; a worker may omit them.
@@ -80,11 +82,9 @@ class ShardSink:
     @classmethod
     def for_job(cls, job) -> "ShardSink":
         """The sink of a prepared job (jobs.prepare.PreparedJob): its storage, model, cache, format."""
-        from linegen.jobs.outage import budget_seconds
 
         spec = job.spec
         model = spec.model.spec()
-        from linegen.jobs.manifest import kept_columns
 
         return cls(job.storage, spec.job_id, model.name, spec.cache.policy,
                    spec.cache.effective_ratio(model.prefix_len, model.grid), format=spec.format,
@@ -138,7 +138,6 @@ class ShardSink:
             ride(f"write {staged[kind]}", lambda k=staged[kind], d=data: self.storage.put(k, d))
 
         finished = time.time()
-        from linegen.jobs.schedule import utc_iso
 
         marker = {
             "job_id": self.job_id,

@@ -15,11 +15,18 @@ import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from linegen.jobs import layout
-from linegen.jobs.identity import IDENTITY, ROWS_MANIFEST, derived_job_id, where as _where
-from linegen.settings.cache_choice import CacheChoice
+from linegen.cluster.address import redact_url
 from linegen.errors import UserError
+from linegen.guarded import load_json
+from linegen.jobs import layout
+from linegen.jobs.identity import IDENTITY, ROWS_MANIFEST, derived_job_id
+from linegen.jobs.identity import where as _where
+from linegen.jobs.manifest import ALLOWED_FIELDS
+from linegen.jobs.schedule import parse_duration
+from linegen.jobs.storage import StorageNotFound, absolute_uri, read_uri
+from linegen.settings.cache_choice import CacheChoice
 from linegen.settings.model_choice import ModelChoice
+from linegen.settings.resolve import Settings
 from linegen.workers.models.config import SamplingParams
 
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -102,9 +109,6 @@ class JobSpec:
         endpoint_url``), then to `DEFAULT_OUT`. A local manifest path is recorded absolute, so a
         relative and an absolute spelling of one file are the same job.
         """
-        from linegen.jobs.schedule import parse_duration
-        from linegen.settings.resolve import Settings
-        from linegen.jobs.storage import absolute_uri
 
         if config is not None:
             out = out or config.output.out
@@ -157,14 +161,12 @@ class JobSpec:
                    image_quality=image_quality, keep_columns=keep, cache_source=s.cache_source)
         if job_id:
             return spec
-        from linegen.jobs.storage import read_uri
 
         data = manifest_data if manifest_data is not None else read_uri(manifest, endpoint_url=spec.s3_endpoint_url)
         return dataclasses.replace(spec, job_id=derived_job_id(spec, data))
 
     def to_json(self) -> str:
         """job.json: every field, with the endpoint URLs redacted (never a credential)."""
-        from linegen.cluster.address import redact_url
 
         d = asdict(self)
         for holder in (d, d["model"]):
@@ -176,7 +178,6 @@ class JobSpec:
     def from_json(cls, text: str | bytes, where: str = "job.json") -> "JobSpec":
         """Parse job.json strictly: anything unreadable, unknown or of the wrong type is a one-line
         UserError naming ``where`` (a job folder from another tool, or one edited by hand)."""
-        from linegen.guarded import load_json
 
         d = _fields_of(cls, load_json(text, where), where)
         d["model"] = _nested(ModelChoice, d.get("model"), f"{where}: model")
@@ -215,7 +216,6 @@ def parse_keep_columns(value: Any) -> tuple[str, ...]:
     """--keep-columns a,b (repeatable) or a list: the names, checked against linegen's own columns."""
     if not value:
         return ()
-    from linegen.jobs.manifest import ALLOWED_FIELDS
     from linegen.jobs.writer import IMAGE_COLUMN_NAMES
 
     items = [value] if isinstance(value, str) else list(value)
@@ -289,7 +289,6 @@ def _matches(value: Any, hint: Any) -> bool:
 def read_spec(storage, job_id: str) -> JobSpec | None:
     """The job.json under ``storage`` for ``job_id``, or None when the job does not exist there.
     A damaged job.json is a UserError naming it."""
-    from linegen.jobs.storage import StorageNotFound
 
     key = layout.spec_key(job_id)
     try:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from linegen.jobs import layout
+from linegen.jobs.marker import DamagedMarker
+from linegen.jobs.storage import StorageNotFound
 
 COLUMNS = ["device", "images", "tokens", "wall_s", "peak_memory_bytes", "kv_cache_bytes",
            "prompts_truncated", "started_at", "finished_at"]
@@ -39,10 +41,8 @@ def _stats_table(storage, job_id: str, shard_id: str, verify: bool):
     """The committed shard's stats table, read through its marker and checked against it (jobs.sink
     `committed_file`): StorageNotFound without a marker, `DamagedMarker` when the file is not the
     one the marker describes or not a readable Parquet file."""
-    from linegen.jobs.marker import DamagedMarker
-    from linegen.jobs.sink import committed_file, read_commit
-    from linegen.jobs.storage import StorageNotFound
     from linegen.jobs.parquet import from_parquet_bytes
+    from linegen.jobs.sink import committed_file, read_commit
 
     marker = read_commit(storage, job_id, shard_id)
     if marker is None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import time
 
-from linegen.jobs import layout
 from linegen.cost.job_cost import job_cost
 from linegen.errors import UserError
+from linegen.guarded import load_json_object
+from linegen.jobs import layout
+from linegen.jobs.outage import Outage, budget_seconds
 from linegen.jobs.plan import shard_id
 from linegen.jobs.schedule import utc_iso
 from linegen.jobs.stats import read_shard_stats
+from linegen.jobs.storage import StorageNotFound
 
 
 def write_success(job, wall_s: float, generated: int, recovery: dict | None = None, *,
@@ -24,7 +27,6 @@ def write_success(job, wall_s: float, generated: int, recovery: dict | None = No
     and return the summary. ``recovery``: what this run survived (nodes lost, shards requeued,
     failed attempts), as the driver counted it; ``timeline``: when each of those happened. Waits
     out a storage outage (jobs.outage)."""
-    from linegen.jobs.outage import Outage, budget_seconds
 
     outage = Outage(budget_seconds(getattr(job.spec, "storage_outage_budget", None)))
     return outage.ride(f"write {layout.success_key(job.spec.job_id)}",
@@ -96,8 +98,6 @@ def finished_summary(job) -> dict | None:
 def read_summary(storage, job_id: str) -> dict | None:
     """The job's `_SUCCESS` (None if it has none), with every field a reader uses checked for its
     type; a damaged one is a `linegen.guarded.DamagedFile` naming it."""
-    from linegen.guarded import load_json_object
-    from linegen.jobs.storage import StorageNotFound
 
     key = layout.success_key(job_id)
     try:

@@ -10,6 +10,9 @@ import time
 from collections import deque
 from typing import Callable, Iterator
 
+from linegen.cost.job_cost import job_cost
+from linegen.jobs.headline import eta_s
+from linegen.jobs.outage import utc_text
 from linegen.jobs.plan import Plan, shard_id, shard_index
 from linegen.jobs.pool import Run, Shape, WorkerNumbers
 from linegen.jobs.prepare import PreparedJob
@@ -102,9 +105,6 @@ class Tally:
         return (decoded - d_old) / span if span > 0 and decoded > d_old else 0.0
 
     def snapshot(self, n: WorkerNumbers, event: str = "") -> Progress:
-        from linegen.cost.job_cost import job_cost
-        from linegen.jobs.headline import eta_s
-
         done = min(self.images_total, self.images_done + n.in_flight_images)
         rate = self.rate(n.decoded, n.first_wave_at)
         eta = eta_s(self.images_total, done, rate)  # the dashboard's formula (jobs/headline.py)
@@ -124,8 +124,6 @@ class Tally:
         """One line on stderr (the job's log) when the storage stops answering, one when it is back."""
         import sys
 
-        from linegen.jobs.outage import utc_text
-
         since = self.storage_unreachable_since(n)
         if (since is not None) == self.outage_said:
             return
@@ -136,8 +134,6 @@ class Tally:
         print(f"linegen: {text}", file=sys.stderr, flush=True)
 
     def why_waiting(self, n: WorkerNumbers) -> str:
-        from linegen.jobs.outage import utc_text
-
         waiting = self.waiting_now(n.placed)
         since = self.storage_unreachable_since(n)
         if since is None:

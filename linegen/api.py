@@ -11,8 +11,23 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from linegen.errors import UserError
-from linegen.jobs.spec import DEFAULT_SHARD_SIZE, ROWS_MANIFEST
-
+from linegen.jobs import layout
+from linegen.jobs.layout import IMAGE_EXT
+from linegen.jobs.manifest import ALLOWED_FIELDS, Conditioning, parse_rows, read_manifest, total_items
+from linegen.jobs.marker import DamagedMarker
+from linegen.jobs.prepare import prepare_job
+from linegen.jobs.remote import job_status, make_context
+from linegen.jobs.remote import submit as submit_job
+from linegen.jobs.run import run_embedded
+from linegen.jobs.spec import DEFAULT_OUT, DEFAULT_SHARD_SIZE, ROWS_MANIFEST, JobSpec, parse_keep_columns
+from linegen.jobs.storage import StorageError, fetch_folder_to_local, open_storage
+from linegen.jobs.summary import count_of
+from linegen.settings import janus_choice
+from linegen.settings.model_choice import ModelChoice
+from linegen.watch import dashboard as grafana
+from linegen.watch.report import write_report
+from linegen.workers.models.janus_config import is_janus
+from linegen.workers.models.text import TextEncoderError, load_tokenizer, prepare_texts, token_counts
 
 
 @dataclass(frozen=True)
@@ -27,8 +42,6 @@ class JobResult:
 
     @property
     def images(self) -> int:
-        from linegen.jobs.summary import count_of
-
         return count_of(self.summary["images"])
 
     @property
@@ -39,7 +52,6 @@ class JobResult:
     def images_glob(self) -> str:
         """For ``datasets.load_dataset("parquet", data_files=...)``, ``webdataset.WebDataset`` and
         other readers: it matches published (committed) shards only."""
-        from linegen.jobs.layout import IMAGE_EXT
 
         return f"{self.out.rstrip('/')}/{self.job_id}/images/*.{IMAGE_EXT[self.format]}"
 
@@ -68,9 +80,6 @@ def _manifest_source(manifest, keep=None) -> tuple[str, bytes | None]:
         return os.fspath(manifest), None
     if not isinstance(manifest, Sequence):
         raise UserError(f"manifest must be a path, an s3:// URI or a list of row dicts, got {type(manifest).__name__}")
-    from linegen.jobs.manifest import parse_rows
-
-    from linegen.jobs.spec import parse_keep_columns
 
     parse_rows(manifest, keep=parse_keep_columns(keep))  # every problem, by row index, before anything is written
     data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in manifest).encode()
@@ -88,9 +97,6 @@ def run(manifest, out: str = "out", *, job_id: str | None = None, shard_size: in
     images, so the same call is the same job (it resumes, or answers from its markers).
     ``progress`` receives `jobs.progress.Progress` updates.
     """
-    from linegen.jobs.prepare import prepare_job
-    from linegen.jobs.run import run_embedded
-    from linegen.jobs.spec import JobSpec
 
     name, data = _manifest_source(manifest, settings.get("keep_columns"))
     spec = JobSpec.from_flags(manifest=name, out=out, job_id=job_id, shard_size=shard_size, workers=workers,
@@ -107,15 +113,12 @@ def validate(manifest, *, model: str | None = None, text_encoder: str | None = N
     Rows are checked against ``model`` (default: the one `run` uses, so what passes here runs);
     with a t2i model and its text encoder (Janus-Pro: its checkpoint folder), the prompts the
     tokenizer will cut are listed by line."""
-    from linegen.jobs.manifest import Conditioning, parse_rows, read_manifest, total_items
-    from linegen.settings.model_choice import ModelChoice
     from linegen.workers.models.registry import DEFAULT_MODEL
 
     spec = ModelChoice(name=model or DEFAULT_MODEL, random_weights=True).spec()
     conditioning = Conditioning.of(spec)
     if text_encoder is not None and spec.gpt.cond != "t2i":
         raise UserError("--text-encoder needs --model with a text-to-image model")
-    from linegen.jobs.spec import parse_keep_columns
 
     keep = parse_keep_columns(keep_columns)
     name, data = _manifest_source(manifest, keep)
@@ -129,9 +132,6 @@ def validate(manifest, *, model: str | None = None, text_encoder: str | None = N
 
 
 def _truncated_prompts(rows, text_encoder: str, limit: int, endpoint_url: str | None) -> list[dict]:
-    from linegen.jobs.storage import StorageError, fetch_folder_to_local
-    from linegen.workers.models.text import TextEncoderError, load_tokenizer, prepare_texts, token_counts
-
     try:
         tokenizer = load_tokenizer(fetch_folder_to_local(text_encoder, endpoint_url=endpoint_url))
     except (StorageError, TextEncoderError) as e:
@@ -143,9 +143,6 @@ def _truncated_prompts(rows, text_encoder: str, limit: int, endpoint_url: str | 
 
 def _janus_truncated(rows, model: str | None, checkpoint: str, endpoint_url: str | None) -> list[dict]:
     """Janus-Pro: the prompts (chat template included) longer than a row's prompt entries."""
-    from linegen.settings import janus_choice
-    from linegen.settings.model_choice import ModelChoice
-    from linegen.workers.models.janus_config import is_janus
 
     choice = ModelChoice(name=model or "", checkpoint=checkpoint, s3_endpoint_url=endpoint_url)
     spec = choice.spec() if model is not None else None
@@ -161,7 +158,6 @@ def _janus_truncated(rows, model: str | None, checkpoint: str, endpoint_url: str
 def read_rows(manifest: str, *, model: str | None = None, s3_endpoint_url: str | None = None) -> list[dict]:
     """A manifest's rows as dicts with their ``row`` index, for `Generator` and Ray Data
     (``ray.data.from_items(linegen.read_rows(path))``); validated like `linegen run` does."""
-    from linegen.jobs.manifest import ALLOWED_FIELDS, Conditioning, read_manifest
 
     conditioning = None
     if model is not None:
@@ -182,11 +178,8 @@ def read_images(out: str, job_id: str, *, columns: list[str] | None = None, s3_e
     `linegen.StorageError` naming the marker or the file and what is wrong."""
     import pyarrow as pa
 
-    from linegen.jobs import layout
-    from linegen.jobs.marker import DamagedMarker
-    from linegen.jobs.sink import committed_file, read_commit
-    from linegen.jobs.storage import open_storage
     from linegen.jobs.parquet import from_parquet_bytes
+    from linegen.jobs.sink import committed_file, read_commit
 
     storage = open_storage(out, endpoint_url=s3_endpoint_url)
     tables = []
@@ -219,7 +212,6 @@ def connect(*, cluster: str | None = None, out: str | None = None, token: str | 
     """Where remote operations point (flags > config file > environment), as `jobs.remote.Context`;
     ``default_out``: the output root when neither ``out`` nor the config names one; ``timeout``:
     seconds one request to the cluster may take in all (default 30)."""
-    from linegen.jobs.remote import make_context
 
     return make_context(cluster=cluster, token=token, headers=headers, out=out, config=config, prices=prices,
                         s3_endpoint_url=s3_endpoint_url, token_file=token_file, default_out=default_out,
@@ -232,8 +224,6 @@ def submit(manifest: str, *, cluster: str | None = None, out: str | None = None,
            token_file: str | None = None, headers: list[str] | None = None, config: str | None = None,
            prices: list[str] | None = None, timeout: float | None = None, **settings):
     """Submit a job to a Ray cluster and return at once (`jobs.remote.SubmitResult`)."""
-    from linegen.jobs.remote import submit as submit_job
-    from linegen.jobs.spec import JobSpec
 
     ctx = connect(cluster=cluster, out=out, token=token, token_file=token_file, headers=headers, config=config,
                   prices=prices, s3_endpoint_url=settings.pop("s3_endpoint_url", None), timeout=timeout)
@@ -248,8 +238,6 @@ def submit(manifest: str, *, cluster: str | None = None, out: str | None = None,
 def status(job_id: str, **connection):
     """Where a job stands (`jobs.remote.JobStatus`); ``connection``: the keywords of `connect`
     (without a cluster or an output root, the job is looked for under `jobs.spec.DEFAULT_OUT`)."""
-    from linegen.jobs.remote import job_status
-    from linegen.jobs.spec import DEFAULT_OUT
 
     connection.setdefault("default_out", DEFAULT_OUT)
     return job_status(connect(**connection), job_id)
@@ -261,11 +249,10 @@ __all__ = ["JobResult", "Validation", "connect", "read_images", "read_rows", "ru
 def dashboard(out: str | None = None, *, price: float | None = None) -> dict:
     """linegen's Grafana dashboard (JSON model) built from the metrics registry; written to ``out``
     if given. ``price``: the default of its $/GPU-hour variable (default: the built-in H100 price)."""
-    from linegen.watch.dashboard import build, write
 
-    doc = build(price)
+    doc = grafana.build(price)
     if out is not None:
-        write(out, doc)
+        grafana.write(out, doc)
     return doc
 
 
@@ -273,12 +260,9 @@ def report(job_id: str, *, html: str | None = None, **connection) -> str:
     """A self-contained HTML report of a job (finished or running; local or S3 output): throughput,
     memory, shards, node losses, cost, settings and sample images. Written to ``html`` (default
     ``report-JOB.html``); returns the path. ``connection``: as `connect` (out=, cluster=, ...)."""
-    from linegen.watch.report import write_report
 
     return write_report(connect(**connection, default_out=_default_out()), job_id, html or f"report-{job_id}.html")
 
 
 def _default_out() -> str:
-    from linegen.jobs.spec import DEFAULT_OUT
-
     return DEFAULT_OUT

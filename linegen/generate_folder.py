@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Callable
 
 from linegen.errors import UserError
+from linegen.jobs.manifest.rows import MAX_COUNT
 
 
 def check_request(spec, class_ids: list[int], count: int) -> None:
     """The request against the model (workers.models.config.ModelSpec), before it is loaded."""
-    from linegen.jobs.manifest.rows import MAX_COUNT
 
     if not 1 <= count <= MAX_COUNT:
         raise UserError(f"--count must be in 1..{MAX_COUNT:,}, got {count}")

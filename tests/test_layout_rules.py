@@ -185,3 +185,78 @@ def test_no_product_function_longer_than_80_lines() -> None:
                     if n > 80:
                         long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
     assert long == []
+
+
+HEAVY = {"torch", "ray", "pyarrow", "boto3", "botocore", "transformers", "numpy", "PIL", "tokenizers", "safetensors",
+         "tomlkit"}
+
+
+def _resolve(name: str, mods: dict[str, Path]) -> str | None:
+    while name and name not in mods:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _top_level_imports(path: Path, known: set[str]) -> set[str]:
+    """linegen modules imported when `path` is imported (module-level statements, TYPE_CHECKING aside)."""
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name:
+                out.add(name)
+    return out
+
+
+def _external_top_imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+    return out
+
+
+def _heavy_modules(mods: dict[str, Path]) -> set[str]:
+    """linegen modules whose import (at module level, through any chain) loads a heavy library."""
+    graph = {m: {d for d in _top_level_imports(p, set(mods)) if d != m} for m, p in mods.items()}
+    heavy = {m for m, p in mods.items() if _external_top_imports(p) & HEAVY}
+    changed = True
+    while changed:
+        changed = False
+        for m, deps in graph.items():
+            parents = {d.rpartition(".")[0] for d in deps}  # importing a.b runs a's __init__ too
+            if m not in heavy and (deps | parents) & heavy:
+                heavy.add(m)
+                changed = True
+    return heavy
+
+
+def test_lazy_imports_only_of_heavy_modules() -> None:
+    """A function-local import exists to keep start-up fast: outside the CLI (which keeps every
+    import lazy so `--help` answers at once) it must be of a module that loads torch, ray, pyarrow,
+    boto3, numpy or transformers. A light module is imported at the top, where a reader sees it."""
+    mods = _modules()
+    heavy = _heavy_modules(mods)
+    light_lazy = []
+    for m, path in mods.items():
+        if m.startswith(("linegen.cli", "linegen.benchmarks")) or m == "linegen":
+            continue
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in fn.body:
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("linegen"):
+                    targets = {_resolve(f"{node.module}.{a.name}", mods) for a in node.names} | {
+                        _resolve(node.module, mods)}
+                    targets.discard(None)
+                    if not targets & heavy:
+                        light_lazy.append(f"{path.relative_to(ROOT)}:{node.lineno} from {node.module}")
+    assert light_lazy == []

@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 import time
 
+from linegen.cluster.jobs_api import JobState
+from linegen.jobs.schedule import describe_time, utc_iso
+
 ACTIVE = frozenset({"PENDING", "RUNNING"})
 
 META_JOB = "linegen_job_id"
@@ -57,7 +60,6 @@ def group_attempts(states: list) -> dict[str, list]:
 
 def states_from_snapshot(jobs: list[dict]) -> list:
     """The jobs of a dashboard snapshot as JobStates (saves a second request)."""
-    from linegen.cluster.jobs_api import JobState
 
     return [JobState(submission_id=j.get("submission_id"), status=str(j.get("status")),
                      message=j.get("message") or "", start_time=j.get("start_time"),
@@ -66,8 +68,6 @@ def states_from_snapshot(jobs: list[dict]) -> list:
 
 
 def attempt_doc(a) -> dict:
-    from linegen.jobs.schedule import utc_iso
-
     msg = (a.message or "").strip().splitlines()
     return {"submission_id": a.submission_id, "status": a.status, "start_time": a.start_time,
             "start_time_utc": utc_iso(a.start_time), "end_time": a.end_time, "end_time_utc": utc_iso(a.end_time),
@@ -101,7 +101,6 @@ def derive_state(attempts: list, progress, spec, *, dep_succeeded=None, now: flo
                  cluster_known: bool = True, resume_hint: str = "linegen resume JOB") -> tuple[str, str]:
     """(state, reason) from Ray's attempts and the job's own outputs; ``resume_hint``: the resume
     command as it works for this job (`jobs.hints`), for the reasons that suggest it."""
-    from linegen.jobs.schedule import describe_time
 
     now = time.time() if now is None else now
     if progress is not None and progress.succeeded:

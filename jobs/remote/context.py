@@ -6,7 +6,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from linegen.cluster.address import resolve_cluster
+from linegen.cost.prices import parse_price
 from linegen.errors import UserError
+from linegen.settings.config_file import ConfigError, load_config
 
 # Seconds to wait for the dashboard to answer one request: a refused connection fails at once,
 # but a busy head (a job decoding on the same node) can take a few seconds to answer.
@@ -70,9 +73,6 @@ def make_context(cluster: str | None = None, token: str | None = None, headers: 
 
     The output root: ``out``, else the config's ``[output] out``, else, when no cluster is given,
     ``default_out`` (the local commands pass `jobs.spec.DEFAULT_OUT`, where `linegen run` writes)."""
-    from linegen.cluster.address import resolve_cluster
-    from linegen.settings.config_file import ConfigError, load_config
-    from linegen.cost.prices import parse_price
 
     try:
         cfg = load_config(config)

@@ -7,15 +7,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Iterator
 
+from linegen.cluster import jobs_api
+from linegen.jobs import layout
+from linegen.jobs.outcome import clear_outcome, write_cancelled
 from linegen.jobs.remote.attempts import ACTIVE
 from linegen.jobs.remote.context import HTTP_TIMEOUT_S, Context
 from linegen.jobs.remote.status import locate
+from linegen.jobs.storage import StorageError
 
 
 def logs(ctx: Context, job_id: str, *, follow: bool = False) -> Iterator[str]:
     """The driver's output of every attempt (oldest first); ``follow``: stream the latest attempt
     until it ends."""
-    from linegen.cluster import jobs_api
 
     address = ctx.require_cluster()
     client = jobs_api.connect(address, timeout=HTTP_TIMEOUT_S)
@@ -59,10 +62,6 @@ class CancelResult:
 def cancel(ctx: Context, job_id: str, *, wait_s: float = 30.0,
            reason: str = "cancelled by user (linegen cancel)") -> CancelResult:
     """Stop every pending/running attempt. Committed shards stay valid; `resume` finishes the job."""
-    from linegen.cluster import jobs_api
-    from linegen.jobs import layout
-    from linegen.jobs.outcome import clear_outcome, write_cancelled
-    from linegen.jobs.storage import StorageError
 
     address = ctx.require_cluster()
     client = jobs_api.connect(address, timeout=HTTP_TIMEOUT_S)

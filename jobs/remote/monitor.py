@@ -1,17 +1,20 @@
 """What a person watches: `linegen monitor`'s cluster snapshot and `linegen cost JOB`'s report."""
 from __future__ import annotations
 
+from linegen.cluster import jobs_api
+from linegen.cluster.utilisation import snapshot
+from linegen.cost.job_cost import cost_of
+from linegen.cost.prices import PriceTable
 from linegen.errors import UserError
+from linegen.jobs.headline import figures
+from linegen.jobs.progress import read_progress
 from linegen.jobs.remote.attempts import states_from_snapshot
 from linegen.jobs.remote.context import HTTP_TIMEOUT_S, Context
-from linegen.jobs.remote.status import statuses_of, locate
+from linegen.jobs.remote.status import locate, statuses_of
 
 
 def job_cost_report(ctx: Context, job_id: str) -> dict:
     """Cost from the job's stats: device-seconds per device x $/device-hour; $/1k images."""
-    from linegen.cost.prices import PriceTable
-    from linegen.cost.job_cost import cost_of
-    from linegen.jobs.progress import read_progress
 
     loc = locate(ctx, job_id)
     if loc.storage is None:
@@ -35,8 +38,6 @@ def job_cost_report(ctx: Context, job_id: str) -> dict:
 def monitor_snapshot(ctx: Context, *, cache=None) -> dict:
     """`cluster.utilisation.snapshot` (nodes, CPUs/GPUs total and in use, GPU utilisation and memory
     where Ray reports them, else "n/a") plus every linegen job with progress, images/s, ETA, cost."""
-    from linegen.cluster import jobs_api
-    from linegen.cluster.utilisation import snapshot
 
     address = ctx.require_cluster()
     snap = snapshot(address, timeout=HTTP_TIMEOUT_S)
@@ -44,7 +45,6 @@ def monitor_snapshot(ctx: Context, *, cache=None) -> dict:
         states = states_from_snapshot(snap["jobs"])
     else:
         states = jobs_api.list_jobs(jobs_api.connect(address, timeout=HTTP_TIMEOUT_S))
-    from linegen.jobs.headline import figures
 
     snap["linegen_jobs"] = [s.to_dict() for s in statuses_of(ctx, states, cache=cache)]
     for doc in snap["linegen_jobs"]:  # the dashboard's headline figures, by the same formulas

@@ -23,9 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from linegen.cluster.address import redact_url
 from linegen.errors import UserError
-from linegen.jobs.remote.attempts import (META_AFTER, META_ATTEMPT, META_ENDPOINT, META_JOB, META_MODEL,
-                                          META_NOW, META_OUT, META_START, META_VERSION)
+from linegen.jobs.remote.attempts import (META_AFTER, META_ATTEMPT, META_ENDPOINT, META_JOB, META_MODEL, META_NOW,
+                                          META_OUT, META_START, META_VERSION)
+from linegen.jobs.schedule import utc_iso
+from linegen.jobs.storage.uri import absolute_uri
 
 NAMESPACE = "linegen"
 PACKAGES = ("jobs", "workers", "cluster", "cli")  # what the driver and the actors import
@@ -62,7 +65,6 @@ def _code_bytes(folder: Path) -> int:
 def runtime_env(*, code: Path | None, attempt: str, s3_endpoint_url: str | None,
                 ignore_schedule: bool = False) -> dict:
     """The attempt's runtime_env; ``code`` is a folder from `staged_code` (None: --no-ship-code)."""
-    from linegen.cluster.address import redact_url
 
     env_vars = {"LINEGEN_ATTEMPT": attempt, "PYTHONUNBUFFERED": "1"}
     # Ray stores a job's runtime env and shows it on its dashboard: an endpoint with credentials
@@ -119,8 +121,6 @@ def version_warning(cluster_version: str) -> str | None:
 
 
 def metadata(job_id: str, out: str, endpoint: str | None, attempt: int, spec, now: bool = False) -> dict:
-    from linegen.jobs.schedule import utc_iso
-
     meta = {META_JOB: job_id, META_OUT: out, META_ATTEMPT: str(attempt), META_MODEL: spec.model.name,
             META_VERSION: linegen_version()}
     if endpoint:
@@ -137,6 +137,4 @@ def metadata(job_id: str, out: str, endpoint: str | None, attempt: int, spec, no
 
 
 def absolute_out(out: str) -> str:
-    from linegen.jobs.storage.uri import absolute_uri
-
     return absolute_uri(out)

@@ -6,10 +6,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from linegen.cluster import jobs_api
+from linegen.cluster.address import is_redacted
+from linegen.cost.job_cost import cost_of
 from linegen.errors import UserError
-from linegen.jobs.remote.attempts import ACTIVE, META_ENDPOINT, META_MODEL, META_OUT, attempt_doc, attempts_of, \
-    derive_state, group_attempts
+from linegen.jobs import layout
+from linegen.jobs.hints import resume
+from linegen.jobs.marker import DamagedMarker
+from linegen.jobs.progress import read_progress
+from linegen.jobs.remote.attempts import (ACTIVE, META_ENDPOINT, META_MODEL, META_OUT, attempt_doc, attempts_of,
+                                          derive_state, group_attempts)
 from linegen.jobs.remote.context import HTTP_TIMEOUT_S, Context
+from linegen.jobs.schedule import describe_time, utc_iso
+from linegen.jobs.spec import check_job_id, read_spec
+from linegen.jobs.storage import StorageError, open_storage
 
 
 @dataclass
@@ -29,9 +39,6 @@ def locate(ctx: Context, job_id: str, *, client=None, states: list | None = None
            need_storage: bool = True) -> Located:
     """A job's attempts on the cluster (if one is given) and its output root (from the attempts'
     metadata, else --out / the config). A job known to neither is a one-line error."""
-    from linegen.cluster import jobs_api
-    from linegen.jobs.spec import check_job_id, read_spec
-    from linegen.jobs.storage import StorageError, open_storage
 
     check_job_id(job_id)
     address = ctx.address
@@ -43,7 +50,6 @@ def locate(ctx: Context, job_id: str, *, client=None, states: list | None = None
     meta = attempts[-1].metadata if attempts else {}
     out = meta.get(META_OUT) or ctx.out
     endpoint = meta.get(META_ENDPOINT) or ctx.s3_endpoint_url
-    from linegen.cluster.address import is_redacted
 
     if is_redacted(endpoint):  # the metadata keeps no credentials: use the endpoint given here
         endpoint = ctx.s3_endpoint_url or endpoint
@@ -113,7 +119,6 @@ class JobStatus:
 
     def to_dict(self) -> dict:
         """The JSON document; every epoch time has an ISO-8601 UTC twin (``*_utc``)."""
-        from linegen.jobs.schedule import utc_iso
 
         d = dataclasses.asdict(self)
         d["submitted_at_utc"], d["finished_at_utc"] = utc_iso(self.submitted_at), utc_iso(self.finished_at)
@@ -138,10 +143,6 @@ def reconciled(attempt: dict, job_state: str) -> dict:
 def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = None, cache=None,
                with_stats: bool = True, now: float | None = None, loc: Located | None = None) -> JobStatus:
     """State, progress (shards and images done/total), images/s, ETA, errors and cost so far."""
-    from linegen.jobs import layout
-    from linegen.cost.job_cost import cost_of
-    from linegen.jobs.progress import read_progress
-    from linegen.jobs.schedule import describe_time, utc_iso
 
     now = time.time() if now is None else now
     loc = loc or locate(ctx, job_id, client=client, states=states)
@@ -159,8 +160,6 @@ def job_status(ctx: Context, job_id: str, *, client=None, states: list | None = 
 
     def dep_ok(other: str) -> bool:
         return loc.storage is not None and loc.storage.exists(layout.success_key(other))
-
-    from linegen.jobs.hints import resume
 
     state, reason = derive_state(loc.attempts, progress, loc.spec, dep_succeeded=dep_ok, now=now,
                                  cluster_known=ctx.address is not None,
@@ -216,13 +215,11 @@ def statuses_of(ctx: Context, states: list, *, cache=None) -> list[JobStatus]:
 def list_jobs(ctx: Context, *, cache=None) -> list[JobStatus]:
     """Every linegen job on the cluster (attempts grouped under the job id), or under --out when no
     cluster is given; scheduled, running and finished, with progress."""
-    from linegen.cluster import jobs_api
 
     if ctx.address is not None:
         client = jobs_api.connect(ctx.address, timeout=HTTP_TIMEOUT_S)
         return statuses_of(ctx, jobs_api.list_jobs(client), cache=cache)
     ctx.require_target()
-    from linegen.jobs.storage import open_storage
 
     storage = open_storage(ctx.out, endpoint_url=ctx.s3_endpoint_url)
     ids = sorted({k.split("/", 1)[0] for k in storage.list("") if k.count("/") == 1 and k.endswith("/job.json")})
@@ -238,7 +235,5 @@ def list_jobs(ctx: Context, *, cache=None) -> list[JobStatus]:
 
 def _state_of_error(e: UserError) -> str:
     """DAMAGED when the job's own files are at fault; UNKNOWN when its storage could not be read."""
-    from linegen.jobs.marker import DamagedMarker
-    from linegen.jobs.storage import StorageError
 
     return "UNKNOWN" if isinstance(e, StorageError) and not isinstance(e, DamagedMarker) else "DAMAGED"

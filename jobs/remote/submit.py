@@ -9,11 +9,20 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from linegen.cluster import jobs_api
+from linegen.cluster.address import redact_url
 from linegen.errors import UserError
+from linegen.jobs import hints, layout
+from linegen.jobs.outcome import clear_outcome
+from linegen.jobs.prepare import prepare_job
 from linegen.jobs.remote.attempts import ACTIVE, attempt_number, attempts_of
 from linegen.jobs.remote.context import HTTP_TIMEOUT_S, Context
-from linegen.jobs.remote.shipping import (DEFAULT_DRIVER_CPUS, absolute_out, entrypoint, metadata,
-                                          quiet_upload_logs, runtime_env, staged_code, version_warning)
+from linegen.jobs.remote.shipping import (DEFAULT_DRIVER_CPUS, absolute_out, entrypoint, metadata, quiet_upload_logs,
+                                          runtime_env, staged_code, version_warning)
+from linegen.jobs.remote.status import locate
+from linegen.jobs.schedule import dependency_state, describe_time, parse_at, utc_iso
+from linegen.jobs.spec import check_job_id, read_spec
+from linegen.jobs.storage import open_storage
 
 
 class Outcome(StrEnum):
@@ -67,8 +76,6 @@ def _submit_attempt(client, *, out: str, job_id: str, submission_id: str, spec, 
                     endpoint: str | None, ship_code: bool, driver_cpus: float, now: bool = False) -> bool:
     from contextlib import nullcontext
 
-    from linegen.cluster import jobs_api
-
     quiet_upload_logs()
     with (staged_code() if ship_code else nullcontext()) as code:
         env = runtime_env(code=code, attempt=submission_id, s3_endpoint_url=endpoint, ignore_schedule=now)
@@ -81,11 +88,6 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
            driver_cpus: float = DEFAULT_DRIVER_CPUS) -> SubmitResult:
     """Validate and prepare the job (manifest copied to OUT/<job>/, job.json, plan.json), then
     submit its driver as Ray job ``<job_id>``. Returns at once; never runs a job twice."""
-    from linegen.cluster import jobs_api
-    from linegen.jobs import hints, layout
-    from linegen.jobs.schedule import dependency_state, describe_time, parse_at, utc_iso
-    from linegen.jobs.spec import check_job_id, read_spec
-    from linegen.jobs.storage import open_storage
 
     address = ctx.require_cluster()
     if driver_cpus < 0:
@@ -106,7 +108,6 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
         warnings.append(f"--out {out} is a local folder: the cluster's nodes must see the same path "
                         "(a shared filesystem); use s3://bucket/prefix otherwise")
     endpoint = spec.s3_endpoint_url or ctx.s3_endpoint_url
-    from linegen.cluster.address import redact_url
 
     if endpoint and redact_url(endpoint) != endpoint:
         warnings.append(f"the S3 endpoint {redact_url(endpoint)} holds credentials, which are never sent to the "
@@ -141,7 +142,6 @@ def submit(ctx: Context, spec, *, at: str | None = None, after: str | None = Non
         if dep.state == "waiting" and not dep_active:
             warnings.append(f"job {after} is not running on {cluster}; this job waits until it "
                             f"succeeds ({hints.resume(after, cluster=cluster)})")
-    from linegen.jobs.prepare import prepare_job
 
     recorded = read_spec(storage, spec.job_id)
     prepare_job(spec)  # every check before anything runs; writes job.json, the manifest copy, plan.json
@@ -163,11 +163,6 @@ def resume(ctx: Context, job_id: str, *, now: bool = False, ship_code: bool = Tr
     """Submit the next attempt ``<job_id>-resume-<n>`` of a job that is not running and not
     complete. ``now``: ignore the job's --at/--after for this attempt. Without a cluster, the job
     under the output root runs to the end here, on the embedded local Ray (`jobs.resume`)."""
-    from linegen.cluster import jobs_api
-    from linegen.jobs import layout
-    from linegen.jobs.outcome import clear_outcome
-    from linegen.jobs.remote.status import locate
-
     if ctx.address is None:
         from linegen.jobs.resume import resume_local
 

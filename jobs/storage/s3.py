@@ -15,8 +15,8 @@ import time
 import uuid
 from typing import Any, Callable, TypeVar
 
+from linegen.cluster.address import is_redacted, redact_text, redact_url
 from linegen.jobs.storage.base import Storage, StorageError, StorageExists, StorageNotFound, StorageUnreachable
-from linegen.cluster.address import redact_text, redact_url
 from linegen.jobs.storage.keys import TMP_PREFIX, check_key, check_prefix, segments
 
 T = TypeVar("T")
@@ -108,8 +108,6 @@ class S3Storage(Storage):
         import boto3
         from botocore.config import Config
 
-        from linegen.cluster.address import is_redacted
-
         if is_redacted(self.endpoint_url):
             raise StorageError(f"the S3 endpoint {self.endpoint_url} was recorded without its credentials; "
                                "give it again with --s3-endpoint-url or LINEGEN_S3_ENDPOINT_URL")
@@ -160,17 +158,18 @@ class S3Storage(Storage):
             raise self._translate(e, what) from None
 
     def _attempts(self, exc: BaseException) -> int:
-        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
 
         if isinstance(exc, (BotoConnectionError, HTTPClientError)):
             return self.max_attempts  # transient by botocore's rules: every attempt was used
         return _retried(exc) + 1
 
     def _translate(self, exc: BaseException, what: str) -> StorageError:
-        from botocore.exceptions import (
-            ClientError, ConnectTimeoutError, EndpointConnectionError, HTTPClientError,
-            NoCredentialsError, PartialCredentialsError, ConnectionError as BotoConnectionError,
-        )
+        from botocore.exceptions import ClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import (ConnectTimeoutError, EndpointConnectionError, HTTPClientError,
+                                         NoCredentialsError, PartialCredentialsError)
 
         attempts = self._attempts(exc)
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""

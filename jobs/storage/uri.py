@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from linegen.cluster.address import redact_url
 from linegen.jobs.storage.base import Storage, StorageError
 from linegen.jobs.storage.local import LocalStorage, read_file
 from linegen.jobs.storage.s3 import S3Storage
@@ -39,7 +40,6 @@ _SCHEME_LIKE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 def check_location(url: str) -> str:
     """Refuse what looks like a URL but is not one linegen reads (instead of silently using it as
     a local path such as ./s3:/bucket/x); local paths and s3:// / file:// URLs pass."""
-    from linegen.cluster.address import redact_url
 
     m = _SCHEME_LIKE.match(url)
     if not m or url.startswith(("s3://", "file://")):

@@ -19,9 +19,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from linegen.settings.cache_choice import CacheChoice
-from linegen.workers.cache import DEFAULT_RATIO
+from linegen.cost.prices import PriceTable, canonical_device
 from linegen.errors import UserError
+from linegen.jobs import layout
+from linegen.jobs.manifest import Conditioning, read_manifest, total_items
+from linegen.jobs.plan import shard_index
+from linegen.jobs.progress import read_progress
+from linegen.jobs.spec import read_spec
+from linegen.jobs.summary import count_of, read_summary
+from linegen.settings.cache_choice import CacheChoice
+from linegen.settings.model_choice import ModelChoice
+from linegen.workers.cache import DEFAULT_RATIO
 
 TABLE_PATH = Path(__file__).resolve().parent / "throughput.json"  # package data
 
@@ -44,8 +52,6 @@ def load_table(path: Path | str | None = None) -> list[dict]:
 
 
 def from_table(model: str, device: str, cache: CacheChoice, rows: list[dict]) -> dict | None:
-    from linegen.cost.prices import canonical_device
-
     matches = [r for r in rows if r.get("model") == model and canonical_device(str(r.get("device"))) == device
                and cache.same_budget(_row_cache(r.get("cache_policy"), r.get("ratio")))]
     if not matches:
@@ -59,15 +65,11 @@ def from_table(model: str, device: str, cache: CacheChoice, rows: list[dict]) ->
 
 
 def _device_of(device_seconds: dict[str, float]) -> str | None:
-    from linegen.cost.prices import canonical_device
-
     names = {canonical_device(d) for d in device_seconds if d}
     return names.pop() if len(names) == 1 else None
 
 
 def from_job(storage, job_id: str, device: str, cache: CacheChoice, model: str) -> dict:
-    from linegen.jobs.progress import read_progress
-
     p = read_progress(storage, job_id, with_stats=True, live=False)
     if p.spec is None and p.summary is None:
         raise UserError(f"--from-job {job_id}: no such job under the output root")
@@ -93,8 +95,6 @@ def from_job(storage, job_id: str, device: str, cache: CacheChoice, model: str) 
 def finished_job_rates(storage, model: str, cache: CacheChoice) -> dict[str, dict]:
     """Device -> the throughput of the most recent finished job under the output root with this
     model and cache that ran on that one device (one listing of the root)."""
-    from linegen.jobs.spec import read_spec
-    from linegen.jobs.summary import count_of, read_summary
 
     found: dict[str, tuple] = {}
     for key in storage.list(""):
@@ -135,9 +135,6 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
              s3_endpoint_url: str | None = None, table: list[dict] | None = None) -> dict:
     """The estimate document. ``throughput`` is None (and ``reason`` says why) when nothing was
     measured for this model, device and cache."""
-    from linegen.cost.prices import PriceTable, canonical_device
-    from linegen.jobs.manifest import Conditioning, read_manifest, total_items
-    from linegen.settings.model_choice import ModelChoice
 
     if gpus < 1:
         raise UserError(f"--gpus must be >= 1, got {gpus}")
@@ -198,7 +195,6 @@ def estimate(manifest: str, model: str, gpu: str, *, cache: str = "full", cache_
 def measured_rates(model: str, cache: CacheChoice, storage=None, table: list[dict] | None = None) -> list[dict]:
     """Every device with a measured throughput for ``model`` and ``cache``: a finished job under
     the output root first, else the benchmark table; one entry per device."""
-    from linegen.cost.prices import canonical_device
 
     rows = load_table() if table is None else table
     found = finished_job_rates(storage, model, cache) if storage is not None else {}
@@ -212,10 +208,6 @@ def measured_rates(model: str, cache: CacheChoice, storage=None, table: list[dic
 def dry_run(job, *, prices: dict[str, float] | None = None) -> dict:
     """What `linegen run --dry-run` prints for a planned (not recorded) job: items, shards, what is
     already committed, and time and cost on every device whose throughput was measured."""
-    from linegen.cost.prices import PriceTable, canonical_device
-    from linegen.jobs import layout
-    from linegen.jobs.plan import shard_index
-    from linegen.jobs.spec import read_spec
 
     spec, plan = job.spec, job.shards
     committed = layout.committed_shards(job.storage, spec.job_id) if read_spec(job.storage, spec.job_id) else set()

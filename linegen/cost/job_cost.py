@@ -5,10 +5,11 @@ price is listed as unpriced, never guessed.
 """
 from __future__ import annotations
 
+from linegen.cost.prices import PriceTable
+from linegen.jobs.headline import usd_per_1k_images
+
 
 def job_cost(device_seconds: dict[str, float], images: int, overrides: dict[str, float] | None = None) -> dict:
-    from linegen.cost.prices import PriceTable
-
     table = PriceTable.builtin().with_overrides(overrides)
     usd, unknown, used = 0.0, [], {}
     for dev, secs in device_seconds.items():
@@ -18,7 +19,6 @@ def job_cost(device_seconds: dict[str, float], images: int, overrides: dict[str,
             continue
         usd += secs / 3600 * price.usd_per_hour
         used[dev] = price.usd_per_hour
-    from linegen.jobs.headline import usd_per_1k_images
 
     return {"usd": usd, "usd_per_1k_images": usd_per_1k_images(usd, images),  # the dashboard's formula
             "usd_per_hour": used, "unpriced_devices": unknown}

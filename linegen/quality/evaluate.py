@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from linegen.settings.cache_choice import POLICY_NAMES
 from linegen.errors import UserError
+from linegen.settings.cache_choice import POLICY_NAMES
 from linegen.settings.model_choice import ModelChoice
+from linegen.workers.cache import POLICIES, PRESETS, CacheConfigError, make_policy
+from linegen.workers.units import duration
 
 DEFAULT_POLICIES = ("full", "linear", "linear/paper") + tuple(p for p in POLICY_NAMES if p not in ("full", "linear"))
 DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
@@ -29,7 +31,6 @@ DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
 def estimate_line(first_s: float, *, waves: int, passes: int, what: str) -> str:
     """'estimate: about 3m10s for 15 candidates x 8 items (first wave 11s)': the time of one timed
     wave times the waves still to run (every pass of every wave costs about the same)."""
-    from linegen.workers.units import duration
 
     left = max(0.0, first_s * (waves * passes - 1))
     return f"estimate: about {duration(left)} more for {what} (first wave took {duration(first_s)})"
@@ -63,15 +64,11 @@ def split_entry(entry: str) -> tuple[str, dict]:
 
 
 def _build(entry: str, ratio: str | None):
-    from linegen.workers.cache import make_policy
-
     name, options = split_entry(entry)
     return make_policy(name, ratio=None if name == "full" else ratio, **options)
 
 
 def _check(opts: EvalOptions, spec) -> None:
-    from linegen.workers.cache import POLICIES, PRESETS
-
     for p in opts.policies:
         name, options = split_entry(p)
         if name not in POLICIES:
@@ -141,9 +138,8 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
     import numpy as np
     import torch
 
-    from linegen.workers.builtin.classifier import classify, frechet_distance, load_classifier
-    from linegen.workers.cache import CacheConfigError
     from linegen.quality.fidelity import divergence
+    from linegen.workers.builtin.classifier import classify, frechet_distance, load_classifier
     from linegen.workers.runner import LoadedModel
 
     spec = opts.model.spec()
@@ -266,7 +262,6 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from linegen.workers.cache import CacheConfigError
     from linegen.workers.runner import LoadedModel
 
     spec = opts.model.spec()

@@ -14,9 +14,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from linegen.settings.cache_choice import CacheChoice
 from linegen.errors import UserError
+from linegen.quality.evaluate import EvalOptions, estimate_line, requests_for
+from linegen.settings.cache_choice import CacheChoice, recommended
 from linegen.settings.model_choice import ModelChoice
+from linegen.workers.cache import CacheConfigError, make_policy, parse_ratio
 
 # Request seeds of `linegen eval` derive from its --seed (0 by default); tuning on seed 1's
 # requests keeps the items a setting is chosen on apart from those it is judged on.
@@ -106,8 +108,6 @@ def _explicit_options(policy) -> dict:
 
 
 def _check(opts: TuneOptions, spec) -> None:
-    from linegen.workers.cache import CacheConfigError, parse_ratio
-
     if spec.gpt.cond != "c2i":
         raise UserError(f"model {spec.name} is text-conditional; `tune` calibrates on class-conditional "
                         "models for now (tune a c2i model of the same family, or set the cache by hand)")
@@ -146,8 +146,6 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     """Measure every candidate on the calibration items and pick the lowest KL."""
     import torch
 
-    from linegen.quality.evaluate import EvalOptions, estimate_line, requests_for
-    from linegen.workers.cache import make_policy
     from linegen.quality.fidelity import divergence
     from linegen.workers.runner import LoadedModel
 
@@ -206,7 +204,6 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     rows = tuple(rows_by_label[c.label] for c in opts.candidates)
     best = min((r for r in rows if r.kl_mean is not None), key=lambda r: (r.kl_mean, -r.top1_agreement))
     sp = requests[0].sampling
-    from linegen.settings.cache_choice import recommended
 
     rec = recommended(spec)
     rec_options = _explicit_options(rec.build())

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from linegen.guarded import load_toml
 from linegen.settings.config_file import ConfigError, parse_config
 
 
@@ -91,8 +92,6 @@ def set_model_keys(text: str, model: str, values: dict[str, Any]) -> str:
     """`text` with `values` set in the [models] entry of `model` (see the module docstring)."""
     import tomlkit
     from tomlkit.exceptions import TOMLKitError
-
-    from linegen.guarded import load_toml
 
     data = load_toml(text, "invalid TOML", error=ConfigError)  # size and depth bounds, tomllib's message
     if not isinstance(data.get("models", {}), dict):

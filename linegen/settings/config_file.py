@@ -5,7 +5,6 @@ The path is, first found: the ``path`` argument, ``$LINEGEN_CONFIG``,
 file is an empty config; a missing file that was named explicitly is an error.
 
 ::
-
     [cluster]
     address = "http://head.example.com:8265"
     token_file = "~/.config/linegen/ray_token"   # a path; never the token itself
@@ -47,6 +46,7 @@ from typing import Any
 from linegen.cluster.address import redact_url
 from linegen.cost.prices import parse_price
 from linegen.errors import UserError
+from linegen.guarded import load_toml
 
 
 class ConfigError(UserError, ValueError):
@@ -178,7 +178,6 @@ def parse_config(text: str, path: str | os.PathLike[str] = "<config>") -> Config
     """Parse config text (``path`` is only used in messages and to resolve relative paths)."""
     p = Path(path)
     r = _Reader(p, text)
-    from linegen.guarded import load_toml
 
     # tomllib's message ends with "(at line N, column M)"; the depth bound keeps a file nested
     # thousands deep from reaching the parser's recursion limit.

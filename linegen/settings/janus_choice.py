@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from linegen.errors import UserError
+from linegen.jobs.storage import StorageError, fetch_folder_to_local
+from linegen.workers.models.janus_config import JanusConfigError, read_config, spec_from_config
+from linegen.workers.models.janus_prompts import JanusPrompts
+from linegen.workers.models.text import TRANSFORMERS_MISSING, TextEncoderError
 
 if TYPE_CHECKING:
     from linegen.settings.model_choice import ModelChoice
@@ -32,8 +36,6 @@ def check(choice: "ModelChoice", spec: "ModelSpec") -> None:
         return
     import importlib.util
 
-    from linegen.workers.models.text import TRANSFORMERS_MISSING
-
     if importlib.util.find_spec("transformers") is None:
         raise UserError(TRANSFORMERS_MISSING)
     folder = _local(choice.checkpoint)
@@ -47,7 +49,6 @@ def check(choice: "ModelChoice", spec: "ModelSpec") -> None:
 
 def folder_spec(choice: "ModelChoice", spec: "ModelSpec") -> "ModelSpec":
     """The checkpoint folder's model (local folders; an s3:// one is read when loaded)."""
-    from linegen.workers.models.janus_config import JanusConfigError, read_config, spec_from_config
 
     folder = None if choice.checkpoint is None or choice.random_weights else _local(choice.checkpoint)
     if folder is None:
@@ -63,7 +64,6 @@ def folder_spec(choice: "ModelChoice", spec: "ModelSpec") -> "ModelSpec":
 def _folder(choice: "ModelChoice") -> Path | None:
     if choice.checkpoint is None or choice.random_weights:
         return None
-    from linegen.jobs.storage import StorageError, fetch_folder_to_local
 
     try:
         return fetch_folder_to_local(choice.checkpoint, endpoint_url=choice.s3_endpoint_url)
@@ -73,8 +73,6 @@ def _folder(choice: "ModelChoice") -> Path | None:
 
 def prompts(choice: "ModelChoice", spec: "ModelSpec"):
     """The prompt encoder (tokenizer + chat template of the folder; bytes with random weights)."""
-    from linegen.workers.models.janus_prompts import JanusPrompts
-    from linegen.workers.models.text import TextEncoderError
 
     try:
         return JanusPrompts.load(_folder(choice), spec)

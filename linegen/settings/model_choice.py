@@ -9,7 +9,11 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from linegen.errors import UserError
+from linegen.jobs.storage import StorageError, fetch_folder_to_local, fetch_to_local
 from linegen.settings.readable import check_readable
+from linegen.workers.models.janus_config import is_janus
+from linegen.workers.models.precision import resolve_dtype_name
+from linegen.workers.models.text import TRANSFORMERS_MISSING, TextEncoder, TextEncoderError, check_folder
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 COMPILE = ("auto", "on", "off")
@@ -77,8 +81,6 @@ class ModelChoice:
                             "Hugging Face layout, e.g. flan-t5-xl, local or s3://bucket/prefix)")
         import importlib.util
 
-        from linegen.workers.models.text import TRANSFORMERS_MISSING, TextEncoderError, check_folder
-
         if importlib.util.find_spec("transformers") is None:
             raise UserError(TRANSFORMERS_MISSING)
         if self.text_encoder.startswith("s3://"):
@@ -104,8 +106,6 @@ class ModelChoice:
     def resolve_dtype(self, device: str):
         import torch
 
-        from linegen.workers.models.precision import resolve_dtype_name
-
         return getattr(torch, resolve_dtype_name(self.dtype, device))
 
     def load(self):
@@ -113,7 +113,6 @@ class ModelChoice:
         (workers/models/loading.py); this hands them the storage fetchers for the job's locations."""
         from functools import partial
 
-        from linegen.jobs.storage import StorageError, fetch_folder_to_local, fetch_to_local
         from linegen.workers.models.checkpoint import CheckpointError
         from linegen.workers.models.loading import load_named
 
@@ -142,9 +141,6 @@ class ModelChoice:
             return None
         import torch
 
-        from linegen.jobs.storage import StorageError, fetch_folder_to_local
-        from linegen.workers.models.text import TextEncoder, TextEncoderError
-
         self._check_text_encoder(spec)
         try:
             folder = fetch_folder_to_local(self.text_encoder, endpoint_url=self.s3_endpoint_url)
@@ -168,7 +164,5 @@ def model_table() -> list[dict]:
 
 
 def _is_janus(spec) -> bool:
-    from linegen.workers.models.janus_config import is_janus
-
     return is_janus(spec)
 

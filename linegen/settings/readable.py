@@ -4,13 +4,12 @@ from __future__ import annotations
 import os
 
 from linegen.errors import UserError
+from linegen.jobs.storage import StorageError, open_storage
 
 
 def check_readable(flag: str, uri: str, endpoint_url: str | None) -> None:
     """Fail fast on a checkpoint that is not there (the load itself may happen on another node)."""
     from pathlib import Path
-
-    from linegen.jobs.storage import StorageError, open_storage
 
     if not uri.startswith("s3://"):
         p = Path(uri.removeprefix("file://")).expanduser()

@@ -17,10 +17,15 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
+from linegen.cli.jobview import format_figure, money
 from linegen.errors import UserError
+from linegen.jobs import layout
+from linegen.jobs.headline import FIGURES, figures
+from linegen.jobs.progress import read_live
+from linegen.jobs.remote.status import job_status, locate
+from linegen.jobs.stats import read_stats_rows
+from linegen.jobs.storage import StorageNotFound
 from linegen.watch import svg
-from linegen.cli.jobview import format_figure
-from linegen.jobs.headline import FIGURES
 
 STATS_COLUMNS = ["worker", "node", "shard_id", "attempt", "images", "wall_s", "kv_cache_bytes",
                  "peak_memory_bytes", "started_at", "finished_at"]
@@ -41,11 +46,6 @@ class JobReport:
 
 
 def collect(ctx, job_id: str, samples: int = SAMPLES) -> JobReport:
-    from linegen.jobs import layout
-    from linegen.jobs.progress import read_live
-    from linegen.jobs.remote.status import job_status, locate
-    from linegen.jobs.stats import read_stats_rows
-
     loc = locate(ctx, job_id)
     if loc.storage is None:
         raise UserError(loc.storage_error or f"job {job_id}: its output root is unknown; pass --out")
@@ -61,8 +61,6 @@ def collect(ctx, job_id: str, samples: int = SAMPLES) -> JobReport:
 
 
 def _json(storage, key: str) -> dict | None:
-    from linegen.jobs.storage import StorageNotFound
-
     try:
         doc = json.loads(storage.get(key))
     except (StorageNotFound, ValueError):
@@ -72,8 +70,8 @@ def _json(storage, key: str) -> dict | None:
 
 def _samples(storage, job_id: str, committed: list[str], n: int) -> list[tuple[bytes, str]]:
     """PNGs of the first ``n`` images of the first committed shards (Parquet or WebDataset)."""
-    from linegen.jobs.sink import committed_file, read_commit
     from linegen.jobs.parquet import from_parquet_bytes
+    from linegen.jobs.sink import committed_file, read_commit
 
     out: list[tuple[bytes, str]] = []
     for sid in committed:
@@ -177,9 +175,6 @@ def _row(k: str, v) -> str:
 
 
 def render_html(r: JobReport) -> str:
-    from linegen.cli.jobview import money
-    from linegen.jobs.headline import figures
-
     st = r.status
     values = figures(st)
     figs = "".join(f'<div class="fig"><span>{escape(f.title)}</span><b>{escape(format_figure(f, values[f.key]))}</b></div>'

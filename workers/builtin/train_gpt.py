@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from linegen.workers.builtin import shapes
+from linegen.workers.cache import make_policy
 
 
 @torch.inference_mode()
@@ -55,7 +56,6 @@ def train_loss(gpt, codes: torch.Tensor, labels: torch.Tensor, grid: int) -> tor
 @torch.inference_mode()
 def sample_check(gpt, vq, spec, classifier_path: str | None, per_class: int = 2, log=print) -> float | None:
     """Generate a few images per class with the full cache and report the classifier's accuracy."""
-    from linegen.workers.cache import make_policy
     from linegen.workers.engine import Engine, GenRequest
 
     if classifier_path is None or not Path(classifier_path).is_file():

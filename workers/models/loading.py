@@ -10,6 +10,7 @@ from torch import nn
 from linegen.workers.models.checkpoint import init_random, load_into, load_vq, read_checkpoint, source_name
 from linegen.workers.models.config import ModelSpec
 from linegen.workers.models.gpt import GPT
+from linegen.workers.models.janus_config import is_janus
 from linegen.workers.models.vq import VQModel
 
 Source = str | Path | BinaryIO | dict
@@ -32,7 +33,6 @@ def load_model(spec: ModelSpec, checkpoint: Source | None, vq_checkpoint: Source
                random_seed: int = 0) -> tuple[GPT, VQModel]:
     """GPT in `dtype` on `device`; the VQ decoder always in fp32 (as LlamaGen does). A Janus model's
     `checkpoint` is its folder, which holds the VQ too (workers/models/janus_checkpoint.py)."""
-    from linegen.workers.models.janus_config import is_janus
 
     if is_janus(spec):
         from linegen.workers.models.janus_checkpoint import load_janus, random_janus
@@ -56,7 +56,6 @@ def load_named(spec: ModelSpec, checkpoint: str | None, vq_checkpoint: str | Non
     ships, else random ones. Where a checkpoint lives (a path, S3, a cache) is the caller's: it
     hands the fetchers that turn a location into a local file or folder. A Janus-Pro checkpoint is
     a folder whose own config decides the dimensions, so the spec returned is the checkpoint's."""
-    from linegen.workers.models.janus_config import is_janus
 
     if is_janus(spec):
         from linegen.workers.models.janus_checkpoint import load_janus, random_janus
