@@ -29,10 +29,10 @@ def _is_type_checking_block(node: ast.AST) -> bool:
         or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
 
 
-def _imports(path: Path, known: set[str]) -> set[str]:
+def _imports(path: Path, known: set[str], top_only: bool = False) -> set[str]:
     """linegen modules `path` imports anywhere: at the top, inside functions (lazy imports count:
     a cycle hidden behind a function-local import is still a cycle), not under `if TYPE_CHECKING:`,
-    which never runs."""
+    which never runs. ``top_only``: what importing `path` itself runs (no function bodies)."""
     out = set()
 
     def walk(node: ast.AST) -> None:
@@ -51,7 +51,8 @@ def _imports(path: Path, known: set[str]) -> set[str]:
             if name:
                 out.add(name)
         for child in ast.iter_child_nodes(node):
-            walk(child)
+            if not (top_only and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))):
+                walk(child)
 
     walk(ast.parse(path.read_text()))
     return out
@@ -197,23 +198,6 @@ def _resolve(name: str, mods: dict[str, Path]) -> str | None:
     return name or None
 
 
-def _top_level_imports(path: Path, known: set[str]) -> set[str]:
-    """linegen modules imported when `path` is imported (module-level statements, TYPE_CHECKING aside)."""
-    out = set()
-    for node in ast.parse(path.read_text()).body:
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            while name and name not in known:
-                name = name.rpartition(".")[0]
-            if name:
-                out.add(name)
-    return out
-
-
 def _external_top_imports(path: Path) -> set[str]:
     out = set()
     for node in ast.parse(path.read_text()).body:
@@ -226,7 +210,7 @@ def _external_top_imports(path: Path) -> set[str]:
 
 def _heavy_modules(mods: dict[str, Path]) -> set[str]:
     """linegen modules whose import (at module level, through any chain) loads a heavy library."""
-    graph = {m: {d for d in _top_level_imports(p, set(mods)) if d != m} for m, p in mods.items()}
+    graph = {m: {d for d in _imports(p, set(mods), top_only=True) if d != m} for m, p in mods.items()}
     heavy = {m for m, p in mods.items() if _external_top_imports(p) & HEAVY}
     changed = True
     while changed:

@@ -16,13 +16,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from linegen.errors import UserError
 from linegen.settings.cache_choice import POLICY_NAMES
 from linegen.settings.model_choice import ModelChoice
 from linegen.workers.cache import POLICIES, PRESETS, CacheConfigError, make_policy
 from linegen.workers.units import duration
+
+if TYPE_CHECKING:  # typing only: the runner loads torch
+    from linegen.workers.runner import LoadedModel
 
 DEFAULT_POLICIES = ("full", "linear", "linear/paper") + tuple(p for p in POLICY_NAMES if p not in ("full", "linear"))
 DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
@@ -133,6 +136,15 @@ def _real_reference(clf, opts: EvalOptions, log: Callable[[str], None]):
     return reference, real_feats, warnings
 
 
+def load_checked(choice: ModelChoice, check: Callable) -> "LoadedModel":
+    """The model's weights (no text encoder), loaded only after ``check(spec)`` passed: a bad
+    option is an error before minutes of loading."""
+    from linegen.workers.runner import LoadedModel
+
+    check(choice.spec())
+    return LoadedModel.load(choice, text=False)
+
+
 def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> dict:
     """-> {"model", "settings", "reference", "rows": [one dict per policy x ratio]}."""
     import numpy as np
@@ -140,12 +152,9 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
 
     from linegen.quality.fidelity import divergence
     from linegen.workers.builtin.classifier import classify, frechet_distance, load_classifier
-    from linegen.workers.runner import LoadedModel
 
-    spec = opts.model.spec()
-    _check(opts, spec)
     t_start = time.perf_counter()
-    model = LoadedModel.load(opts.model, text=False)
+    model = load_checked(opts.model, lambda spec: _check(opts, spec))
     spec = model.spec
     clf = load_classifier(opts.classifier, spec.gpt.num_classes)
     n_cls = spec.gpt.num_classes

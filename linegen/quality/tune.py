@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from linegen.errors import UserError
-from linegen.quality.evaluate import EvalOptions, estimate_line, requests_for
+from linegen.quality.evaluate import EvalOptions, estimate_line, load_checked, requests_for
 from linegen.settings.cache_choice import CacheChoice, recommended
 from linegen.settings.model_choice import ModelChoice
 from linegen.workers.cache import CacheConfigError, make_policy, parse_ratio
@@ -147,12 +147,9 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     import torch
 
     from linegen.quality.fidelity import divergence
-    from linegen.workers.runner import LoadedModel
 
-    spec = opts.model.spec()
-    _check(opts, spec)
     t_start = time.perf_counter()
-    model = LoadedModel.load(opts.model, text=False)
+    model = load_checked(opts.model, lambda spec: _check(opts, spec))
     spec = model.spec
     ev = EvalOptions(model=opts.model, seed=opts.seed, cfg_scale=opts.cfg_scale, top_k=opts.top_k)
     requests = requests_for(ev, spec, opts.samples)
