@@ -11,12 +11,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from linegen.jobs.intervals import INTERVALS
 from linegen.jobs.plan import Plan, shard_id, shard_index
 from linegen.jobs.pool import Pool, Run, Shape, Worker
 from linegen.jobs.prepare import PreparedJob
 from linegen.jobs.progress import LIVE_EVERY_S, write_live
 
-REPORT_EVERY_S = 1.0  # the caller's progress callback, at most this often (and on every event)
+REPORT_EVERY_S = INTERVALS.report_every_s  # the caller's progress callback, at most this often (and on every event)
 RATE_WINDOW_S = 60.0  # images/s is measured over the last minute of waves
 
 

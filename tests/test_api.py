@@ -1,4 +1,7 @@
-"""`import linegen`: one namespace, a light import, the Python API, and Ray Data's Generator."""
+"""`import linegen`: one namespace, a light import, the Python API, and Ray Data's Generator.
+
+The tests that run jobs share one embedded Ray (the `embedded_ray` fixture): `linegen.run` uses
+a Ray that is already initialised instead of starting its own."""
 from __future__ import annotations
 
 import json
@@ -58,7 +61,7 @@ def test_regular_install_puts_only_linegen_on_the_path(tmp_path: Path) -> None:
         assert module in doc["mods"]
 
 
-def test_run_rows_returns_images(tmp_path: Path) -> None:
+def test_run_rows_returns_images(embedded_ray, tmp_path: Path) -> None:
     result = linegen.run([{"class_id": 1, "count": 3}], out=str(tmp_path), model="test-tiny", job_id="api-rows")
     assert isinstance(result, linegen.JobResult) and result.images == 3 and result.generated_this_run == 3
     table = result.read_table(columns=["item_id", "class_id", "image", "tokens"])
@@ -82,7 +85,7 @@ def test_bad_rows_name_the_row_and_write_nothing(tmp_path: Path) -> None:
     assert linegen.validate([{"class_id": 3, "count": 4}], model="test-tiny").items == 4
 
 
-def test_generator_matches_run_and_checks_rows(tmp_path: Path) -> None:
+def test_generator_matches_run_and_checks_rows(embedded_ray, tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"class_id": 2, "count": 2}\n{"class_id": 5, "seed": 77}\n')
     run = linegen.run(str(manifest), out=str(tmp_path / "o"), model="test-tiny", seed=9, job_id="g")
@@ -95,7 +98,7 @@ def test_generator_matches_run_and_checks_rows(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_generator_in_a_ray_data_pipeline(tmp_path: Path) -> None:
+def test_generator_in_a_ray_data_pipeline(embedded_ray, tmp_path: Path) -> None:
     import ray
 
     from linegen.cluster.local import LocalCluster
@@ -104,7 +107,7 @@ def test_generator_in_a_ray_data_pipeline(tmp_path: Path) -> None:
     manifest.write_text('{"class_id": 1, "count": 3}\n{"class_id": 4, "count": 2, "id": "four"}\n')
     run = linegen.run(str(manifest), out=str(tmp_path / "o"), model="test-tiny", seed=3, job_id="rd")
     expected = {r["item_id"]: r["tokens"] for r in run.read_table(columns=["item_id", "tokens"]).to_pylist()}
-    with LocalCluster(num_cpus=2, auth_mode="disabled", log_to_driver=False):  # a private local Ray
+    with LocalCluster(num_cpus=2, auth_mode="disabled", log_to_driver=False):  # reuses embedded_ray
         ds = ray.data.from_items(linegen.read_rows(str(manifest)))
         ds = ds.map_batches(linegen.Generator, fn_constructor_kwargs={"model": "test-tiny", "seed": 3, "batch_size": 4},
                             concurrency=1, batch_size=2, num_cpus=0.5)
@@ -125,7 +128,7 @@ REMOTE_COMMANDS = [
 ]
 
 
-def test_remote_commands_never_import_torch(tmp_path: Path) -> None:
+def test_remote_commands_never_import_torch(embedded_ray, tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"class_id": 1, "count": 2}\n')
     linegen.run(str(manifest), out=str(tmp_path / "o"), model="test-tiny", job_id="j")
