@@ -38,12 +38,13 @@ from linegen.cluster.local import HeadProcess, free_port, start_head
 
 try:
     import jobs_helpers as H
+    from cli_runner import invoke
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import jobs_helpers as H
+    from tests.cli_runner import invoke
 
 pytestmark = pytest.mark.timeout(900)
 
-LINEGEN = str(Path(sys.executable).parent / "linegen")
 RAY = str(Path(sys.executable).parent / "ray")
 IMAGES, SHARD = 3200, 8  # test-tiny decodes ~20 images/s per worker here: enough to outlast the phases
 # tuned for speed only: a node is declared dead after 3 missed 1-second health checks
@@ -110,8 +111,9 @@ class Cluster:
             return set()
         return {row.get("node_name") for row in rows if row.get("state") == "ALIVE"}
 
-    def lg(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([LINEGEN, *args], capture_output=True, text=True, timeout=timeout, env=self.env())
+    def lg(self, *args: str) -> subprocess.CompletedProcess:
+        """`linegen ARGS` in-process (submit, status, logs only talk to the head's HTTP API)."""
+        return invoke(list(args), env=self.env())
 
 
 def scrape(port: int) -> dict[str, float]:
