@@ -27,7 +27,11 @@ DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
 
 
 def default_classifier() -> str:
-    return str(Path(__file__).resolve().parent.parent / "workers" / "builtin" / "weights" / "shapes_classifier.pt")
+    # the shipped weights' folder has one home (the registry); a path relative to this file breaks
+    # in an editable install, where linegen/ and workers/ are separate folders of the checkout
+    from linegen.workers.models.registry import BUILTIN_WEIGHTS
+
+    return str(BUILTIN_WEIGHTS / "shapes_classifier.pt")
 
 
 @dataclass(frozen=True)
