@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass, field
 
 from linegen.errors import UserError
+from linegen.jobs.intervals import INTERVALS
 from linegen.jobs.plan import Shard
 from linegen.jobs.schedule import parse_duration
 
 PREFETCH = 2  # shards queued per worker
-POLL_S = 1.0  # how long one poll() waits for a finished shard; also the live-progress period
-NODES_EVERY_S = 2.0  # how often ray.nodes() is read to find workers whose node has died
+POLL_S = INTERVALS.worker_poll_s  # how long one poll() waits for a finished shard; also the live-progress period
+NODES_EVERY_S = INTERVALS.nodes_every_s  # how often ray.nodes() is read to find workers whose node has died
 EMBEDDED_WAIT_S = 300.0  # --wait-for-resources default for `linegen run` (a submitted job waits forever)
 
 

@@ -34,13 +34,14 @@ from linegen.jobs.outcome import read_outcome
 from linegen.jobs.plan import shard_index
 from linegen.jobs.prepare import read_plan
 from linegen.jobs.spec import read_spec
+from linegen.jobs.intervals import INTERVALS
 from linegen.jobs.stats import ShardStats, StatsCache, read_shard_stats
 from linegen.jobs.storage import Storage, StorageError, StorageNotFound
 from linegen.jobs.summary import read_summary
 
 READ_THREADS = 8
-LIVE_EVERY_S = 3.0  # how often the driver rewrites _progress.json
-LIVE_STALE_S = 30.0  # a _progress.json older than this says nothing about now
+LIVE_EVERY_S = INTERVALS.live_every_s  # how often the driver rewrites _progress.json
+LIVE_STALE_S = INTERVALS.live_stale_s  # a _progress.json older than this says nothing about now
 LIVE_STATES = ("starting", "waiting", "running")  # what a driver that still works writes
 
 

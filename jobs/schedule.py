@@ -29,9 +29,10 @@ from linegen.cluster.inside import jobs_from_inside
 from linegen.jobs import layout
 from linegen.jobs.errors import JobCancelled, UserError
 from linegen.jobs.outcome import read_outcome
+from linegen.jobs.intervals import INTERVALS
 
-POLL_S = 3.0  # how often a waiting driver looks at the other job's markers
-RAY_CHECK_S = 30.0  # how often it also asks the Jobs API (only the fallback)
+POLL_S = INTERVALS.after_poll_s  # how often a waiting driver looks at the other job's markers
+RAY_CHECK_S = INTERVALS.after_ray_check_s  # how often it also asks the Jobs API (only the fallback)
 IGNORE_SCHEDULE_ENV = "LINEGEN_IGNORE_SCHEDULE"  # `linegen resume --now` sets it for the attempt
 
 _REL = re.compile(r"^\+?\s*((?:\d+(?:\.\d+)?\s*[smhd]\s*)+)$", re.IGNORECASE)

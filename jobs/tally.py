@@ -13,12 +13,13 @@ from typing import Callable, Iterator
 from linegen.cost.job_cost import job_cost
 from linegen.jobs.headline import eta_s
 from linegen.jobs.outage import utc_text
+from linegen.jobs.intervals import INTERVALS
 from linegen.jobs.plan import Plan, shard_id, shard_index
 from linegen.jobs.pool import Run, Shape, WorkerNumbers
 from linegen.jobs.prepare import PreparedJob
 from linegen.jobs.progress import LIVE_EVERY_S, Progress, write_live
 
-REPORT_EVERY_S = 1.0  # the caller's progress callback, at most this often (and on every event)
+REPORT_EVERY_S = INTERVALS.report_every_s  # the caller's progress callback, at most this often (and on every event)
 TIMELINE_MAX = 5000  # recovery events kept per run
 RATE_WINDOW_S = 60.0  # images/s is measured over the last minute of waves
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
+
+# Every job the tests start polls and reports faster than a real one (jobs/intervals.py): progress
+# shows in half a second, a job waiting --after another notices its end in a quarter of one. Set
+# before anything imports linegen.jobs; subprocesses and the Ray heads inherit it.
+os.environ["LINEGEN_INTERVALS"] = "live_every_s=0.5,report_every_s=0.5,after_poll_s=0.25,nodes_every_s=1"
 
 try:
     from s3server import S3Server
@@ -41,8 +47,9 @@ def tmp_bucket(s3_server: S3Server) -> str:
     return s3_server.make_bucket(f"t-{uuid.uuid4().hex[:16]}")
 
 
-# Real Ray heads (`ray start --head` on free loopback ports), module-scoped; see tests/ray_fixtures.py.
+# Real Ray heads (`ray start --head` on free loopback ports), one of each kind per session, and a
+# module's shared embedded Ray; see tests/ray_fixtures.py.
 try:
-    from ray_fixtures import ray_head, ray_head_token  # noqa: E402,F401
+    from ray_fixtures import embedded_ray, ray_head, ray_head_token  # noqa: E402,F401
 except ModuleNotFoundError:  # tests/ imported as a package
-    from tests.ray_fixtures import ray_head, ray_head_token  # noqa: E402,F401
+    from tests.ray_fixtures import embedded_ray, ray_head, ray_head_token  # noqa: E402,F401

@@ -1,5 +1,6 @@
-"""Helpers for tests/test_jobs.py: running `linegen` as a real subprocess, watching the
-processes it leaves behind, and reading a job's output back (local folder or S3)."""
+"""Helpers for tests/test_jobs.py: running `linegen` as a real subprocess (or in-process, for
+commands that only read or refuse), watching the processes it leaves behind, and reading a job's
+output back (local folder or S3)."""
 
 from __future__ import annotations
 
@@ -176,6 +177,19 @@ def finish_linegen(proc: subprocess.Popen, timeout: float) -> Result:
 def run_linegen(args: list[str], *, timeout: float, env: Mapping[str, str] | None = None,
                 cwd: Path | None = None, log_dir: Path) -> Result:
     return finish_linegen(start_linegen(args, env=env, cwd=cwd, log_dir=log_dir), timeout)
+
+
+def invoke_linegen(args: list[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Result:
+    """`linegen ARGS` in this process (tests/cli_runner.py), with `clean_env(env)` as its whole
+    environment: for commands that only read, or refuse before doing anything."""
+    try:
+        from cli_runner import invoke
+    except ModuleNotFoundError:  # tests/ imported as a package
+        from tests.cli_runner import invoke
+
+    t0 = time.monotonic()
+    r = invoke(args, env=clean_env(env), cwd=cwd)
+    return Result(["linegen", *args], r.returncode, r.stdout, r.stderr, time.monotonic() - t0)
 
 
 # --------------------------------------------------------------------------- job output

@@ -47,7 +47,32 @@ class TestHead:
             ready_timeout=ready_timeout,
             die_with_parent=True,
         )
-        return cls(head=head, token=token)
+        test_head = cls(head=head, token=token)
+        try:
+            test_head.wait_for_job_agent(ready_timeout)
+        except BaseException:
+            head.stop()
+            raise
+        return test_head
+
+    def wait_for_job_agent(self, timeout: float) -> None:
+        """Until the head accepts a job. The dashboard answers before the node's agent has
+        registered with it, and a submission in between is refused ("No available agent to
+        submit job"); one shared head serves the whole session, so it is made ready once here."""
+        import time
+        import uuid
+
+        from linegen.cluster import jobs_api
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                jobs_api.submit(self.address(), "true", f"ready-probe-{uuid.uuid4().hex[:8]}")
+                return
+            except jobs_api.ClusterError as e:
+                if "No available agent" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     @property
     def url(self) -> str:

@@ -1,4 +1,7 @@
-"""`import linegen`: one namespace, a light import, the Python API, and Ray Data's Generator."""
+"""`import linegen`: one namespace, a light import, the Python API, and Ray Data's Generator.
+
+The tests that run jobs share one embedded Ray (the `embedded_ray` fixture): `linegen.run` uses
+a Ray that is already initialised instead of starting its own."""
 from __future__ import annotations
 
 import json
@@ -58,7 +61,7 @@ def test_regular_install_puts_only_linegen_on_the_path(tmp_path: Path) -> None:
         assert module in doc["mods"]
 
 
-def test_run_rows_returns_images(tmp_path: Path) -> None:
+def test_run_rows_returns_images(embedded_ray, tmp_path: Path) -> None:
     result = linegen.run([{"class_id": 1, "count": 3}], out=str(tmp_path), model="test-tiny", job_id="api-rows")
     assert isinstance(result, linegen.JobResult) and result.images == 3 and result.generated_this_run == 3
     table = result.read_table(columns=["item_id", "class_id", "image", "tokens"])
@@ -82,36 +85,43 @@ def test_bad_rows_name_the_row_and_write_nothing(tmp_path: Path) -> None:
     assert linegen.validate([{"class_id": 3, "count": 4}], model="test-tiny").items == 4
 
 
-def test_generator_matches_run_and_checks_rows(tmp_path: Path) -> None:
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text('{"class_id": 2, "count": 2}\n{"class_id": 5, "seed": 77}\n')
-    run = linegen.run(str(manifest), out=str(tmp_path / "o"), model="test-tiny", seed=9, job_id="g")
+@pytest.fixture(scope="module")
+def api_job(embedded_ray, tmp_path_factory) -> dict:
+    """One small job run through the API, read by the Generator and CLI tests below (each used to
+    run its own copy of it)."""
+    d = tmp_path_factory.mktemp("api-job")
+    manifest = d / "m.jsonl"
+    manifest.write_text('{"class_id": 1, "count": 3}\n{"class_id": 4, "count": 2, "id": "four"}\n'
+                        '{"class_id": 5, "seed": 77, "top_k": 5}\n')  # the last row: its own seed and top_k
+    # (rows without seed/top_k next to one with them: Ray Data makes those columns float64 with NaN)
+    run = linegen.run(str(manifest), out=str(d / "o"), model="test-tiny", seed=3, job_id="j")
     expected = {r["item_id"]: r["tokens"] for r in run.read_table(columns=["item_id", "tokens"]).to_pylist()}
-    gen = linegen.Generator(model="test-tiny", seed=9, batch_size=2)
-    out = gen.generate(linegen.read_rows(str(manifest)))
-    assert {g.item.item_id: g.tokens.tolist() for g in out} == expected
+    return {"dir": d, "manifest": manifest, "out": d / "o", "seed": 3, "expected": expected}
+
+
+def test_generator_matches_run_and_checks_rows(api_job) -> None:
+    gen = linegen.Generator(model="test-tiny", seed=api_job["seed"], batch_size=2)
+    out = gen.generate(linegen.read_rows(str(api_job["manifest"])))
+    assert {g.item.item_id: g.tokens.tolist() for g in out} == api_job["expected"]
     with pytest.raises(linegen.UserError, match=r"rows\[0\]: field 'class_id'"):
         gen.generate([{"class_id": -1}])
 
 
 @pytest.mark.timeout(300)
-def test_generator_in_a_ray_data_pipeline(tmp_path: Path) -> None:
+def test_generator_in_a_ray_data_pipeline(api_job) -> None:
     import ray
 
     from linegen.cluster.local import LocalCluster
 
-    manifest = tmp_path / "m.jsonl"
-    # a row without seed/top_k next to one with them: Ray Data makes those columns float64 with NaN
-    manifest.write_text('{"class_id": 1, "count": 3}\n{"class_id": 4, "count": 2, "id": "four", "seed": 42, "top_k": 5}\n')
-    run = linegen.run(str(manifest), out=str(tmp_path / "o"), model="test-tiny", seed=3, job_id="rd")
-    expected = {r["item_id"]: r["tokens"] for r in run.read_table(columns=["item_id", "tokens"]).to_pylist()}
-    with LocalCluster(num_cpus=2, auth_mode="disabled", log_to_driver=False):  # a private local Ray
+    manifest, expected = api_job["manifest"], api_job["expected"]
+    with LocalCluster(num_cpus=2, auth_mode="disabled", log_to_driver=False):  # reuses embedded_ray
         # the README's recipe as written for CPUs (compute=ActorPoolStrategy: Ray Data's current argument)
         ds = ray.data.from_items(linegen.read_rows(str(manifest)))
-        ds = ds.map_batches(linegen.Generator, fn_constructor_kwargs={"model": "test-tiny", "seed": 3, "batch_size": 4},
+        ds = ds.map_batches(linegen.Generator, fn_constructor_kwargs={"model": "test-tiny", "seed": api_job["seed"],
+                                                                      "batch_size": 4},
                             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, batch_size=2)
         rows = ds.take_all()
-    assert len(rows) == 5
+    assert len(rows) == 6
     assert {r["item_id"]: list(r["tokens"]) for r in rows} == expected
     assert {r["id"] for r in rows} == {None, "four"} and all(bytes(r["image"])[:4] == b"\x89PNG" for r in rows)
 
@@ -127,11 +137,9 @@ REMOTE_COMMANDS = [
 ]
 
 
-def test_remote_commands_never_import_torch(tmp_path: Path) -> None:
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text('{"class_id": 1, "count": 2}\n')
-    linegen.run(str(manifest), out=str(tmp_path / "o"), model="test-tiny", job_id="j")
-    cases = [[a.format(manifest=manifest, out=tmp_path / "o") for a in args] for args in REMOTE_COMMANDS]
+def test_remote_commands_never_import_torch(api_job, tmp_path: Path) -> None:
+    manifest, out = api_job["manifest"], api_job["out"]  # job "j", finished
+    cases = [[a.format(manifest=manifest, out=out) for a in args] for args in REMOTE_COMMANDS]
     code = ("import json, sys\nfrom linegen.cli.main import app\nresults = []\n"
             f"for args in {cases!r}:\n"
             "    try:\n        code = app(args, standalone_mode=False) or 0\n"

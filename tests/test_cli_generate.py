@@ -1,4 +1,7 @@
-"""`linegen generate` end to end with official-layout checkpoints, and its bad-input errors."""
+"""`linegen generate` end to end with official-layout checkpoints, and its bad-input errors.
+
+Generation and `--help`'s start-up time run as real subprocesses; the refusals run in-process
+(tests/cli_runner.py): they stop before any model loads."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +15,7 @@ import torch
 from PIL import Image
 
 import reference_gpt as ref
+from cli_runner import invoke
 from linegen.workers.models.checkpoint import init_random
 from linegen.workers.models.gpt import GPT
 from linegen.workers.models.registry import get_spec
@@ -109,7 +113,7 @@ def test_bad_input_is_one_line_error(tmp_path, args, message):
         base += ["--model", "test-tiny"]
     if "--class-id" not in args:
         base += ["--class-id", "1"]
-    r = linegen(*base, *args)
+    r = invoke([*base, *args])
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
@@ -121,8 +125,8 @@ def test_bad_input_is_one_line_error(tmp_path, args, message):
 def test_unreadable_checkpoint_is_one_line_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    r = linegen("generate", "--model", "test-tiny", "--checkpoint", str(bad), "--vq-checkpoint", str(bad),
-                "--class-id", "1", "--out", str(tmp_path / "o"))
+    r = invoke(["generate", "--model", "test-tiny", "--checkpoint", str(bad), "--vq-checkpoint", str(bad),
+                "--class-id", "1", "--out", str(tmp_path / "o")])
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert str(bad) in r.stderr and r.stderr.startswith("error: ")
 
@@ -134,11 +138,11 @@ def test_s3_checkpoint_with_wrong_credentials_or_missing_bucket(s3_server, tmp_b
     args = ["generate", "--model", "llamagen-c2i-b-256", "--checkpoint", f"s3://{tmp_bucket}/c2i.pt",
             "--vq-checkpoint", f"s3://{tmp_bucket}/vq.pt", "--class-id", "1", "--out", str(tmp_path / "o"),
             "--s3-endpoint-url", s3_server.endpoint_url]
-    r = subprocess.run([LINEGEN, *args], capture_output=True, text=True, timeout=120, env=env)
+    r = invoke(args, env=env)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "credentials" in r.stderr.lower(), r.stderr
     env = {**os.environ, **s3_server.env()}
     args[4] = "s3://no-such-bucket-xyz/c2i.pt"
-    r = subprocess.run([LINEGEN, *args], capture_output=True, text=True, timeout=120, env=env)
+    r = invoke(args, env=env)
     assert r.returncode != 0 and "no-such-bucket-xyz" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 

@@ -22,11 +22,6 @@ from linegen.cluster.local import LocalCluster, free_port
 from linegen.cost.prices import PriceTable, UnknownDevice, canonical_device, cost, parse_price
 from linegen.cluster.utilisation import snapshot
 
-try:  # the fixtures are also registered in conftest.py; these module-level ones win here
-    from ray_fixtures import ray_head, ray_head_token  # noqa: F401
-except ModuleNotFoundError:
-    from tests.ray_fixtures import ray_head, ray_head_token  # noqa: F401
-
 HELLO = "python -c \"print('hello from linegen')\""
 
 _RAY_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "LINEGEN_RAY_TOKEN", "RAY_AUTH_TOKEN",

@@ -33,10 +33,10 @@ def spec(manifest: str, out: str, **kw) -> JobSpec:
                               random_weights=True, **kw)
 
 
-# --------------------------------------------------------------------------- C5: what differs
+# --------------------------------------------------------------------------- a reused job id: what differs
 
 
-def test_c5_a_reused_job_id_names_the_setting_that_differs(tmp_path: Path, monkeypatch) -> None:
+def test_a_reused_job_id_names_the_setting_that_differs(tmp_path: Path, monkeypatch) -> None:
     manifest = H.write_manifest(tmp_path / "m.jsonl", [{"class_id": 1, "count": 3}])
     out = str(tmp_path / "out")
     monkeypatch.chdir(tmp_path)

@@ -43,15 +43,16 @@ try:
     import browser
     from dashboard_check import evaluate
     from prometheus_server import Prometheus
+    from cli_runner import invoke
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import browser
     from tests import jobs_helpers as H
     from tests.dashboard_check import evaluate
     from tests.prometheus_server import Prometheus
+    from tests.cli_runner import invoke
 
 pytestmark = pytest.mark.timeout(900)
 
-LINEGEN = str(Path(sys.executable).parent / "linegen")
 RAY = str(Path(sys.executable).parent / "ray")
 IMAGES, SHARD = 3200, 8  # test-tiny decodes ~20 images/s per worker here: enough to outlast the phases
 # tuned for speed only: a node is declared dead after 3 missed 1-second health checks
@@ -118,8 +119,9 @@ class Cluster:
             return set()
         return {row.get("node_name") for row in rows if row.get("state") == "ALIVE"}
 
-    def lg(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([LINEGEN, *args], capture_output=True, text=True, timeout=timeout, env=self.env())
+    def lg(self, *args: str) -> subprocess.CompletedProcess:
+        """`linegen ARGS` in-process (submit, status, logs only talk to the head's HTTP API)."""
+        return invoke(list(args), env=self.env())
 
 
 def scrape(port: int) -> dict[str, float]:

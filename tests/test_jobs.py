@@ -7,7 +7,8 @@ What each group shows (the issue's "Must show" list):
 2. resume after SIGKILL of the whole process group: committed shards are not redone;
 3. an actor killed mid-job: its shards are requeued, every item still exactly once;
 4. S3 failures: wrong credentials, missing bucket, the server stopped mid-job;
-5. bad manifests: a clear error naming file:line and field, nothing written;
+5. bad manifests: a clear error naming file:line and field, nothing written (these runs stop
+   before anything starts, so they run in-process: jobs_helpers.invoke_linegen);
 6. user ids such as `../../x` never become paths (checked on the runs of group 1);
 7. the same --job-id with a different manifest is refused and overwrites nothing.
 
@@ -23,7 +24,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -725,16 +725,13 @@ BAD_MANIFESTS: dict[str, tuple[str, bytes, list[str], list[str]]] = {
 
 @pytest.fixture(scope="module")
 def bad_manifest_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """`linegen run` on every bad manifest, all at once (each only parses and exits)."""
+    """`linegen run` on every bad manifest (each only parses and exits: in-process, tests/cli_runner.py)."""
     base = tmp_path_factory.mktemp("bad-manifests")
-    logs = tmp_path_factory.mktemp("bad-manifest-logs")
-    procs = {}
     for name, (fname, data, _, _) in BAD_MANIFESTS.items():
         (base / fname).write_bytes(data)
-    for name, (fname, _, _, _) in BAD_MANIFESTS.items():
-        procs[name] = H.start_linegen(run_args(base / fname, str(base / f"out-{name}"), f"bad-{name}",
-                                               shard_size=4, batch_size=3), cwd=base, log_dir=logs / name)
-    results = {name: H.finish_linegen(p, 120) for name, p in procs.items()}
+    results = {name: H.invoke_linegen(run_args(base / fname, str(base / f"out-{name}"), f"bad-{name}",
+                                               shard_size=4, batch_size=3), cwd=base)
+               for name, (fname, _, _, _) in BAD_MANIFESTS.items()}
     return {"base": base, "results": results}
 
 
@@ -758,8 +755,7 @@ def test_bad_manifest_is_refused_and_nothing_is_written(case: str, bad_manifest_
 def test_bad_manifest_validate(case: str, bad_manifest_runs: dict) -> None:
     fname, _, must, must_not = BAD_MANIFESTS[case]
     path = bad_manifest_runs["base"] / fname
-    r = subprocess.run([H.LINEGEN, "validate", str(path), "--model", "test-tiny"], capture_output=True,
-                       text=True, timeout=60, env=H.clean_env(), cwd=bad_manifest_runs["base"])
+    r = H.invoke_linegen(["validate", str(path), "--model", "test-tiny"], cwd=bad_manifest_runs["base"])
     assert r.returncode != 0, r
     assert "Traceback" not in r.stderr
     for text in must:
@@ -767,8 +763,7 @@ def test_bad_manifest_validate(case: str, bad_manifest_runs: dict) -> None:
     for text in must_not:
         assert text not in r.stderr
     # --json lists the same issues, machine-readable
-    r = subprocess.run([H.LINEGEN, "validate", str(path), "--model", "test-tiny", "--json"], capture_output=True,
-                       text=True, timeout=60, env=H.clean_env())
+    r = H.invoke_linegen(["validate", str(path), "--model", "test-tiny", "--json"])
     assert r.returncode != 0
     doc = json.loads(r.stdout)
     assert doc["valid"] is False and doc["issues"]

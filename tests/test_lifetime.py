@@ -51,7 +51,8 @@ def alive(pids: list[int]) -> list[H.Proc]:
 
 
 def lg_json(*args: str) -> dict | list:
-    r = subprocess.run([H.LINEGEN, *args, "--json"], capture_output=True, text=True, timeout=60, env=H.clean_env())
+    """A read-only command's --json answer, in-process (the runs themselves are real processes)."""
+    r = H.invoke_linegen([*args, "--json"])
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 

@@ -1,6 +1,9 @@
-"""Remote clusters end to end: `linegen submit/status/list/logs/cancel/resume/monitor/cost` as real
-subprocesses against real Ray heads (`ray start --head` on free loopback ports, stopped after the
-module), with the test-tiny model and a local output folder (the head runs on this machine)."""
+"""Remote clusters end to end: `linegen submit/status/list/logs/cancel/resume/monitor/cost` against
+real Ray heads (`ray start --head` on free loopback ports, shared by the test session), with the
+test-tiny model and a local output folder (the head runs on this machine). The commands run
+in-process through Typer's CliRunner (tests/cli_runner.py): they only talk to the cluster's HTTP
+API and to storage, and the jobs themselves run as real Ray jobs on the head. Checks that nothing
+printed holds a secret run the command as a real process (`lg_proc`)."""
 from __future__ import annotations
 
 import http.server
@@ -19,13 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import jobs_helpers as H
+from cli_runner import invoke
 from linegen.cluster import jobs_api
 from linegen.cluster.local import free_port
-
-try:  # also registered in conftest.py; these module-level ones win here
-    from ray_fixtures import ray_head, ray_head_token  # noqa: F401
-except ModuleNotFoundError:
-    from tests.ray_fixtures import ray_head, ray_head_token  # noqa: F401
 
 LINEGEN = str(Path(sys.executable).parent / "linegen")
 JOB_ARGS = ["--model", "test-tiny", "--device", "cpu", "--shard-size", "4", "--batch-size", "2"]
@@ -47,7 +46,14 @@ def _env(home: Path, extra: dict | None = None) -> dict:
     return env
 
 
-def lg(home: Path, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def lg(home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`linegen ARGS` in-process, with exactly the environment `_env` gives."""
+    return invoke(list(args), env=_env(home, env))
+
+
+def lg_proc(home: Path, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`linegen ARGS` as a real process: for checks that nothing it prints holds a secret (Ray's own
+    loggers write to the process's stderr, which an in-process run would not capture)."""
     return subprocess.run([LINEGEN, *args], capture_output=True, text=True, timeout=timeout, env=_env(home, env))
 
 
@@ -263,30 +269,57 @@ def _actors_of(address, job: str) -> list[dict]:
     return [a for a in rows if (a.get("name") or "").startswith(f"linegen-{job}-") and a.get("state") != "DEAD"]
 
 
-def test_at_waits_then_runs_and_after_follows(ray_head, home, tmp_path: Path) -> None:
-    out, first, second = tmp_path / "out", jid("at"), jid("after")
-    m = manifest(tmp_path / "m.jsonl", 8)
-    start = int(time.time()) + 20
-    at = datetime.fromtimestamp(start).strftime("%Y-%m-%dT%H:%M:%S")  # local time
-    r = ok(lg(home, "submit", str(m), "--cluster", ray_head.url, "--out", str(out), "--job-id", first,
-              "--at", at, *JOB_ARGS))
-    assert "UTC" in r.stderr and "starts" in r.stderr
-    r = ok(lg(home, "submit", str(m), "--cluster", ray_head.url, "--out", str(out), "--job-id", second,
-              "--after", first, *JOB_ARGS))
-    assert f"after     job {first}" in r.stderr
+AT_DELAY_S = 20  # long enough for the drivers to be up and seen waiting on a busy machine
 
-    doc = quick_status(home, ray_head.url, first)
-    assert doc["schedule"]["start_at_utc"].endswith("Z") and doc["schedule"]["start_at"] == start
-    if time.time() < start - 1:
-        assert doc["state"] in ("PENDING", "SCHEDULED"), doc
+
+@pytest.fixture(scope="module", autouse=True)
+def scheduled(ray_head, home, tmp_path_factory) -> dict:
+    """Job `first` submitted ``--at`` AT_DELAY_S from now and `second` ``--after`` it, before any
+    other test of this module, so that the wait for `first`'s time overlaps the tests in between
+    instead of being slept through. Records what the jobs looked like while waiting; the checks
+    are in test_at_waits_then_runs_and_after_follows."""
+    d = tmp_path_factory.mktemp("at")
+    out, first, second = d / "out", jid("at"), jid("after")
+    m = manifest(d / "m.jsonl", 8)
+    start = int(time.time()) + AT_DELAY_S
+    at = datetime.fromtimestamp(start).strftime("%Y-%m-%dT%H:%M:%S")  # local time
+    seen: dict = {"out": out, "first": first, "second": second, "start": start}
+    seen["submit_first"] = lg(home, "submit", str(m), "--cluster", ray_head.url, "--out", str(out), "--job-id", first,
+                              "--at", at, *JOB_ARGS)
+    seen["submit_second"] = lg(home, "submit", str(m), "--cluster", ray_head.url, "--out", str(out), "--job-id",
+                               second, "--after", first, *JOB_ARGS)
+    if seen["submit_first"].returncode or seen["submit_second"].returncode:
+        return seen  # the test reports it
+    seen["status_at_submit"] = quick_status(home, ray_head.url, first)
+    seen["submitted_by"] = time.time()
     # the driver is up (Ray: RUNNING) and waits: no workers, no commits, the dependent waits too
     wait_ray(ray_head.address(), first, timeout=30, until={"RUNNING", *jobs_api.TERMINAL_STATUSES})
     wait_ray(ray_head.address(), second, timeout=30, until={"RUNNING", *jobs_api.TERMINAL_STATUSES})
+    seen["waiting"] = None
     if time.time() < start - 1:
-        assert quick_status(home, ray_head.url, first)["state"] == "SCHEDULED"
-        assert quick_status(home, ray_head.url, second)["state"] == "WAITING"
-        assert _actors_of(ray_head.address(), first) == []  # waiting holds no workers (no GPU)
-        assert commits(out, first) == []
+        seen["waiting"] = {"first": quick_status(home, ray_head.url, first)["state"],
+                           "second": quick_status(home, ray_head.url, second)["state"],
+                           "actors": _actors_of(ray_head.address(), first), "commits": commits(out, first)}
+        seen["waiting_checked_at"] = time.time()
+    return seen
+
+
+def test_at_waits_then_runs_and_after_follows(ray_head, home, scheduled) -> None:
+    out, first, second, start = (scheduled[k] for k in ("out", "first", "second", "start"))
+    r = ok(scheduled["submit_first"])
+    assert "UTC" in r.stderr and "starts" in r.stderr
+    r = ok(scheduled["submit_second"])
+    assert f"after     job {first}" in r.stderr
+
+    doc = scheduled["status_at_submit"]
+    assert doc["schedule"]["start_at_utc"].endswith("Z") and doc["schedule"]["start_at"] == start
+    if scheduled["submitted_by"] < start - 1:
+        assert doc["state"] in ("PENDING", "SCHEDULED"), doc
+    waiting = scheduled["waiting"]
+    if waiting is not None and scheduled["waiting_checked_at"] < start - 1:
+        assert waiting["first"] == "SCHEDULED" and waiting["second"] == "WAITING", waiting
+        assert waiting["actors"] == []  # waiting holds no workers (no GPU)
+        assert waiting["commits"] == []
 
     state = wait_ray(ray_head.address(), first)
     assert state.status == "SUCCEEDED", state.message
@@ -303,18 +336,32 @@ def test_at_waits_then_runs_and_after_follows(ray_head, home, tmp_path: Path) ->
     assert len(set(item_ids(out, second))) == 8
 
 
+def gate_job(out: Path, job: str, m: Path) -> Path:
+    """A job folder that never runs (prepared here, no Ray): a job submitted ``--after`` it waits
+    until the test writes the returned ``_SUCCESS`` path, a release under the test's control
+    instead of a wall-clock wait."""
+    from linegen.jobs import layout
+    from linegen.jobs.prepare import prepare_job
+    from linegen.jobs.spec import JobSpec
+
+    prepare_job(JobSpec.from_flags(manifest=str(m), out=str(out), job_id=job, model="test-tiny", random_weights=True))
+    return out / layout.success_key(job)
+
+
 def test_after_a_failing_job_is_cancelled_with_its_reason(ray_head, home, tmp_path: Path) -> None:
     out, base, dep = tmp_path / "out", jid("base"), jid("dep")
     m = manifest(tmp_path / "m.jsonl", 8)
     mb = manifest(tmp_path / "base.jsonl", 8)
+    release = gate_job(out, jid("gate"), m)
     ok(lg(home, "submit", str(mb), "--cluster", ray_head.url, "--out", str(out), "--job-id", base,
-          "--at", "+20s", *JOB_ARGS))
+          "--after", release.parent.name, *JOB_ARGS))
     # Break the job behind the scheduler's back (its manifest and the job's copy of it): its
-    # driver re-reads the manifest when it starts, and fails.
+    # driver re-reads the manifest when it starts, after its wait, and fails.
     for f in (mb, out / base / "manifest.jsonl"):
         f.write_text('{"class_id": "not a number"}\n')
     ok(lg(home, "submit", str(m), "--cluster", ray_head.url, "--out", str(out), "--job-id", dep,
           "--after", base, *JOB_ARGS))
+    release.write_text("{}")
 
     assert wait_ray(ray_head.address(), base).status == "FAILED"
     assert wait_ray(ray_head.address(), dep, timeout=60).status == "FAILED"  # exited non-zero
@@ -348,7 +395,7 @@ def test_token_auth(ray_head_token, home, tmp_path: Path) -> None:
     assert "rejected the token" in line and wrong not in line
     assert not (out / job).exists()  # nothing was prepared for a refused submission
 
-    r = ok(lg(home, *args, "--price", "CPU=2", env={"LINEGEN_RAY_TOKEN": token}))
+    r = ok(lg_proc(home, *args, "--price", "CPU=2", env={"LINEGEN_RAY_TOKEN": token}))
     assert token not in r.stdout + r.stderr
     state = wait_ray(head.address(), job)
     assert state.status == "SUCCEEDED", state.message
@@ -370,7 +417,7 @@ def test_token_auth(ray_head_token, home, tmp_path: Path) -> None:
                      env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tf)})).stdout
     assert json.loads(doc_text)["state"] == "SUCCEEDED"
     doc_text2 = ok(lg(home, "status", job, "--cluster", head.url, "--json", "--token", token)).stdout
-    logs = ok(lg(home, "logs", job, "--cluster", head.url, "--token-file", str(tf))).stdout
+    logs = ok(lg_proc(home, "logs", job, "--cluster", head.url, "--token-file", str(tf))).stdout
     # a config file naming the cluster and a token file; an explicit header (e.g. set by a proxy)
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[cluster]\naddress = "{head.url}"\ntoken_file = "{tf}"\n[output]\nout = "{out}"\n')
@@ -392,8 +439,8 @@ def test_submit_stores_no_url_credentials(ray_head, home, tmp_path: Path) -> Non
     m = manifest(tmp_path / "m.jsonl", 2)
     cluster = ray_head.url.replace("http://", f"http://alice:{secret}@")
     endpoint = f"http://bob:{secret}@127.0.0.1:{free_port()}"  # unused by a local --out, but recorded
-    r = ok(lg(home, "submit", str(m), "--cluster", cluster, "--out", str(out), "--job-id", job,
-              "--s3-endpoint-url", endpoint, *JOB_ARGS))
+    r = ok(lg_proc(home, "submit", str(m), "--cluster", cluster, "--out", str(out), "--job-id", job,
+                   "--s3-endpoint-url", endpoint, *JOB_ARGS))
     assert secret not in r.stdout + r.stderr and "LINEGEN_S3_ENDPOINT_URL" in r.stderr  # the warning
     state = wait_ray(ray_head.address(), job)
     assert state.status == "SUCCEEDED", state.message
@@ -403,7 +450,7 @@ def test_submit_stores_no_url_credentials(ray_head, home, tmp_path: Path) -> Non
     assert secret not in stored and "bob:***@127.0.0.1" in stored, stored
     assert secret not in (out / job / "job.json").read_text()
     assert secret not in jobs_api.logs(ray_head.address(), job)
-    doc = ok(lg(home, "status", job, "--cluster", cluster, "--json"))
+    doc = ok(lg_proc(home, "status", job, "--cluster", cluster, "--json"))
     assert secret not in doc.stdout + doc.stderr and json.loads(doc.stdout)["state"] == "SUCCEEDED"
     assert json.loads(doc.stdout)["cluster"] == cluster.replace(secret, "***")
 
@@ -446,6 +493,5 @@ def test_errors_are_one_line(ray_head, home, tmp_path: Path) -> None:
                              "--after", "nope", *JOB_ARGS))
     assert "no job 'nope'" in line
     # no cluster and no --out: the job is looked for where `linegen run` writes (./out), like run
-    r = subprocess.run([LINEGEN, "status", "x"], capture_output=True, text=True, timeout=60, env=_env(home),
-                       cwd=tmp_path)
+    r = invoke(["status", "x"], env=_env(home), cwd=tmp_path)
     assert one_line_error(r) == "error: no job 'x' under out"

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from cli_runner import invoke
 from text_fixtures import make_t2i_checkpoints, make_t5_folder
 from linegen.workers.cache import Layout, make_policy
 from linegen.workers.engine import Engine, GenRequest, SamplingParams
@@ -321,13 +322,13 @@ def test_prompt_manifest_end_to_end(t2i_job):
 def test_bad_text_input_is_a_clear_error_and_writes_nothing(tmp_path, t5_dir, model, rows, extra, message):
     manifest = tmp_path / "p.jsonl"
     manifest.write_text(rows)
-    args = [LINEGEN, "run", str(manifest), "--out", str(tmp_path / "out"), "--model", model]
+    args = ["run", str(manifest), "--out", str(tmp_path / "out"), "--model", model]
     if extra == "TEXT":
         args += ["--text-encoder", str(t5_dir)]
     elif extra == "EMPTY":
         (tmp_path / "empty").mkdir()
         args += ["--text-encoder", str(tmp_path / "empty")]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    proc = invoke(args)  # in-process: refused before anything runs
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     import re
@@ -352,12 +353,10 @@ def test_bench_runs_a_t2i_model():
 def test_validate_lists_the_prompts_that_will_be_cut(tmp_path, t5_dir):
     manifest = tmp_path / "p.jsonl"
     manifest.write_text(json.dumps({"prompt": "a cat"}) + "\n" + json.dumps({"prompt": LONG_PROMPT, "count": 2}) + "\n")
-    proc = subprocess.run([LINEGEN, "validate", str(manifest), "--model", SPEC.name, "--text-encoder", str(t5_dir),
-                           "--json"], capture_output=True, text=True, timeout=120)
+    proc = invoke(["validate", str(manifest), "--model", SPEC.name, "--text-encoder", str(t5_dir), "--json"])
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["images"]["total"] == 3 and [t["line"] for t in doc["truncated"]] == [2]
     assert doc["truncated"][0]["tokens"] > T == doc["truncated"][0]["limit"]
-    proc = subprocess.run([LINEGEN, "validate", str(manifest), "--model", "test-tiny", "--text-encoder", str(t5_dir)],
-                          capture_output=True, text=True, timeout=120)
+    proc = invoke(["validate", str(manifest), "--model", "test-tiny", "--text-encoder", str(t5_dir)])
     assert proc.returncode != 0 and "needs --model with a text-to-image model" in proc.stderr

@@ -278,6 +278,11 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
         raise UserError(f"model {spec.name} is text-conditional; `grid` needs a class-conditional model")
     if opts.per_class < 1:
         raise UserError("--per-class must be >= 1")
+    for name in opts.policies:  # a misspelt policy is refused before the model loads (seconds)
+        try:
+            _build(name, opts.ratio)
+        except CacheConfigError as e:
+            raise UserError(str(e)) from None
     model = LoadedModel.load(opts.model, text=False)
     spec = model.spec
     n_cls, k, size = spec.gpt.num_classes, opts.per_class, spec.image_size
