@@ -39,6 +39,19 @@ from linegen.cluster.address import ClusterAddress
 from linegen.cluster.reaper import Reaper
 
 
+def _refresh_auth_mode() -> None:
+    """Make Ray read RAY_AUTH_MODE again. Ray caches it when first imported, so a process that
+    imported ray while talking to a token-auth cluster (a notebook, a test) would start its
+    embedded cluster in one mode and its workers in the other, and every actor creation would be
+    cancelled. Ray's own tests reset the same two caches between auth modes."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token auth caches nothing
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -98,6 +111,7 @@ class LocalCluster:
             self._restore_env()
             self.started = False
             return self
+        _refresh_auth_mode()
         kwargs: dict[str, Any] = {
             "address": "local",  # always a new local cluster, whatever RAY_ADDRESS says
             "include_dashboard": False,

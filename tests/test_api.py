@@ -179,3 +179,23 @@ def test_no_source_file_imports_the_old_top_level_names() -> None:
             if pattern.search(path.read_text()):
                 bad.append(str(path.relative_to(ROOT)))
     assert bad == []
+
+
+@pytest.mark.timeout(300)
+def test_run_works_after_ray_was_imported_for_a_token_cluster(tmp_path) -> None:
+    """A notebook that talked to a token-auth cluster has imported ray with RAY_AUTH_MODE=token;
+    Ray caches that mode, so an embedded cluster started later (auth disabled) used to cancel
+    every actor creation. A fresh interpreter, since the cache is per process."""
+    script = (
+        "import os\n"
+        "os.environ['RAY_AUTH_MODE'] = 'token'\n"
+        "import ray\n"
+        "os.environ.pop('RAY_AUTH_MODE')\n"
+        "import linegen\n"
+        f"r = linegen.run([{{'class_id': 1, 'count': 2}}], out={str(tmp_path)!r}, model='test-tiny', "
+        "random_weights=True, device='cpu', job_id='after-token')\n"
+        "print('images', r.images)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0 and "images 2" in r.stdout, r.stderr[-2000:]

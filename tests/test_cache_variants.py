@@ -156,7 +156,7 @@ def test_default_linear_keeps_a_line_to_select_at_tight_budgets():
 
 
 @pytest.mark.parametrize("bad, match", [({"decay": 1.5}, "decay"), ({"shift_prior": -1}, "shift_prior"),
-                                        ({"cfg_rank": "mean"}, "cfg_rank"), ({"anchor_lines": -1}, ">= 0")])
+                                        ({"cfg_rank": "mean"}, "cfg_rank"), ({"anchor_lines": -1}, r"anchor_lines must be an integer in 0\.\.")])
 def test_bad_linear_switches_are_clear_errors(bad, match):
     with pytest.raises(CacheConfigError, match=match):
         make_policy("linear", ratio="1/6", **bad)

@@ -93,7 +93,7 @@ def test_live_progress_before_the_first_commit_then_sigterm(tmp_path: Path) -> N
     assert mine and mine[0]["state"] == "RUNNING" and mine[0]["images"]["done"] > 0 and mine[0]["cost"]["usd"] > 0
 
     assert result.returncode == 128 + signal.SIGTERM, result.describe()
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("progress ")]  # plain progress lines: stderr is no terminal
     # the "job ... -> OUT" and "cache ..." header lines, then the one line
     assert lines[-1] == INTERRUPTED and len(lines) == 3 and lines[1].startswith("cache "), result.describe()
     left = H.wait_until_gone(lambda: alive(pids), 15)
@@ -132,7 +132,7 @@ def test_no_process_of_the_embedded_cluster_outlives_linegen_run(how: str, tmp_p
         H.kill_pids(reapers_of(proc.pid))
     if how == "ctrl-c":
         assert result.returncode == 128 + signal.SIGINT, result.describe()
-        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("progress ")]
         assert lines[-1] == INTERRUPTED and len(lines) == 3 and lines[1].startswith("cache "), result.describe()
         assert "Traceback" not in result.stderr and "SIGTERM received" not in result.stderr
 

@@ -153,11 +153,11 @@ def test_wait_after_uses_ray_when_no_marker(tmp_path: Path) -> None:
 
 
 def test_ray_fallback_sees_attempts_that_all_ended(monkeypatch: pytest.MonkeyPatch) -> None:
-    from linegen.cluster import inside
+    from linegen.jobs import schedule
     from linegen.jobs.schedule import _ray_check
 
     states: list = []
-    monkeypatch.setattr(inside, "jobs_from_inside", lambda: states)
+    monkeypatch.setattr(schedule, "jobs_from_inside", lambda: states)
     assert _ray_check("a") is None  # nothing known
     states[:] = [_js("a", "FAILED", {"linegen_job_id": "a"}, "Job entrypoint command failed with exit code -9"),
                  _js("a-resume-1", "RUNNING", {"linegen_job_id": "a"})]
