@@ -53,3 +53,18 @@ try:
     from ray_fixtures import embedded_ray, ray_head, ray_head_token  # noqa: E402,F401
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests.ray_fixtures import embedded_ray, ray_head, ray_head_token  # noqa: E402,F401
+
+
+@pytest.fixture(scope="module")
+def hf_datasets(tmp_path_factory: pytest.TempPathFactory):
+    """The real `datasets` (a test dependency), offline, with its caches in a temp folder (read at
+    import time)."""
+    home = tmp_path_factory.mktemp("hf-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_HOME", str(home))
+        mp.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
+        import datasets
+
+        yield datasets, home

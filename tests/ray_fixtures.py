@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -48,6 +49,14 @@ def embedded_ray() -> Iterator[object]:
     `Generator` and `LocalCluster` reuse a Ray that is already initialised instead of starting
     their own (seconds each on a loaded machine). Module-scoped, so Ray is gone before the next
     module, and the environment ``ray.init`` changes (RAY_ADDRESS, RAY_AUTH_MODE) is restored."""
+    with local_ray() as cluster:
+        yield cluster
+
+
+@contextmanager
+def local_ray() -> Iterator[object]:
+    """A private in-process Ray on this machine; afterwards the environment ``ray.init`` changes
+    (RAY_ADDRESS, RAY_AUTH_MODE, ...) is as it was."""
     from linegen.cluster.local import LocalCluster
 
     saved = dict(os.environ)

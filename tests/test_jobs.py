@@ -33,8 +33,10 @@ import pytest
 
 try:
     import jobs_helpers as H
+    from ray_fixtures import local_ray
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import jobs_helpers as H
+    from tests.ray_fixtures import local_ray
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -228,20 +230,6 @@ def test_e2e_commit_marker_per_shard(job_output: H.JobOutput) -> None:
         assert m["stats_rows"] == stats.num_rows
 
 
-@pytest.fixture(scope="module")
-def hf_datasets(tmp_path_factory: pytest.TempPathFactory):
-    """The real `datasets`, offline, with its caches in a temp folder (read at import time)."""
-    home = tmp_path_factory.mktemp("hf-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_DATASETS_OFFLINE", "1")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_HOME", str(home))
-        mp.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
-        import datasets
-
-        yield datasets, home
-
-
 def test_e2e_report_is_one_self_contained_html(job_output: H.JobOutput, s3_server, tmp_path: Path) -> None:
     """`linegen report` of the finished job, local and S3: charts as inline SVG, every sample image
     a PNG data: URI, nothing fetched from anywhere (the browser test is in test_elastic.py)."""
@@ -433,15 +421,8 @@ def test_resume_after_sigkill_of_the_process_group(tmp_path: Path) -> None:
 def ray_local():
     import ray
 
-    saved = dict(os.environ)  # ray.init sets RAY_AUTH_MODE=token (and more) and never undoes it
-    # address="local": always a new cluster of our own, never someone else's `ray start`
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray():  # a new cluster of our own, never someone else's `ray start`
         yield ray
-    finally:
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _spec(manifest: Path, out: Path, job_id: str, **kw):

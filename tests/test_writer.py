@@ -24,6 +24,16 @@ from linegen.jobs.storage import open_storage
 H, W, N_TOKENS = 8, 8, 4
 
 
+
+class Wrapped:
+    """A storage that behaves as ``inner`` except for the methods a test overrides."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
 def make_items(n: int, start_row: int = 0) -> list[Item]:
     items = []
     for i in range(n):
@@ -188,19 +198,6 @@ def test_image_table_rejects_bad_shapes() -> None:
         writer.image_table(items, images, tokens + 2**40, **kw)
 
 
-@pytest.fixture(scope="module")
-def hf_datasets(tmp_path_factory: pytest.TempPathFactory):
-    """The real `datasets`, offline, with its caches in a temp folder (read at import time)."""
-    home = tmp_path_factory.mktemp("hf_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_DATASETS_OFFLINE", "1")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("HF_HOME", str(home))
-        mp.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
-        datasets = pytest.importorskip("datasets")
-        yield datasets, home
-
-
 def test_load_dataset_decodes_images(image_parquet, hf_datasets) -> None:
     datasets, home = hf_datasets
     path, items, images, tokens = image_parquet
@@ -333,10 +330,8 @@ def test_sink_loses_marker_race(tmp_path: Path) -> None:
     images, tokens = make_arrays(5)
     key = layout.commit_key("job-1", shard.shard_id)
 
-    class Racing:
+    class Racing(Wrapped):
         """Storage whose marker appears just before our conditional put."""
-        def __getattr__(self, name: str) -> Any:
-            return getattr(storage, name)
 
         def exists(self, k: str) -> bool:
             return False  # both pre-checks miss the other attempt
@@ -346,7 +341,7 @@ def test_sink_loses_marker_race(tmp_path: Path) -> None:
                 assert sink.commit(shard, 7, tokens, images, [worker_stats_row()]) is True
             return storage.put_if_absent(k, data)
 
-    racing_sink = ShardSink(Racing(), "job-1", "tiny", "linear", 0.25)  # type: ignore[arg-type]
+    racing_sink = ShardSink(Racing(storage), "job-1", "tiny", "linear", 0.25)  # type: ignore[arg-type]
     assert racing_sink.commit(shard, 1, tokens, images, [worker_stats_row()]) is False
     assert sink.read_commit(shard.shard_id).attempt == 7
     # the loser wrote nothing a reader sees, and left nothing behind (issue 12, item 5)
@@ -375,16 +370,13 @@ def test_sink_storage_failure_leaves_no_marker(tmp_path: Path) -> None:
     shard = make_shard()
     images, tokens = make_arrays(5)
 
-    class FailingStats:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(storage, name)
-
+    class FailingStats(Wrapped):
         def put(self, key: str, data: bytes) -> None:
             if "stats" in key:
                 raise OSError("disk full")
             storage.put(key, data)
 
-    sink = ShardSink(FailingStats(), "job-1", "tiny", "linear", 0.25)  # type: ignore[arg-type]
+    sink = ShardSink(FailingStats(storage), "job-1", "tiny", "linear", 0.25)  # type: ignore[arg-type]
     with pytest.raises(OSError):
         sink.commit(shard, 1, tokens, images, [worker_stats_row()])
     assert not storage.exists(layout.commit_key("job-1", shard.shard_id))
@@ -412,15 +404,12 @@ def test_sink_crash_between_marker_and_publish_is_recovered(tmp_path: Path) -> N
     shard = make_shard()
     images, tokens = make_arrays(5)
 
-    class DiesBeforeMoving:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(storage, name)
-
+    class DiesBeforeMoving(Wrapped):
         def move(self, src: str, dst: str, **kw: Any) -> None:
             raise KeyboardInterrupt  # the process is gone
 
     with pytest.raises(KeyboardInterrupt):
-        ShardSink(DiesBeforeMoving(), "job-1", "tiny", "linear", 0.25).commit(  # type: ignore[arg-type]
+        ShardSink(DiesBeforeMoving(storage), "job-1", "tiny", "linear", 0.25).commit(  # type: ignore[arg-type]
             shard, 1, tokens, images, [worker_stats_row()])
     marker = read_commit(storage, "job-1", shard.shard_id)
     assert storage.list("job-1/images/") == []  # nothing published: a glob sees nothing yet
