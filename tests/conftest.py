@@ -13,6 +13,19 @@ import pytest
 # before anything imports linegen.jobs; subprocesses and the Ray heads inherit it.
 os.environ["LINEGEN_INTERVALS"] = "live_every_s=0.5,report_every_s=0.5,after_poll_s=0.25,nodes_every_s=1"
 
+# The files that run longest, longest first. Two xdist workers take files in collection order
+# (`--no-loadscope-reorder` in pyproject.toml): the multi-minute node-loss scenario starts at once
+# and the short files fill the other worker around it, instead of it starting last and running
+# alone at the end (measured: benchmarks/RESULTS.md, the suite's section).
+LONGEST_FIRST = ("test_elastic.py", "test_remote.py", "test_jobs.py", "test_concurrent_jobs.py",
+                 "test_lifetime.py", "test_footguns.py", "test_webdataset.py", "test_storage.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 try:
     from s3server import S3Server
 except ModuleNotFoundError:  # tests/ imported as a package

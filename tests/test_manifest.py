@@ -246,6 +246,12 @@ def test_undecodable_utf8_names_the_line():
     assert issue.line == 2 and "UTF-8" in issue.message
     issue = one_issue(b"prompt\nok\ncaf\xe9\n", "m.csv")
     assert issue.line == 3 and "UTF-8" in issue.message
+    # a Parquet string column holding bytes that are not UTF-8 (found by the fuzzer: a traceback)
+    prompts = pa.array([b"ok", b"caf\xe9", b"fine"], pa.binary()).view(pa.string())
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table({"prompt": prompts}), buf)
+    issue = one_issue(buf.getvalue().to_pybytes(), "m.parquet")
+    assert (issue.line, issue.field) == (2, "prompt") and "UTF-8" in issue.message, issue
 
 
 def test_duplicate_ids():

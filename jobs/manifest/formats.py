@@ -207,10 +207,41 @@ def parse_parquet(data: bytes, v: Validator) -> None:
                 f"got {', '.join(map(repr, columns)) or 'no columns'}")
     if v.issues:
         return
-    if not _parquet_text_fits(table, v):
+    if not _parquet_text_is_utf8(table, v) or not _parquet_text_fits(table, v):
         return
     for number, record in enumerate(_parquet_records(table), start=1):
         v.record(number, record, from_text=False)
+
+
+def _parquet_text_is_utf8(table: Any, v: Validator) -> bool:
+    """A string column holding bytes that are not UTF-8 (a damaged or hand-written file) is an
+    issue naming the row and column, not a decode error while the rows are read."""
+    import pyarrow as pa
+
+    valid = True
+    for column in table.column_names:
+        col = table.column(column)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            continue
+        try:
+            col.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = col.cast(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary()).to_pylist()
+        bad = [row for row, cell in enumerate(raw) if cell is not None and not _is_utf8(cell)]
+        for row in bad[:5]:
+            v.issue(row + 1, column, "text is not valid UTF-8")
+        valid = valid and not bad
+    return valid
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _parquet_text_fits(table: Any, v: Validator) -> bool:
