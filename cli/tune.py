@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from linegen.cli.flags import Config, Json, SamplingFlags, StoreFlags, WeightsFlags, opt, option
+from linegen.cli.flags import Config, Json, ModelFlags, SamplingFlags, StoreFlags, WeightsFlags, opt, option
 from linegen.errors import UserError
 
 
@@ -17,8 +17,10 @@ def tune_command(
     seed: int = typer.Option(1, "--seed", help="Calibration seed (linegen eval judges on seed 0: keep them apart)."),
     max_batch: int = option(32, "--batch-size", aliases=("--max-batch",), help="Items per engine wave."),
     write: bool = typer.Option(True, "--write/--no-write", help="Record the choice in the config file's [models] entry."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: a manifest (JSON Lines, CSV or Parquet; local or s3://) whose prompts, in turn, are the calibration items. Default: 32 varied prompts shipped with linegen."),
     config: Optional[str] = Config,
     weights: WeightsFlags = None,
+    text_encoder: Optional[str] = opt(ModelFlags, "text_encoder"),
     cfg_scale: Optional[float] = opt(SamplingFlags, "cfg_scale"),
     top_k: Optional[int] = opt(SamplingFlags, "top_k"),
     temperature: Optional[float] = opt(SamplingFlags, "temperature"),
@@ -31,7 +33,7 @@ def tune_command(
     from linegen.settings.model_choice import ModelChoice
     from linegen.quality.tune import TuneOptions, render_table, tune
     from linegen.workers.models.registry import DEFAULT_MODEL
-
+    from linegen.jobs.manifest import Conditioning, read_manifest
     from linegen.settings.cache_choice import check_candidates
 
     check_candidates([], [ratio])  # before the model loads
@@ -44,11 +46,16 @@ def tune_command(
     configured = cfg.models.get(name)
     if configured is not None and checkpoint is None:  # tune the weights `run --model NAME` would load
         checkpoint, vq_checkpoint = configured.checkpoint, vq_checkpoint or configured.vq_checkpoint
-    choice = ModelChoice(name=name, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint, device=weights.device,
-                         dtype=weights.dtype,
-                         s3_endpoint_url=s3_endpoint_url or cfg.s3.endpoint_url)
+    if configured is not None and text_encoder is None:
+        text_encoder = configured.text_encoder
+    endpoint = s3_endpoint_url or cfg.s3.endpoint_url
+    choice = ModelChoice(name=name, checkpoint=checkpoint, vq_checkpoint=vq_checkpoint, text_encoder=text_encoder,
+                         device=weights.device, dtype=weights.dtype, s3_endpoint_url=endpoint)
+    calibration = ()
+    if prompts is not None:
+        calibration = tuple(r.prompt for r in read_manifest(prompts, Conditioning("text"), endpoint_url=endpoint))
     opts = TuneOptions(model=choice, ratio=ratio, samples=samples, seed=seed, max_batch=max_batch,
-                       cfg_scale=cfg_scale, top_k=top_k, temperature=temperature)
+                       cfg_scale=cfg_scale, top_k=top_k, temperature=temperature, prompts=calibration)
     result = tune(opts, log=lambda m: typer.echo(m, err=True))
     pick = result.choice()
     doc = result.to_dict()
@@ -59,6 +66,8 @@ def tune_command(
             values["checkpoint"] = checkpoint
             if vq_checkpoint is not None:
                 values["vq_checkpoint"] = vq_checkpoint
+        if text_encoder is not None and (configured is None or configured.text_encoder is None):
+            values["text_encoder"] = text_encoder
         try:
             doc["config"] = str(write_model_keys(target, name, values))
         except ConfigError as e:

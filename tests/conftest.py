@@ -12,6 +12,11 @@ import pytest
 # shows in half a second, a job waiting --after another notices its end in a quarter of one. Set
 # before anything imports linegen.jobs; subprocesses and the Ray heads inherit it.
 os.environ["LINEGEN_INTERVALS"] = "live_every_s=0.5,report_every_s=0.5,after_poll_s=0.25,nodes_every_s=1"
+# One compute thread per process (this one, every subprocess, every Ray worker; set before torch
+# is imported). The tests' models are tiny, so a second thread buys nothing, while two workers'
+# processes with two spinning OpenMP threads each on two cores burned about half the CPU of a
+# compute test (tests/test_cache.py alone: 27 CPU-s with two threads, 15 with one, same wall).
+os.environ["OMP_NUM_THREADS"] = "1"
 
 # The files that run longest, longest first. Two xdist workers take files in collection order
 # (`--no-loadscope-reorder` in pyproject.toml): the multi-minute node-loss scenario starts at once

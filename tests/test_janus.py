@@ -168,3 +168,46 @@ def test_random_weights_at_the_published_sizes():
     assert (spec.image_size, spec.num_tokens, c.vocab_size, spec.prefix_len) == (384, 576, 16384, 120)
     one_b = ModelChoice(name="janus-pro-1b", random_weights=True).spec().gpt
     assert (one_b.n_layer, one_b.dim, one_b.n_head, one_b.ffn_dim) == (24, 2048, 16, 5632)
+
+
+def test_tune_calibrates_on_prompts_and_run_uses_its_choice(janus, tmp_path):
+    """`linegen tune` on the Janus checkpoint: every candidate measured on prompt items (the shipped
+    calibration prompts, then the user's --prompts), the choice recorded with the checkpoint, and
+    a `run` with no cache flag decodes with it."""
+    from cli_runner import invoke
+
+    config = tmp_path / "config.toml"
+    args = ["tune", "--model", "janus-pro", "--checkpoint", str(janus["hf"]), "--cache-ratio", "1/2",
+            "--samples", "2", "--batch-size", "2", "--dtype", "float32", "--config", str(config), "--json"]
+    r = invoke(args)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    measured = [row for row in doc["rows"] if row["kl_mean"] is not None]
+    assert len(measured) >= 10 and all(row["kl_mean"] > 0 for row in measured), doc["rows"]
+    assert doc["calibration"] == "2 shipped prompts in turn" and doc["best"]["kl_mean"] == min(
+        row["kl_mean"] for row in measured)
+    import tomllib
+
+    entry = tomllib.loads(config.read_text())["models"]["janus-pro"]
+    assert entry == {"cache": doc["best"]["policy"], "cache_ratio": "1/2", "cache_options": doc["best"]["options"],
+                     "checkpoint": str(janus["hf"])}
+
+    # the user's prompts are the items: other prompts, other measurements
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    mine = invoke([*args[:-3], "--prompts", str(prompts), "--no-write", "--json"])
+    assert mine.returncode == 0, mine.stderr
+    mine = json.loads(mine.stdout)
+    assert mine["calibration"] == "2 of your --prompts in turn"
+    assert [row["kl_mean"] for row in mine["rows"]] != [row["kl_mean"] for row in doc["rows"]]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"class_id": 3}\n')
+    refused = invoke([*args[:-3], "--prompts", str(bad), "--no-write"])
+    assert refused.returncode != 0 and "bad.jsonl:1" in refused.stderr and "Traceback" not in refused.stderr
+
+    from linegen.settings.config_file import load_config
+
+    result = linegen.run([{"prompt": PROMPTS[0]}], out=str(tmp_path / "out"), model="janus-pro",
+                         config=load_config(config), dtype="float32", batch_size=1, job_id="tuned")
+    images = result.read_table(columns=["cache_policy", "cache_ratio"]).to_pylist()
+    assert images == [{"cache_policy": entry["cache"], "cache_ratio": 0.5}]

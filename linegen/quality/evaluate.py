@@ -87,12 +87,18 @@ def _check(opts: EvalOptions, spec) -> None:
         raise UserError(f"classifier {opts.classifier}: no such file")
 
 
-def requests_for(opts: EvalOptions, spec, count: int):
+def requests_for(opts: EvalOptions, spec, count: int, *, text=None, prompts: tuple[str, ...] = ()):
+    """`count` requests with seeds from --seed: classes in turn, or with ``text`` (the model's
+    prompt encoder) the prompts in turn."""
     from linegen.workers.engine import GenRequest
 
     sp = spec.sampling(cfg_scale=opts.cfg_scale, top_k=opts.top_k)
-    n_cls = spec.gpt.num_classes
-    return [GenRequest(seed=opts.seed * 1_000_003 + i, class_id=i % n_cls, sampling=sp) for i in range(count)]
+    seeds = [opts.seed * 1_000_003 + i for i in range(count)]
+    if text is None:
+        n_cls = spec.gpt.num_classes
+        return [GenRequest(seed=s, class_id=i % n_cls, sampling=sp) for i, s in enumerate(seeds)]
+    encoded = text.encode([prompts[i % len(prompts)] for i in range(count)])
+    return [GenRequest(seed=s, caption=e.features, caption_mask=e.mask, sampling=sp) for s, e in zip(seeds, encoded)]
 
 
 def _generate(engine, requests, max_batch: int):
@@ -136,13 +142,13 @@ def _real_reference(clf, opts: EvalOptions, log: Callable[[str], None]):
     return reference, real_feats, warnings
 
 
-def load_checked(choice: ModelChoice, check: Callable) -> "LoadedModel":
-    """The model's weights (no text encoder), loaded only after ``check(spec)`` passed: a bad
-    option is an error before minutes of loading."""
+def load_checked(choice: ModelChoice, check: Callable, *, text: bool = False) -> "LoadedModel":
+    """The model's weights (and, with ``text``, a t2i model's prompt encoder), loaded only after
+    ``check(spec)`` passed: a bad option is an error before minutes of loading."""
     from linegen.workers.runner import LoadedModel
 
     check(choice.spec())
-    return LoadedModel.load(choice, text=False)
+    return LoadedModel.load(choice, text=text)
 
 
 def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> dict:

@@ -2,8 +2,9 @@
 
 Every candidate (a policy, or LineAR with a named option set: workers/cache/presets.py) uses the
 same visual budget, so the same cache bytes; they differ only in which tokens they keep. Each is
-teacher-forced on the full cache's own samples of calibration items (classes in turn, the
-model's sampling defaults, seeds disjoint from `linegen eval`'s) and scored by the mean
+teacher-forced on the full cache's own samples of calibration items (classes in turn, or for a
+text-to-image model prompts in turn: the user's `--prompts` or the shipped calibration_prompts.txt;
+the model's sampling defaults, seeds disjoint from `linegen eval`'s) and scored by the mean
 KL(full || candidate) of the guided next-token distributions and their top-1 agreement, the
 columns of `linegen eval` that are steady at a few dozen samples (benchmarks/RESULTS.md). The
 lowest KL wins. Nothing here imports torch at module level (jobs/ rule).
@@ -11,7 +12,8 @@ lowest KL wins. Nothing here imports torch at module level (jobs/ rule).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from importlib import resources
 from typing import Callable
 
 from linegen.errors import UserError
@@ -63,6 +65,13 @@ class TuneOptions:
     cfg_scale: float | None = None  # None: the model's defaults
     top_k: int | None = None
     temperature: float | None = None
+    prompts: tuple[str, ...] = ()  # text-to-image models: calibration prompts (empty: the shipped ones)
+
+
+def calibration_prompts() -> tuple[str, ...]:
+    """The shipped calibration prompts: varied subjects, styles and layouts, one per line."""
+    text = resources.files("linegen.quality").joinpath("calibration_prompts.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,7 @@ class TuneResult:
     device: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     shipped: str | None = None  # the candidate that is the model's shipped setting (what `--cache auto` uses untuned)
+    calibration: str = "classes in turn"  # what the items are: classes, or which prompts
 
     def choice(self) -> CacheChoice:
         return self.best.cache(self.ratio)
@@ -108,9 +118,9 @@ def _explicit_options(policy) -> dict:
 
 
 def _check(opts: TuneOptions, spec) -> None:
-    if spec.gpt.cond != "c2i":
-        raise UserError(f"model {spec.name} is text-conditional; `tune` calibrates on class-conditional "
-                        "models for now (tune a c2i model of the same family, or set the cache by hand)")
+    if opts.prompts and spec.gpt.cond != "t2i":
+        raise UserError(f"--prompts is for text-to-image models; {spec.name} is class-conditional "
+                        "(it calibrates on its classes)")
     if opts.samples < 1 or opts.max_batch < 1:
         raise UserError("--samples and --max-batch must be >= 1")
     try:
@@ -149,13 +159,14 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     from linegen.quality.fidelity import divergence
 
     t_start = time.perf_counter()
-    model = load_checked(opts.model, lambda spec: _check(opts, spec))
+    model = load_checked(opts.model, lambda spec: _check(opts, spec), text=True)
     spec = model.spec
     ev = EvalOptions(model=opts.model, seed=opts.seed, cfg_scale=opts.cfg_scale, top_k=opts.top_k)
-    requests = requests_for(ev, spec, opts.samples)
+    prompts = opts.prompts or calibration_prompts()
+    requests = requests_for(ev, spec, opts.samples, text=model.text, prompts=prompts)
+    calibration = "classes in turn" if model.text is None else \
+        f"{min(len(prompts), opts.samples)} {'of your --prompts' if opts.prompts else 'shipped prompts'} in turn"
     if opts.temperature is not None:
-        from dataclasses import replace
-
         requests = [replace(r, sampling=r.sampling.with_overrides(temperature=opts.temperature)) for r in requests]
     batch = min(opts.max_batch, opts.samples)
     log(f"{len(opts.candidates)} candidates x {opts.samples} calibration items at {opts.ratio}; "
@@ -205,7 +216,7 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     rec = recommended(spec)
     rec_options = _explicit_options(rec.build())
     shipped = next((r.label for r in rows if r.policy == rec.policy and r.options == rec_options), None)
-    return TuneResult(shipped=shipped, model=spec.name, ratio=opts.ratio, budget_tokens=budget, num_tokens=spec.num_tokens,
+    return TuneResult(shipped=shipped, calibration=calibration, model=spec.name, ratio=opts.ratio, budget_tokens=budget, num_tokens=spec.num_tokens,
                       samples=opts.samples, seed=opts.seed,
                       sampling={"cfg_scale": sp.cfg_scale, "top_k": sp.top_k, "temperature": sp.temperature},
                       rows=rows, best=best, wall_s=round(time.perf_counter() - t_start, 1), device=str(model.device))
@@ -215,7 +226,7 @@ def render_table(result: TuneResult) -> str:
     """Markdown table, best first is not imposed: rows stay in candidate order, the choice is marked."""
     s = result.sampling
     head = (f"model {result.model}, ratio {result.ratio} ({result.budget_tokens} of {result.num_tokens} visual "
-            f"tokens kept by every candidate), {result.samples} calibration items (seed {result.seed}) "
+            f"tokens kept by every candidate), {result.samples} calibration items ({result.calibration}, seed {result.seed}) "
             f"teacher-forced on the full cache's samples, cfg {s['cfg_scale']}, top-k {s['top_k']}, "
             f"temperature {s['temperature']}; {result.device}, {result.wall_s:.0f} s")
     lines = [head, "", "| candidate | KL (nats) | top-1 agree | s | |", "|---|---|---|---|---|"]
