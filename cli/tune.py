@@ -17,6 +17,7 @@ def tune_command(
     seed: int = typer.Option(1, "--seed", help="Calibration seed (linegen eval judges on seed 0: keep them apart)."),
     max_batch: int = option(32, "--batch-size", aliases=("--max-batch",), help="Items per engine wave."),
     write: bool = typer.Option(True, "--write/--no-write", help="Record the choice in the config file's [models] entry."),
+    finalists: int = typer.Option(3, "--finalists", help="The lowest-KL candidates that also generate the items and are judged on their images against the full cache's; the choice is the one whose samples stay closest. 0: choose by KL alone."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: a manifest (JSON Lines, CSV or Parquet; local or s3://) whose prompts, in turn, are the calibration items. Default: 32 varied prompts shipped with linegen."),
     config: Optional[str] = Config,
     weights: WeightsFlags = None,
@@ -55,7 +56,8 @@ def tune_command(
     if prompts is not None:
         calibration = tuple(r.prompt for r in read_manifest(prompts, Conditioning("text"), endpoint_url=endpoint))
     opts = TuneOptions(model=choice, ratio=ratio, samples=samples, seed=seed, max_batch=max_batch,
-                       cfg_scale=cfg_scale, top_k=top_k, temperature=temperature, prompts=calibration)
+                       cfg_scale=cfg_scale, top_k=top_k, temperature=temperature, prompts=calibration,
+                       finalists=finalists)
     result = tune(opts, log=lambda m: typer.echo(m, err=True))
     pick = result.choice()
     doc = result.to_dict()

@@ -58,8 +58,11 @@ def run_job(job: PreparedJob, progress: Callable[[Progress], None] | None = None
         raise
     clear_live(job.storage, spec.job_id)  # _SUCCESS says everything now
     tally.state = "succeeded"
-    if tally.progress is not None:
-        tally.progress(tally.snapshot(WorkerNumbers(), "finished"))
+    if tally.progress is not None:  # the last line says what the run did, from its summary
+        final = tally.snapshot(WorkerNumbers(), "finished")
+        final.images_per_s = summary.get("images_per_s_this_run") or final.images_per_s
+        final.usd = (summary.get("cost") or {}).get("usd", final.usd)
+        tally.progress(final)
     return summary
 
 

@@ -184,8 +184,9 @@ def test_tune_calibrates_on_prompts_and_run_uses_its_choice(janus, tmp_path):
     doc = json.loads(r.stdout)
     measured = [row for row in doc["rows"] if row["kl_mean"] is not None]
     assert len(measured) >= 10 and all(row["kl_mean"] > 0 for row in measured), doc["rows"]
-    assert doc["calibration"] == "2 shipped prompts in turn" and doc["best"]["kl_mean"] == min(
-        row["kl_mean"] for row in measured)
+    judged = [row for row in measured if row["sample_distance"] is not None]
+    assert doc["calibration"] == "2 shipped prompts in turn" and len(judged) == doc["finalists"] == 3
+    assert doc["best"]["sample_distance"] == min(row["sample_distance"] for row in judged)
     import tomllib
 
     entry = tomllib.loads(config.read_text())["models"]["janus-pro"]

@@ -156,7 +156,13 @@ def test_progress_lines_when_stderr_is_not_a_terminal(twice: dict) -> None:
     assert lines, twice["first"].stderr
     last = lines[-1]
     assert re.search(r"job classes-[0-9a-f]{12}: 6/6 images \(100%\)", last), last
-    assert "images/s" in last and "so far" in last
+    # the last line is the run's own numbers (its summary's rate and cost), not an empty snapshot's
+    assert re.search(r", [0-9]+\.[0-9]{2} images/s, ", last) and "n/a" not in last, last
+    (job,) = [p.name for p in twice["out"].iterdir()]
+    summary = json.loads((twice["out"] / job / "_SUCCESS").read_text())
+    from linegen.workers.units import money
+
+    assert f"{money(summary['cost']['usd'])} so far" in last, (last, summary["cost"])
 
 
 def test_progress_log_paces_its_lines() -> None:

@@ -132,7 +132,12 @@ def test_tune_writes_the_config_and_run_uses_it(tmp_path):
     assert {"h2o", "streaming", "linear/paper", "rkv"} <= set(rows)
     measured = [r for r in rows.values() if r["kl_mean"] is not None]
     assert len(measured) >= 10 and all(r["kl_mean"] > 0 for r in measured)
-    assert doc["best"]["kl_mean"] == min(r["kl_mean"] for r in measured)
+    # the three lowest-KL candidates were judged on their generated samples; the choice is theirs
+    by_kl = sorted(measured, key=lambda r: (r["kl_mean"], -r["top1_agreement"]))
+    judged = [r for r in measured if r["sample_distance"] is not None]
+    assert doc["finalists"] == 3 and {r["label"] for r in judged} == {r["label"] for r in by_kl[:3]}
+    assert all(r["sample_distance"] > 0 and r["sample_accuracy"] is None for r in judged)  # no classifier
+    assert doc["best"]["label"] == min(judged, key=lambda r: (r["sample_distance"], r["kl_mean"]))["label"]
     text = config.read_text()
     assert text.startswith("# mine\n[output]\nout = \"/tmp/x\"\n")
     entry = tomllib.loads(text)["models"]["test-tiny"]
@@ -151,3 +156,25 @@ def test_tune_writes_the_config_and_run_uses_it(tmp_path):
     assert set(images.column("cache_ratio").to_pylist()) == {0.5}
     stats = H.read_parquet((tmp_path / "out" / "tuned" / "stats" / "shard-00000.parquet").read_bytes()).to_pylist()
     assert {s["cache_policy"] for s in stats} == {entry["cache"]}
+
+
+def test_sample_judge_scores_the_full_cache_zero_and_a_starved_cache_above_zero():
+    """The judge compares a candidate's free-running samples with the full cache's of the same
+    seeds: the full cache itself scores exactly 0, a one-line cache does not; the built-in model's
+    classifier also gives class accuracy."""
+    from linegen.quality.evaluate import EvalOptions, requests_for
+    from linegen.quality.sample_check import SampleJudge
+    from linegen.settings.model_choice import ModelChoice
+    from linegen.workers.cache import make_policy
+    from linegen.workers.runner import LoadedModel
+
+    choice = ModelChoice(name="test-tiny", random_weights=True)
+    model = LoadedModel.load(choice)
+    requests = requests_for(EvalOptions(model=choice), model.spec, 4)
+    full = model.engine(make_policy("full"), max_batch=4)
+    full_tokens = full.run_wave(requests).tokens
+    judge = SampleJudge(full.decode_images, full_tokens, requests, 4)
+    same = judge.score(model.engine(make_policy("full"), max_batch=4, images=False))
+    starved = judge.score(model.engine(make_policy("streaming", lines=1), max_batch=4, images=False))
+    assert same.distance == 0.0 and same.accuracy is None
+    assert starved.distance > 0.05, starved

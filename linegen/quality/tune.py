@@ -7,7 +7,10 @@ text-to-image model prompts in turn: the user's `--prompts` or the shipped calib
 the model's sampling defaults, seeds disjoint from `linegen eval`'s) and scored by the mean
 KL(full || candidate) of the guided next-token distributions and their top-1 agreement, the
 columns of `linegen eval` that are steady at a few dozen samples (benchmarks/RESULTS.md). The
-lowest KL wins. Nothing here imports torch at module level (jobs/ rule).
+lowest-KL few (`--finalists`, 3) then generate the items free-running and are judged on those
+images against the full cache's (linegen/quality/sample_check.py): the one whose samples stay
+closest wins, so a setting is never chosen on logits alone. Nothing here imports torch at module
+level (jobs/ rule).
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from importlib import resources
 from typing import Callable
 
 from linegen.errors import UserError
-from linegen.quality.evaluate import EvalOptions, estimate_line, load_checked, requests_for
+from linegen.quality.evaluate import EvalOptions, default_classifier, estimate_line, load_checked, requests_for
+from linegen.quality.sample_check import FINALISTS, SampleJudge
 from linegen.settings.cache_choice import CacheChoice, recommended
 from linegen.settings.model_choice import ModelChoice
 from linegen.workers.cache import CacheConfigError, make_policy, parse_ratio
@@ -66,6 +70,7 @@ class TuneOptions:
     top_k: int | None = None
     temperature: float | None = None
     prompts: tuple[str, ...] = ()  # text-to-image models: calibration prompts (empty: the shipped ones)
+    finalists: int = FINALISTS  # lowest-KL candidates judged on generated samples; 0: KL alone
 
 
 def calibration_prompts() -> tuple[str, ...]:
@@ -83,6 +88,11 @@ class CandidateScore:
     top1_agreement: float | None
     wall_s: float
     error: str | None = None
+    # finalists only (linegen/quality/sample_check.py): paired distance of its generated samples to
+    # the full cache's (0 = the same images, ~1 = unrelated ones), and their class accuracy where
+    # the model ships a classifier
+    sample_distance: float | None = None
+    sample_accuracy: float | None = None
 
     def cache(self, ratio: str) -> CacheChoice:
         return CacheChoice(self.policy, ratio, None, dict(self.options))
@@ -104,6 +114,7 @@ class TuneResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     shipped: str | None = None  # the candidate that is the model's shipped setting (what `--cache auto` uses untuned)
     calibration: str = "classes in turn"  # what the items are: classes, or which prompts
+    finalists: int = 0  # candidates also judged on their generated samples (the choice is among them)
 
     def choice(self) -> CacheChoice:
         return self.best.cache(self.ratio)
@@ -123,6 +134,8 @@ def _check(opts: TuneOptions, spec) -> None:
                         "(it calibrates on its classes)")
     if opts.samples < 1 or opts.max_batch < 1:
         raise UserError("--samples and --max-batch must be >= 1")
+    if opts.finalists < 0:
+        raise UserError(f"--finalists must be >= 0 (0: the KL ranking alone), got {opts.finalists}")
     try:
         if parse_ratio(opts.ratio) >= 1:
             raise UserError("--cache-ratio must be below 1: at 1 every policy keeps the full cache")
@@ -153,42 +166,74 @@ def _candidate_engines(opts: TuneOptions, model, batch: int) -> tuple[dict, dict
 
 
 def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> TuneResult:
-    """Measure every candidate on the calibration items and pick the lowest KL."""
+    """Rank every candidate by teacher-forced KL on the calibration items, then judge the best
+    few on their generated samples (linegen/quality/sample_check.py) and pick the one that holds."""
+    t_start = time.perf_counter()
+    model = load_checked(opts.model, lambda spec: _check(opts, spec), text=True)
+    spec = model.spec
+    requests, calibration = _calibration(opts, model)
+    batch = min(opts.max_batch, opts.samples)
+    log(f"{len(opts.candidates)} candidates x {opts.samples} calibration items at {opts.ratio}; "
+        "a time estimate follows the first wave")
+    full = model.engine(make_policy("full"), max_batch=batch, images=opts.finalists > 0)
+    engines, rows_by_label, budget = _candidate_engines(opts, model, batch)
+    scores, full_tokens = _rank_by_kl(opts, full, engines, requests, batch, log)
+    rows_by_label.update(scores)
+    rows = tuple(rows_by_label[c.label] for c in opts.candidates)
+    rows = _judge_finalists(opts, model, full, full_tokens, engines, rows, requests, batch, log)
+    judged = [r for r in rows if r.sample_distance is not None]
+    best = min(judged, key=lambda r: (r.sample_distance, r.kl_mean)) if judged else \
+        min((r for r in rows if r.kl_mean is not None), key=lambda r: (r.kl_mean, -r.top1_agreement))
+    sp = requests[0].sampling
+
+    rec = recommended(spec)
+    rec_options = _explicit_options(rec.build())
+    shipped = next((r.label for r in rows if r.policy == rec.policy and r.options == rec_options), None)
+    return TuneResult(shipped=shipped, calibration=calibration, model=spec.name, ratio=opts.ratio,
+                      budget_tokens=budget, num_tokens=spec.num_tokens, samples=opts.samples, seed=opts.seed,
+                      sampling={"cfg_scale": sp.cfg_scale, "top_k": sp.top_k, "temperature": sp.temperature},
+                      rows=rows, best=best, wall_s=round(time.perf_counter() - t_start, 1), device=str(model.device),
+                      finalists=len(judged))
+
+
+def _calibration(opts: TuneOptions, model) -> tuple[list, str]:
+    """The calibration requests (classes, or prompts in turn) and a few words on what they are."""
+    ev = EvalOptions(model=opts.model, seed=opts.seed, cfg_scale=opts.cfg_scale, top_k=opts.top_k)
+    prompts = opts.prompts or calibration_prompts()
+    requests = requests_for(ev, model.spec, opts.samples, text=model.text, prompts=prompts)
+    if opts.temperature is not None:
+        requests = [replace(r, sampling=r.sampling.with_overrides(temperature=opts.temperature)) for r in requests]
+    if model.text is None:
+        return requests, "classes in turn"
+    source = "of your --prompts" if opts.prompts else "shipped prompts"
+    return requests, f"{min(len(prompts), opts.samples)} {source} in turn"
+
+
+def _rank_by_kl(opts: TuneOptions, full, engines: dict, requests: list, batch: int,
+                log: Callable[[str], None]) -> tuple[dict, "object"]:
+    """Every candidate teacher-forced on the full cache's own samples -> (label -> CandidateScore,
+    the full cache's sampled tokens [n, N])."""
     import torch
 
     from linegen.quality.fidelity import divergence
 
-    t_start = time.perf_counter()
-    model = load_checked(opts.model, lambda spec: _check(opts, spec), text=True)
-    spec = model.spec
-    ev = EvalOptions(model=opts.model, seed=opts.seed, cfg_scale=opts.cfg_scale, top_k=opts.top_k)
-    prompts = opts.prompts or calibration_prompts()
-    requests = requests_for(ev, spec, opts.samples, text=model.text, prompts=prompts)
-    calibration = "classes in turn" if model.text is None else \
-        f"{min(len(prompts), opts.samples)} {'of your --prompts' if opts.prompts else 'shipped prompts'} in turn"
-    if opts.temperature is not None:
-        requests = [replace(r, sampling=r.sampling.with_overrides(temperature=opts.temperature)) for r in requests]
-    batch = min(opts.max_batch, opts.samples)
-    log(f"{len(opts.candidates)} candidates x {opts.samples} calibration items at {opts.ratio}; "
-        "a time estimate follows the first wave")
-    full = model.engine(make_policy("full"), max_batch=batch, images=False)
-
-    engines, rows_by_label, budget = _candidate_engines(opts, model, batch)
-
     kl_sum = {label: 0.0 for label in engines}
     agree = {label: 0.0 for label in engines}
     spent = {label: 0.0 for label in engines}
-    steps = 0
+    steps, full_tokens = 0, []
     for w0 in range(0, len(requests), batch):
         wave = requests[w0:w0 + batch]
         ref: list = []
         # The full cache's own sample; its guided distributions at each step are the reference.
         t_ref = time.perf_counter()
         tokens = full.run_wave(wave, on_logits=lambda _s, g: ref.append(torch.log_softmax(g.float(), -1))).tokens
+        full_tokens.append(tokens)
         steps += tokens.numel()
         if w0 == 0:  # say how long before the long part: each candidate's pass costs about one such wave
-            log(estimate_line(time.perf_counter() - t_ref, waves=-(-len(requests) // batch), passes=1 + len(engines),
-                              what=f"{len(engines)} candidates x {len(requests)} items"))
+            passes = 1 + len(engines) + min(opts.finalists, len(engines))
+            log(estimate_line(time.perf_counter() - t_ref, waves=-(-len(requests) // batch), passes=passes,
+                              what=f"{len(engines)} candidates x {len(requests)} items, "
+                                   f"{min(opts.finalists, len(engines))} finalists judged on samples"))
         for label, (_cand, _policy, engine) in engines.items():
             t0 = time.perf_counter()
             acc: dict = {"kl": 0.0, "agree": 0.0}  # device tensors after the first step: no sync per step
@@ -206,20 +251,34 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
             log(f"{label:24s} KL {kl_sum[label] / steps:.4g} top-1 {agree[label] / steps:.3f} "
                 f"(items {w0 + len(wave)}/{len(requests)}, {spent[label]:.0f}s)")
         del ref
-    for label, (cand, policy, _engine) in engines.items():
-        rows_by_label[label] = CandidateScore(label, cand.policy, _explicit_options(policy), kl_sum[label] / steps,
-                                              agree[label] / steps, round(spent[label], 2))
-    rows = tuple(rows_by_label[c.label] for c in opts.candidates)
-    best = min((r for r in rows if r.kl_mean is not None), key=lambda r: (r.kl_mean, -r.top1_agreement))
-    sp = requests[0].sampling
+    scores = {label: CandidateScore(label, cand.policy, _explicit_options(policy), kl_sum[label] / steps,
+                                    agree[label] / steps, round(spent[label], 2))
+              for label, (cand, policy, _engine) in engines.items()}
+    return scores, torch.cat(full_tokens)
 
-    rec = recommended(spec)
-    rec_options = _explicit_options(rec.build())
-    shipped = next((r.label for r in rows if r.policy == rec.policy and r.options == rec_options), None)
-    return TuneResult(shipped=shipped, calibration=calibration, model=spec.name, ratio=opts.ratio, budget_tokens=budget, num_tokens=spec.num_tokens,
-                      samples=opts.samples, seed=opts.seed,
-                      sampling={"cfg_scale": sp.cfg_scale, "top_k": sp.top_k, "temperature": sp.temperature},
-                      rows=rows, best=best, wall_s=round(time.perf_counter() - t_start, 1), device=str(model.device))
+
+def _judge_finalists(opts: TuneOptions, model, full, full_tokens, engines: dict, rows: tuple, requests: list,
+                     batch: int, log: Callable[[str], None]) -> tuple:
+    """The `finalists` lowest-KL candidates generate the items free-running; each row gets its
+    sample distance (and class accuracy where the model ships a classifier)."""
+    measured = sorted((r for r in rows if r.kl_mean is not None), key=lambda r: (r.kl_mean, -r.top1_agreement))
+    finalists = {r.label for r in measured[:opts.finalists]}
+    if not finalists:
+        return rows
+    spec = model.spec
+    classifier = default_classifier() if spec.builtin_weights is not None else None
+    judge = SampleJudge(full.decode_images, full_tokens, requests, batch, classifier, spec.gpt.num_classes)
+    judged = []
+    for row in rows:
+        if row.label in finalists:
+            t0 = time.perf_counter()
+            score = judge.score(engines[row.label][2])
+            row = replace(row, sample_distance=round(score.distance, 4), sample_accuracy=score.accuracy,
+                          wall_s=round(row.wall_s + time.perf_counter() - t0, 2))
+            acc = "" if score.accuracy is None else f", class accuracy {score.accuracy:.3f}"
+            log(f"{row.label:24s} on samples: distance to full {score.distance:.3f}{acc}")
+        judged.append(row)
+    return tuple(judged)
 
 
 def render_table(result: TuneResult) -> str:
@@ -229,14 +288,20 @@ def render_table(result: TuneResult) -> str:
             f"tokens kept by every candidate), {result.samples} calibration items ({result.calibration}, seed {result.seed}) "
             f"teacher-forced on the full cache's samples, cfg {s['cfg_scale']}, top-k {s['top_k']}, "
             f"temperature {s['temperature']}; {result.device}, {result.wall_s:.0f} s")
-    lines = [head, "", "| candidate | KL (nats) | top-1 agree | s | |", "|---|---|---|---|---|"]
+    if result.finalists:
+        head += (f"; the {result.finalists} lowest-KL candidates judged on their generated samples "
+                 "(distance to the full cache's image of the same seed: 0 = the same, ~1 = unrelated)")
+    lines = [head, "", "| candidate | KL (nats) | top-1 agree | sample distance | class accuracy | s | |",
+             "|---|---|---|---|---|---|---|"]
     for r in result.rows:
         if r.kl_mean is None:
-            lines.append(f"| {r.label} | - | - | - | does not fit: {r.error} |")
+            lines.append(f"| {r.label} | - | - | - | - | - | does not fit: {r.error} |")
             continue
         marks = (["**chosen**"] if r.label == result.best.label else []) + \
             (["shipped default"] if r.label == result.shipped else [])
         mark = ", ".join(marks)
         kl = f"{r.kl_mean:.4f}" if r.kl_mean >= 1e-3 else f"{r.kl_mean:.2e}"
-        lines.append(f"| {r.label} | {kl} | {r.top1_agreement:.3f} | {r.wall_s:.0f} | {mark} |")
+        dist = "-" if r.sample_distance is None else f"{r.sample_distance:.3f}"
+        acc = "-" if r.sample_accuracy is None else f"{r.sample_accuracy:.3f}"
+        lines.append(f"| {r.label} | {kl} | {r.top1_agreement:.3f} | {dist} | {acc} | {r.wall_s:.0f} | {mark} |")
     return "\n".join(lines)
