@@ -262,21 +262,30 @@ def _judge_finalists(opts: TuneOptions, model, full, full_tokens, engines: dict,
     """The `finalists` lowest-KL candidates generate the items free-running; each row gets its
     sample distance (and class accuracy where the model ships a classifier)."""
     measured = sorted((r for r in rows if r.kl_mean is not None), key=lambda r: (r.kl_mean, -r.top1_agreement))
-    finalists = {r.label for r in measured[:opts.finalists]}
+    # Candidates with the very same KL and top-1 kept the same tokens on every item (presets can
+    # coincide at a small budget): one of them is judged for all, and the finalists are distinct.
+    finalists: dict = {}  # (KL, top-1) -> the label judged for it
+    for r in measured:
+        if len(finalists) < opts.finalists or (r.kl_mean, r.top1_agreement) in finalists:
+            finalists.setdefault((r.kl_mean, r.top1_agreement), r.label)
     if not finalists:
         return rows
     spec = model.spec
     classifier = default_classifier() if spec.builtin_weights is not None else None
     judge = SampleJudge(full.decode_images, full_tokens, requests, batch, classifier, spec.gpt.num_classes)
+    scores = {}
+    for key, label in finalists.items():
+        t0 = time.perf_counter()
+        scores[key] = (judge.score(engines[label][2]), time.perf_counter() - t0)
+        acc = "" if scores[key][0].accuracy is None else f", class accuracy {scores[key][0].accuracy:.3f}"
+        log(f"{label:24s} on samples: distance to full {scores[key][0].distance:.3f}{acc}")
     judged = []
     for row in rows:
-        if row.label in finalists:
-            t0 = time.perf_counter()
-            score = judge.score(engines[row.label][2])
+        key = (row.kl_mean, row.top1_agreement)
+        if key in scores:
+            score, spent = scores[key]
             row = replace(row, sample_distance=round(score.distance, 4), sample_accuracy=score.accuracy,
-                          wall_s=round(row.wall_s + time.perf_counter() - t0, 2))
-            acc = "" if score.accuracy is None else f", class accuracy {score.accuracy:.3f}"
-            log(f"{row.label:24s} on samples: distance to full {score.distance:.3f}{acc}")
+                          wall_s=round(row.wall_s + (spent if finalists[key] == row.label else 0.0), 2))
         judged.append(row)
     return tuple(judged)
 
