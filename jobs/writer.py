@@ -57,7 +57,7 @@ _IMAGE_COLUMNS: tuple[tuple[str, pa.DataType, dict[str, Any]], ...] = (
     ("model", pa.string(), _value("string")),
     ("cache_policy", pa.string(), _value("string")),
     ("cache_ratio", pa.float64(), _value("float64")),
-    ("cache_options", pa.string(), _value("string")),  # the policy's options as a JSON object, "{}" for none
+    ("cache_options", pa.string(), _value("string")),  # every option of the policy that ran, as a JSON object ("{}": full)
     ("tokens", pa.list_(pa.int32()), {"feature": _value("int32"), "_type": "Sequence"}),
     ("width", pa.int32(), _value("int32")),
     ("height", pa.int32(), _value("int32")),
@@ -204,7 +204,8 @@ def check_shard_arrays(items: Sequence[Item], images: np.ndarray, tokens: np.nda
 
 
 def cache_options_text(options: dict | None) -> str:
-    """The `cache_options` column: the policy's options as given (a preset by its name), as JSON."""
+    """The `cache_options` column: every option of the policy that ran (defaults included, a preset
+    resolved), as JSON."""
     return json.dumps(dict(options or {}), sort_keys=True, separators=(",", ":"))
 
 

@@ -118,7 +118,7 @@ class Generator:
         # the columns of a job's image rows, from their one definition (jobs/writer.py), less job_id
         records = item_records([g.item for g in generated], np.stack([g.image for g in generated]), job_id=None,
                                model=self.spec.name, cache_policy=self.settings.cache.policy,
-                               cache_ratio=self.cache_ratio, cache_options=cache_options_text(self.settings.cache.options),
+                               cache_ratio=self.cache_ratio, cache_options=cache_options_text(self.engine.policy.options()),
                                prompt_info=[None if g.prompt_tokens is None else (g.prompt_tokens, g.prompt_truncated)
                                             for g in generated])
         out: dict[str, list] = {"image": encode_pngs([g.image for g in generated])}

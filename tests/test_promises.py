@@ -222,7 +222,13 @@ def test_rows_carry_every_setting_and_the_kept_columns(twice: dict) -> None:
     assert by_row[2]["temperature"] == pytest.approx(0.9)
     assert [r["top_p"] for r in rows] == [pytest.approx(0.9)] * 6  # the job's --top-p
     assert by_row[0]["cfg_scale"] != 3.5  # the model's default where the row gives none
-    assert all(r["cache_policy"] == "linear" and json.loads(r["cache_options"]) == {"anchors": 2} for r in rows)
+    # every option of the policy that ran, the flag's and the defaults (a later change of a default
+    # must not change what a row says made it)
+    from linegen.workers.cache import make_policy
+
+    ran = make_policy("linear", ratio="1/4", anchors=2).options()
+    assert ran["anchors"] == 2 and len(ran) > 5
+    assert all(r["cache_policy"] == "linear" and json.loads(r["cache_options"]) == ran for r in rows)
     assert (by_row[0]["source"], by_row[0]["score"], by_row[0]["ok"]) == ("web", 1.0, None)
     assert (by_row[1]["source"], by_row[1]["score"]) == (None, 2.5)
     assert (by_row[2]["source"], by_row[2]["ok"]) == ("book", True)

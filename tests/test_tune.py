@@ -132,10 +132,11 @@ def test_tune_writes_the_config_and_run_uses_it(tmp_path):
     assert {"h2o", "streaming", "linear/paper", "rkv"} <= set(rows)
     measured = [r for r in rows.values() if r["kl_mean"] is not None]
     assert len(measured) >= 10 and all(r["kl_mean"] > 0 for r in measured)
-    # the three lowest-KL candidates were judged on their generated samples; the choice is theirs
-    by_kl = sorted(measured, key=lambda r: (r["kl_mean"], -r["top1_agreement"]))
+    # the three lowest-KL distinct settings (candidates that kept the very same tokens, to the
+    # digit, share one) were judged on their generated samples; the choice is theirs
+    distinct = sorted({(r["kl_mean"], r["top1_agreement"]) for r in measured}, key=lambda k: (k[0], -k[1]))[:3]
     judged = [r for r in measured if r["sample_distance"] is not None]
-    assert doc["finalists"] == 3 and {r["label"] for r in judged} == {r["label"] for r in by_kl[:3]}
+    assert doc["finalists"] == 3 and {(r["kl_mean"], r["top1_agreement"]) for r in judged} == set(distinct)
     assert all(r["sample_distance"] > 0 and r["sample_accuracy"] is None for r in judged)  # no classifier
     assert doc["best"]["label"] == min(judged, key=lambda r: (r["sample_distance"], r["kl_mean"]))["label"]
     text = config.read_text()

@@ -114,18 +114,13 @@ class TuneResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     shipped: str | None = None  # the candidate that is the model's shipped setting (what `--cache auto` uses untuned)
     calibration: str = "classes in turn"  # what the items are: classes, or which prompts
-    finalists: int = 0  # candidates also judged on their generated samples (the choice is among them)
+    finalists: int = 0  # distinct settings also judged on their generated samples (the choice is among them)
 
     def choice(self) -> CacheChoice:
         return self.best.cache(self.ratio)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "choice": self.choice().to_json()}
-
-
-def _explicit_options(policy) -> dict:
-    """The policy's own options (ratio and budget are recorded separately)."""
-    return {k: v for k, v in policy.describe().items() if k not in ("policy", "ratio", "lines")}
 
 
 def _check(opts: TuneOptions, spec) -> None:
@@ -187,13 +182,13 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     sp = requests[0].sampling
 
     rec = recommended(spec)
-    rec_options = _explicit_options(rec.build())
+    rec_options = rec.build().options()
     shipped = next((r.label for r in rows if r.policy == rec.policy and r.options == rec_options), None)
     return TuneResult(shipped=shipped, calibration=calibration, model=spec.name, ratio=opts.ratio,
                       budget_tokens=budget, num_tokens=spec.num_tokens, samples=opts.samples, seed=opts.seed,
                       sampling={"cfg_scale": sp.cfg_scale, "top_k": sp.top_k, "temperature": sp.temperature},
                       rows=rows, best=best, wall_s=round(time.perf_counter() - t_start, 1), device=str(model.device),
-                      finalists=len(judged))
+                      finalists=len({(r.kl_mean, r.top1_agreement) for r in judged}))
 
 
 def _calibration(opts: TuneOptions, model) -> tuple[list, str]:
@@ -251,7 +246,7 @@ def _rank_by_kl(opts: TuneOptions, full, engines: dict, requests: list, batch: i
             log(f"{label:24s} KL {kl_sum[label] / steps:.4g} top-1 {agree[label] / steps:.3f} "
                 f"(items {w0 + len(wave)}/{len(requests)}, {spent[label]:.0f}s)")
         del ref
-    scores = {label: CandidateScore(label, cand.policy, _explicit_options(policy), kl_sum[label] / steps,
+    scores = {label: CandidateScore(label, cand.policy, policy.options(), kl_sum[label] / steps,
                                     agree[label] / steps, round(spent[label], 2))
               for label, (cand, policy, _engine) in engines.items()}
     return scores, torch.cat(full_tokens)

@@ -71,6 +71,11 @@ class CachePolicy(ABC):
     def describe(self) -> dict:
         return {"policy": self.name}
 
+    def options(self) -> dict:
+        """Every option of this policy, defaults included and a preset resolved (what an image row
+        and a tuned config entry record, so a later change of a default changes nothing recorded)."""
+        return {k: v for k, v in self.describe().items() if k not in ("policy", "ratio", "lines")}
+
 
 class BudgetedPolicy(CachePolicy):
     """Keeps B visual tokens after each line (B = ratio*N, or lines*w); the prefix is never counted."""
