@@ -63,9 +63,9 @@ def reference_greedy(gpt: GPT, class_id: int, cfg: float) -> torch.Tensor:
 def test_generate_greedy_matches_independent_reference(official_checkpoints, tmp_path):
     gpt_path, vq_path, gpt, vq = official_checkpoints
     out = tmp_path / "gen"
-    r = linegen("generate", "--model", "test-tiny", "--checkpoint", str(gpt_path), "--vq-checkpoint", str(vq_path),
+    r = invoke(["generate", "--model", "test-tiny", "--checkpoint", str(gpt_path), "--vq-checkpoint", str(vq_path),
                 "--class-id", "7", "--class-id", "3", "--count", "2", "--top-k", "1", "--cfg-scale", "4.0",
-                "--dtype", "float32", "--device", "cpu", "--out", str(out))
+                "--dtype", "float32", "--device", "cpu", "--out", str(out)])  # in-process: it only writes files
     assert r.returncode == 0, r.stderr
     tokens = np.load(out / "tokens.npy")
     assert tokens.shape == (4, SPEC.num_tokens) and tokens.dtype == np.int32
@@ -84,7 +84,7 @@ def test_generate_random_weights_and_seeds(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out, classes in ((a, ["1", "2"]), (b, ["2"])):
         args = [x for c in classes for x in ("--class-id", c)]
-        r = linegen("generate", "--model", "test-tiny", *args, "--count", "2", "--seed", "9", "--top-k", "50", "--out", str(out))
+        r = invoke(["generate", "--model", "test-tiny", *args, "--count", "2", "--seed", "9", "--top-k", "50", "--out", str(out)])
         assert r.returncode == 0, r.stderr
     ta, tb = np.load(a / "tokens.npy"), np.load(b / "tokens.npy")
     assert not np.array_equal(ta[0], ta[1])  # replicas differ

@@ -117,7 +117,7 @@ def test_every_cache_policy_runs_and_changes_tokens(janus, loaded, name):
     assert kept * per_entry <= engine.cache_bytes_per_sequence() < full.cache_bytes_per_sequence()
 
 
-def test_run_on_prompt_rows_writes_transformers_tokens_and_flags_cut_prompts(janus, tmp_path):
+def test_run_on_prompt_rows_writes_transformers_tokens_and_flags_cut_prompts(janus, embedded_ray, tmp_path):
     long_prompt = " ".join(["a watercolor painting of a small house by the sea"] * 30)
     rows = [{"prompt": p} for p in PROMPTS] + [{"prompt": long_prompt}]
     result = linegen.run(rows, out=str(tmp_path), model="janus-pro", checkpoint=str(janus["hf"]), cache="full",
@@ -170,7 +170,7 @@ def test_random_weights_at_the_published_sizes():
     assert (one_b.n_layer, one_b.dim, one_b.n_head, one_b.ffn_dim) == (24, 2048, 16, 5632)
 
 
-def test_tune_calibrates_on_prompts_and_run_uses_its_choice(janus, tmp_path):
+def test_tune_calibrates_on_prompts_and_run_uses_its_choice(janus, embedded_ray, tmp_path):
     """`linegen tune` on the Janus checkpoint: every candidate measured on prompt items (the shipped
     calibration prompts, then the user's --prompts), the choice recorded with the checkpoint, and
     a `run` with no cache flag decodes with it."""

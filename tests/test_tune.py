@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import jobs_helpers as H
+from cli_runner import invoke
 from linegen.settings.config_file import ConfigError, parse_config
 from linegen.settings.config_edit import set_model_keys, write_model_keys
 from linegen.settings.cache_choice import FALLBACK
@@ -124,10 +125,10 @@ def test_tune_writes_the_config_and_run_uses_it(tmp_path):
     in a fresh config file, and a `run` with no --cache flag uses exactly that setting."""
     config = tmp_path / "config.toml"
     config.write_text("# mine\n[output]\nout = \"/tmp/x\"\n")
-    tuned = H.run_linegen(["tune", "--model", "test-tiny", "--ratio", "1/2", "--samples", "3", "--max-batch", "3",
-                           "--config", str(config), "--json"], timeout=120, cwd=tmp_path, log_dir=tmp_path / "logs")
-    assert tuned.returncode == 0, tuned.describe()
-    doc = tuned.json
+    tuned = invoke(["tune", "--model", "test-tiny", "--ratio", "1/2", "--samples", "3", "--max-batch", "3",
+                    "--config", str(config), "--json"])  # in-process: tune starts no cluster
+    assert tuned.returncode == 0, tuned.stderr
+    doc = json.loads(tuned.stdout)
     rows = {r["label"]: r for r in doc["rows"]}
     assert {"h2o", "streaming", "linear/paper", "rkv"} <= set(rows)
     measured = [r for r in rows.values() if r["kl_mean"] is not None]
