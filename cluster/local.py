@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -52,9 +53,34 @@ def _refresh_auth_mode() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+# Ports handed out by free_port come from below the kernel's ephemeral range and above Ray's
+# worker ports (10002-19999 by default). A port the OS picks with bind(0) is an ephemeral one, which
+# any process's next outgoing connection may take before Ray binds it: a starting Ray cluster opens
+# dozens, and a dashboard whose port was taken moves to the next one (--port-retries) while we
+# still point at the first ("connection refused" from a head that runs; seen with two clusters
+# starting at once).
+_PORTS_FROM = 20000
+
+
+def _ephemeral_low(default: int = 32768) -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def free_port(host: str = "127.0.0.1", attempts: int = 200) -> int:
+    """A TCP port nobody listens on right now, outside the ephemeral range where possible."""
+    high = _ephemeral_low()
+    for _ in range(attempts if high - _PORTS_FROM > 100 else 0):
+        port = random.randrange(_PORTS_FROM, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded range: let the OS pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

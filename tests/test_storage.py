@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from linegen.cluster.local import free_port
 from linegen.jobs.storage import (
     LocalStorage,
     S3Storage,
@@ -35,12 +35,6 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path):
     server = request.getfixturevalue("s3_env")
     bucket = request.getfixturevalue("tmp_bucket")
     return open_storage(f"s3://{bucket}/jobs/root", endpoint_url=server.endpoint_url, **FAST)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- both backends
@@ -252,7 +246,7 @@ def test_missing_bucket(s3_env):
 
 
 def test_unreachable_endpoint(s3_env):
-    endpoint = f"http://127.0.0.1:{_free_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     store = open_storage("s3://bucket/p", endpoint_url=endpoint, **FAST)
     t0 = time.monotonic()
     with pytest.raises(StorageError, match=f"cannot reach S3 endpoint {endpoint}.*3 attempts"):
