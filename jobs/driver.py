@@ -57,6 +57,10 @@ def run_job(job: PreparedJob, progress: Callable[[Progress], None] | None = None
         tally.report(WorkerNumbers(), "stopped", force=True)
         raise
     clear_live(job.storage, spec.job_id)  # _SUCCESS says everything now
+    # Temp files of whole-object writes a killed run left (its live progress mid-rewrite, say):
+    # a write takes milliseconds, so one untouched for 10 s is nobody's, even with a second
+    # driver of the same job still running.
+    job.storage.remove_leftovers(f"{spec.job_id}/", older_than_s=10.0)
     tally.state = "succeeded"
     if tally.progress is not None:  # the last line says what the run did, from its summary
         final = tally.snapshot(WorkerNumbers(), "finished")

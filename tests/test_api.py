@@ -62,8 +62,17 @@ def test_regular_install_puts_only_linegen_on_the_path(tmp_path: Path) -> None:
 
 
 def test_run_rows_returns_images(embedded_ray, tmp_path: Path) -> None:
+    import os
+    import time
+
+    # what a killed earlier run left mid-write of its live progress, a minute ago: a finished run removes it
+    killed = tmp_path / "api-rows" / ".tmp-_progress.json-0123456789ab"
+    killed.parent.mkdir()
+    killed.write_bytes(b"{half")
+    os.utime(killed, (time.time() - 60, time.time() - 60))
     result = linegen.run([{"class_id": 1, "count": 3}], out=str(tmp_path), model="test-tiny", job_id="api-rows")
     assert isinstance(result, linegen.JobResult) and result.images == 3 and result.generated_this_run == 3
+    assert not killed.exists()
     table = result.read_table(columns=["item_id", "class_id", "image", "tokens"])
     assert table.num_rows == 3 and set(table.column("class_id").to_pylist()) == {1}
     assert all(img["bytes"][:8] == b"\x89PNG\r\n\x1a\n" for img in table.column("image").to_pylist())

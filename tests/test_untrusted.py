@@ -329,3 +329,23 @@ def test_leftover_temporary_files_under_attempts_go_when_the_job_finishes(tmp_pa
     assert finished_summary(job) is not None  # what `run` does once every shard is committed
     assert not killed.exists()
     assert not attempts.exists() or not any(p.is_file() for p in attempts.rglob("*"))
+
+
+def test_leftover_temporary_files_of_whole_writes_go_once_stale(tmp_path: Path) -> None:
+    """A SIGKILL while the driver rewrites _progress.json leaves `.tmp-_progress.json-*` in the job's
+    folder (found by the WebDataset kill-and-resume test). A finished run removes such files once
+    untouched for 10 s; a fresh one may be a second driver's write in flight and stays."""
+    import os
+    import time
+
+    from linegen.jobs.storage import LocalStorage
+
+    root = tmp_path / "out" / JOB
+    root.mkdir(parents=True)
+    stale, fresh = root / ".tmp-_progress.json-0123456789ab", root / ".tmp-_progress.json-ba9876543210"
+    for f in (stale, fresh):
+        f.write_bytes(b"{half")
+    old = time.time() - 60
+    os.utime(stale, (old, old))
+    LocalStorage(tmp_path / "out").remove_leftovers(f"{JOB}/", older_than_s=10.0)
+    assert not stale.exists() and fresh.exists()

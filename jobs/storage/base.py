@@ -69,10 +69,10 @@ class Storage(ABC):
     def check(self) -> None:
         """Verify the storage is usable before any work starts; raise StorageError if not."""
 
-    def remove_leftovers(self, prefix: str) -> None:
-        """Remove the temporary files (``.tmp-*``) a killed write left under ``prefix``, and the
-        folders that leaves empty. Only a local folder has such files (an unfinished S3 upload is
-        invisible), so this does nothing elsewhere."""
+    def remove_leftovers(self, prefix: str, *, older_than_s: float = 0.0) -> None:
+        """Remove the temporary files (``.tmp-*``) a killed write left under ``prefix`` (only those
+        untouched for ``older_than_s`` seconds), and the folders that leaves empty. Only a local
+        folder has such files (an unfinished S3 upload is invisible), so this does nothing elsewhere."""
 
     def location(self, key: str) -> str:
         """Where ``key`` is, as a user would type it (a path or an s3:// URL), for messages."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -154,14 +155,16 @@ class LocalStorage(Storage):
             except OSError:
                 break
 
-    def remove_leftovers(self, prefix: str) -> None:
+    def remove_leftovers(self, prefix: str, *, older_than_s: float = 0.0) -> None:
         folder = self._path(check_prefix(prefix).rstrip("/"))
         if not folder.is_dir():
             return
+        before = time.time() - older_than_s
         for dirpath, dirnames, filenames in os.walk(folder, topdown=False):
             for name in filenames:
-                if name.startswith(TMP_PREFIX):
-                    _discard(Path(dirpath) / name)
+                path = Path(dirpath) / name
+                if name.startswith(TMP_PREFIX) and (older_than_s <= 0 or _mtime(path) < before):
+                    _discard(path)
             try:
                 os.rmdir(dirpath)  # only if it is empty now
             except OSError:
@@ -197,6 +200,13 @@ class LocalStorage(Storage):
         except OSError as e:
             _discard(probe)
             raise StorageError(f"output folder {self.root} is not writable: {e.strerror or e}") from None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return float("inf")  # gone already: nothing to remove
 
 
 def _discard(path: Path) -> None:
