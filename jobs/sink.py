@@ -89,7 +89,7 @@ class ShardSink:
         return cls(job.storage, spec.job_id, model.name, spec.cache.policy,
                    spec.cache.effective_ratio(model.prefix_len, model.grid), format=spec.format,
                    class_names=model.class_names,
-                   cache_options=spec.cache.build(model.prefix_len, model.grid).options(),
+                   cache_options=spec.cache.build().options(),
                    image_format=spec.image_format, image_quality=spec.image_quality,
                    extra_columns=kept_columns(job.shards.rows) if spec.keep_columns else (),
                    outage=Outage(budget_seconds(getattr(spec, "storage_outage_budget", None))))

@@ -101,7 +101,8 @@ def requests_for(opts: EvalOptions, spec, count: int, *, text=None, prompts: tup
     return [GenRequest(seed=s, caption=e.features, caption_mask=e.mask, sampling=sp) for s, e in zip(seeds, encoded)]
 
 
-def _generate(engine, requests, max_batch: int):
+def generate_tokens(engine, requests, max_batch: int):
+    """Free-running samples of `requests` in waves of `max_batch` -> (tokens [n, N], decode seconds)."""
     import torch
 
     tokens, decode_s = [], 0.0
@@ -183,7 +184,7 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
         except CacheConfigError as e:
             raise UserError(f"{name} at {ratio}: {e}") from None
         t0 = time.perf_counter()
-        tokens, decode_s = _generate(engine, requests, opts.max_batch)
+        tokens, decode_s = generate_tokens(engine, requests, opts.max_batch)
         images = engine.decode_images(tokens)
         pred, feats = classify(clf, images)
         row = {"policy": name, "ratio": ratio or "1", "budget_tokens": min(spec.num_tokens, policy.budget(engine.layout)),
@@ -302,7 +303,7 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
         except CacheConfigError as e:
             raise UserError(str(e)) from None
         t0 = time.perf_counter()
-        tokens, _ = _generate(engine, requests, opts.max_batch)
+        tokens, _ = generate_tokens(engine, requests, opts.max_batch)
         images = engine.decode_images(tokens)
         gap, block = 2, np.full((n_cls * (size + 2), k * (size + 2), 3), 255, dtype=np.uint8)
         for i, img in enumerate(images):

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from linegen.quality.evaluate import generate_tokens
+
 FINALISTS = 3  # candidates judged on samples after the KL ranking; 0: the KL ranking alone
 POOLED = 8  # the pooled-pixel features: an 8x8 RGB thumbnail
 
@@ -32,12 +34,6 @@ POOLED = 8  # the pooled-pixel features: an 8x8 RGB thumbnail
 class SampleScore:
     distance: float  # paired feature distance to the full cache's samples, relative (see above)
     accuracy: float | None  # class accuracy of the samples, where the model ships a classifier
-
-
-def _generate(engine, requests: list, batch: int):
-    import torch
-
-    return torch.cat([engine.run_wave(requests[i:i + batch]).tokens for i in range(0, len(requests), batch)])
 
 
 def _pooled_pixels(images):
@@ -81,7 +77,7 @@ class SampleJudge:
     def score(self, engine) -> SampleScore:
         import numpy as np
 
-        feats, preds = self._features(_generate(engine, self.requests, self.batch))
+        feats, preds = self._features(generate_tokens(engine, self.requests, self.batch)[0])
         distance = float(np.linalg.norm(feats - self.full, axis=1).mean()) / self.unit
         accuracy = None
         if preds is not None:
