@@ -32,7 +32,7 @@ def tune_command(
     from linegen.settings.config_file import Config, ConfigError, default_config_path, load_config
     from linegen.settings.config_edit import write_model_keys
     from linegen.settings.model_choice import ModelChoice
-    from linegen.quality.tune import TuneOptions, render_table, tune
+    from linegen.quality.tune import TuneOptions, check_prompts_allowed, render_table, tune
     from linegen.workers.models.registry import DEFAULT_MODEL
     from linegen.jobs.manifest import Conditioning, read_manifest
     from linegen.settings.cache_choice import check_candidates
@@ -54,6 +54,7 @@ def tune_command(
                          device=weights.device, dtype=weights.dtype, s3_endpoint_url=endpoint)
     calibration = ()
     if prompts is not None:
+        check_prompts_allowed(choice.spec())  # before reading the file against the wrong conditioning
         calibration = tuple(r.prompt for r in read_manifest(prompts, Conditioning("text"), endpoint_url=endpoint))
     opts = TuneOptions(model=choice, ratio=ratio, samples=samples, seed=seed, max_batch=max_batch,
                        cfg_scale=cfg_scale, top_k=top_k, temperature=temperature, prompts=calibration,

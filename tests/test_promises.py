@@ -380,6 +380,9 @@ def test_config_entry_options_are_checked_with_the_file_named(tmp_path: Path) ->
     (["eval", "--policies", "full,snapkv/nope", "--samples", "2"], "preset"),
     (["eval", "--policies", "full,linear", "--cache-ratio", "7", "--samples", "2"], "cache ratio must be in (0, 1]"),
     (["tune", "--cache-ratio", "0", "--no-write"], "cache ratio must be in (0, 1]"),
+    (["tune", "--finalists", "-1", "--no-write"], "--finalists must be >= 0"),
+    # a class-conditional model's prompts file is refused before it is read against text conditioning
+    (["tune", "--prompts", "no-such-file.jsonl", "--no-write"], "--prompts is for text-to-image models"),
     (["bench", "--policies", "full,nope", "--model", "test-tiny"], "unknown cache policy 'nope'"),
     (["bench", "--policies", "full", "--model", "test-tiny", "--memory-budget", "1ZiB"], "cannot read memory size"),
 ])

@@ -123,10 +123,16 @@ class TuneResult:
         return {**asdict(self), "choice": self.choice().to_json()}
 
 
-def _check(opts: TuneOptions, spec) -> None:
-    if opts.prompts and spec.gpt.cond != "t2i":
+def check_prompts_allowed(spec) -> None:
+    """Calibration prompts are for text-to-image models; a class-conditional one calibrates on its classes."""
+    if spec.gpt.cond != "t2i":
         raise UserError(f"--prompts is for text-to-image models; {spec.name} is class-conditional "
                         "(it calibrates on its classes)")
+
+
+def _check(opts: TuneOptions, spec) -> None:
+    if opts.prompts:
+        check_prompts_allowed(spec)
     if opts.samples < 1 or opts.max_batch < 1:
         raise UserError("--samples and --max-batch must be >= 1")
     if opts.finalists < 0:
