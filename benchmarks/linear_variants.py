@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 
-from linegen.quality.tune import CALIBRATION_SEED, CANDIDATES, Candidate
+from linegen.settings.candidates import Candidate
+from linegen.quality.evaluate import CALIBRATION_SEED
+from linegen.quality.tune import CANDIDATES
 
 # Single switches and their neighbours, beyond the named option sets (benchmarks/RESULTS.md).
 GRID: tuple[Candidate, ...] = (

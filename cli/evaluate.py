@@ -22,7 +22,7 @@ def _split(text: str) -> tuple[str, ...]:
 
 
 def eval_command(
-    policies: str = typer.Option(",".join(DEFAULT_POLICIES), "--policies", help="Comma-separated cache policies, or POLICY/PRESET for a named option set (linear/paper: LineAR as specified); full is always run: it is the reference."),
+    policies: str = typer.Option(",".join(DEFAULT_POLICIES), "--policies", help="Comma-separated cache policies, or POLICY/PRESET for a named option set (linear/paper: LineAR as specified); a +heads suffix (linear+heads) gives the setting per-head budgets measured on the model, the same bytes; full is always run: it is the reference."),
     ratios: str = option("1/4,1/6,1/8", "--cache-ratio", aliases=("--ratios",), help="Comma-separated cache ratios for the compressing policies."),
     samples: int = typer.Option(500, "--samples", help="Generated images per policy and ratio (classes in turn, same seeds for every policy)."),
     fidelity_samples: int = typer.Option(64, "--fidelity-samples", help="Teacher-forced fidelity (KL, top-1) on the first K samples (0: skip)."),
@@ -32,19 +32,19 @@ def eval_command(
     cfg_scale: Optional[float] = opt(SamplingFlags, "cfg_scale"),
     top_k: Optional[int] = opt(SamplingFlags, "top_k"),
     weights: WeightsFlags = None,
-    classifier: Optional[str] = typer.Option(None, "--classifier", help="Evaluator classifier (default: the shipped one)."),
+    classifier: Optional[str] = typer.Option(None, "--classifier", help="Evaluator classifier (default: the one shipped for the model)."),
     compile: str = opt(ModelFlags, "compile"),
     as_json: bool = Json,
 ) -> None:
     """Quality of each cache policy and ratio vs the full cache: class accuracy, FD, token match, KL, top-1."""
-    from linegen.quality.evaluate import EvalOptions, default_classifier, evaluate, render_table
+    from linegen.quality.evaluate import EvalOptions, evaluate, render_table
     from linegen.settings.cache_choice import check_candidates
 
     check_candidates(_split(policies), _split(ratios))  # before the model loads
     opts = EvalOptions(model=_choice(weights, compile), policies=_split(policies),
                        ratios=_split(ratios), samples=samples, fidelity_samples=fidelity_samples,
                        real_samples=real_samples, seed=seed, cfg_scale=cfg_scale, top_k=top_k, max_batch=max_batch,
-                       classifier=classifier or default_classifier())
+                       classifier=classifier)
     report = evaluate(opts, log=lambda m: typer.echo(m, err=True))  # progress on stderr, even with --json
     if as_json:
         typer.echo(json.dumps(report, indent=2))

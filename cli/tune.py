@@ -17,7 +17,8 @@ def tune_command(
     seed: int = typer.Option(1, "--seed", help="Calibration seed (linegen eval judges on seed 0: keep them apart)."),
     max_batch: int = option(32, "--batch-size", aliases=("--max-batch",), help="Items per engine wave."),
     write: bool = typer.Option(True, "--write/--no-write", help="Record the choice in the config file's [models] entry."),
-    finalists: int = typer.Option(3, "--finalists", help="The lowest-KL candidates that also generate the items and are judged on their images against the full cache's; the choice is the one whose samples stay closest. 0: choose by KL alone."),
+    finalists: int = typer.Option(3, "--finalists", help="The lowest-KL candidates that also generate the items and are judged on their images against the full cache's; the lowest-KL one wins unless another's samples are closer by more than twice the paired standard error. 0: choose by KL alone."),
+    policies: Optional[str] = typer.Option(None, "--policies", help="Comma-separated candidates: POLICY, POLICY/PRESET, either with +heads for per-head budgets measured on the model (same bytes), e.g. linear,linear+heads,h2o. Default: every shipped candidate."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Text-to-image models: a manifest (JSON Lines, CSV or Parquet; local or s3://) whose prompts, in turn, are the calibration items. Default: 32 varied prompts shipped with linegen."),
     config: Optional[str] = Config,
     weights: WeightsFlags = None,
@@ -32,12 +33,15 @@ def tune_command(
     from linegen.settings.config_file import Config, ConfigError, default_config_path, load_config
     from linegen.settings.config_edit import write_model_keys
     from linegen.settings.model_choice import ModelChoice
-    from linegen.quality.tune import TuneOptions, check_prompts_allowed, render_table, tune
+    from linegen.settings.candidates import Candidate
+    from linegen.quality.tune import CANDIDATES, TuneOptions, check_prompts_allowed, render_table, tune
     from linegen.workers.models.registry import DEFAULT_MODEL
     from linegen.jobs.manifest import Conditioning, read_manifest
     from linegen.settings.cache_choice import check_candidates
 
-    check_candidates([], [ratio])  # before the model loads
+    entries = [p.strip() for p in (policies or "").split(",") if p.strip()]
+    check_candidates(entries, [ratio])  # before the model loads
+    candidates = tuple(Candidate.parse(e) for e in entries) or CANDIDATES
     name, checkpoint, vq_checkpoint = weights.model or DEFAULT_MODEL, weights.checkpoint, weights.vq_checkpoint
     target = Path(config).expanduser() if config is not None else default_config_path()
     try:  # a config file that does not exist yet is created when the choice is written
@@ -58,7 +62,7 @@ def tune_command(
         calibration = tuple(r.prompt for r in read_manifest(prompts, Conditioning("text"), endpoint_url=endpoint))
     opts = TuneOptions(model=choice, ratio=ratio, samples=samples, seed=seed, max_batch=max_batch,
                        cfg_scale=cfg_scale, top_k=top_k, temperature=temperature, prompts=calibration,
-                       finalists=finalists)
+                       finalists=finalists, candidates=candidates)
     result = tune(opts, log=lambda m: typer.echo(m, err=True))
     pick = result.choice()
     doc = result.to_dict()
@@ -79,7 +83,7 @@ def tune_command(
         typer.echo(json.dumps(doc, indent=2))
         return
     typer.echo(render_table(result))
-    opts_text = " ".join(f"--cache-option {k}={_flag(v)}" for k, v in pick.options.items())
+    opts_text = " ".join(f"--cache-option {k}={_flag(v)}" for k, v in pick.options.items() if v != "")
     typer.echo(f"\nchosen: {result.best.label} at {result.ratio}  (--cache {pick.policy} --cache-ratio {pick.ratio} {opts_text})")
     if write:
         typer.echo(f"recorded in {doc['config']} [models] {name}: `linegen run --model {name}` and `submit` use it "

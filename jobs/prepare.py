@@ -43,7 +43,7 @@ def prepare_job(spec: JobSpec, manifest_data: bytes | None = None, *, record: bo
     """
     spec.model.check()
     model = spec.model.spec()
-    spec.cache.build(model.prefix_len, model.grid)
+    spec.cache.build(model.prefix_len, model.grid, (model.gpt.n_layer, model.gpt.n_head))
     if spec.shard_size < 1:
         raise UserError(f"--shard-size must be >= 1, got {spec.shard_size}")
     ext = manifest_extension(spec.manifest)

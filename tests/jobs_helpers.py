@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -343,3 +344,15 @@ def wait_for_commit(proc: subprocess.Popen, commits: Path, timeout: float = 180)
         assert time.monotonic() < deadline, f"no shard committed within {timeout:g} s"
         time.sleep(0.05)
 
+
+def tune_choice(judged: list[dict]) -> dict:
+    """tune's choice among its finalists, restated: the lowest KL, unless another finalist's
+    samples are closer by more than two standard errors of the paired per-item differences."""
+    order = sorted(judged, key=lambda r: (r["kl_mean"], -r["top1_agreement"]))
+    best = order[0]
+    for r in order[1:]:
+        d = [b - a for a, b in zip(r["sample_items"], best["sample_items"])]
+        assert len(d) >= 2 and abs(statistics.fmean(r["sample_items"]) - r["sample_distance"]) < 1e-3
+        if statistics.fmean(d) > 2 * statistics.stdev(d) / len(d) ** 0.5:
+            best = r
+    return best

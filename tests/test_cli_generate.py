@@ -93,7 +93,7 @@ def test_generate_random_weights_and_seeds(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "nope"], "unknown model 'nope'; valid models: linegen-shapes-c2i, llamagen-c2i-b-256"),
+    (["--model", "nope"], "unknown model 'nope'; valid models: linegen-shapes-c2i, linegen-photos-c2i, llamagen-c2i-b-256"),
     (["--model", "llamagen-c2i-b-256", "--checkpoint", "/nonexistent/c2i_B_256.pt", "--vq-checkpoint", "/nonexistent/vq.pt"],
      "--checkpoint /nonexistent/c2i_B_256.pt: no such file"),
     (["--model", "llamagen-c2i-b-256"], "needs --checkpoint"),

@@ -21,6 +21,7 @@ from linegen.workers.cache import make_policy  # noqa: E402
 from linegen.workers.engine import Engine, GenRequest, SamplingParams  # noqa: E402
 from linegen.workers.models.janus_checkpoint import load_janus  # noqa: E402
 from linegen.workers.models.janus_prompts import JanusPrompts  # noqa: E402
+import jobs_helpers as H  # noqa: E402
 from janus_fixtures import GRID, build_folder, to_deepseek_folder  # noqa: E402
 
 PROMPTS = ["a red cat on a chair", "two green apples on a wooden table by the sea at night"]
@@ -185,8 +186,11 @@ def test_tune_calibrates_on_prompts_and_run_uses_its_choice(janus, embedded_ray,
     measured = [row for row in doc["rows"] if row["kl_mean"] is not None]
     assert len(measured) >= 10 and all(row["kl_mean"] > 0 for row in measured), doc["rows"]
     judged = [row for row in measured if row["sample_distance"] is not None]
-    assert doc["calibration"] == "2 shipped prompts in turn" and len(judged) == doc["finalists"] == 3
-    assert doc["best"]["sample_distance"] == min(row["sample_distance"] for row in judged)
+    # candidates that kept the very same tokens (here a +heads one whose shares came out uniform on
+    # random weights, and its plain twin) share one judgement: three distinct settings were judged
+    distinct = {(row["kl_mean"], row["top1_agreement"]) for row in judged}
+    assert doc["calibration"] == "2 shipped prompts in turn" and len(distinct) == doc["finalists"] == 3
+    assert doc["best"]["label"] == H.tune_choice(judged)["label"]
     import tomllib
 
     entry = tomllib.loads(config.read_text())["models"]["janus-pro"]

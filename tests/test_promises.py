@@ -376,6 +376,9 @@ def test_config_entry_options_are_checked_with_the_file_named(tmp_path: Path) ->
     assert r.exit_code == 1 and str(cfg) in r.stderr and "kernel must be an odd integer" in r.stderr
 
 
+EXAMPLE = str(Path(__file__).resolve().parent.parent / "examples" / "classes.jsonl")
+
+
 @pytest.mark.parametrize("args, expect", [
     (["eval", "--policies", "full,snapkv/nope", "--samples", "2"], "preset"),
     (["eval", "--policies", "full,linear", "--cache-ratio", "7", "--samples", "2"], "cache ratio must be in (0, 1]"),
@@ -384,6 +387,13 @@ def test_config_entry_options_are_checked_with_the_file_named(tmp_path: Path) ->
     # a class-conditional model's prompts file is refused before it is read against text conditioning
     (["tune", "--prompts", "no-such-file.jsonl", "--no-write"], "--prompts is for text-to-image models"),
     (["bench", "--policies", "full,nope", "--model", "test-tiny"], "unknown cache policy 'nope'"),
+    # per-head budgets: only for compressing policies, and shares the model can take
+    (["tune", "--policies", "full+heads", "--no-write"], "per-head budgets (+heads) are for the compressing"),
+    (["eval", "--policies", "nope+heads", "--samples", "2"], "unknown cache policy 'nope'"),
+    (["run", EXAMPLE, "--out", "/tmp/never", "--cache", "linear", "--cache-option",
+      "head_shares=1,x", "--dry-run"], "head_shares must be empty"),
+    (["run", EXAMPLE, "--out", "/tmp/never", "--cache", "linear", "--cache-option",
+      "head_shares=1,2/1,1", "--dry-run"], "head_shares has 2 layers x 2 heads; the model has 4 x 4"),
     (["bench", "--policies", "full", "--model", "test-tiny", "--memory-budget", "1ZiB"], "cannot read memory size"),
 ])
 def test_eval_tune_bench_check_cache_settings_first(args, expect) -> None:

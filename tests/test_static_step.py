@@ -88,7 +88,7 @@ def test_static_cache_views_share_storage_and_lengths_are_per_row_and_head():
     cache = StaticKVCache(policy("linear"), Layout(1, 24), rows=8, n_layer=2, n_head=4, head_dim=16, dtype=torch.float32, device=torch.device("cpu"))
     view = cache.view(4)
     assert view.k[0].data_ptr() == cache.k[0].data_ptr() and view.k[0].shape[0] == 4
-    assert view.lengths.shape == (4, 4) and view.lengths.data_ptr() == cache.lengths.data_ptr()
+    assert view.lengths.shape == (4, 1) and view.lengths.data_ptr() == cache.lengths.data_ptr()
     with pytest.raises(ValueError, match="exceeds"):
         cache.view(9)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tomllib
-from pathlib import Path
 
 import pytest
 
@@ -121,43 +120,50 @@ def test_cache_resolution_order(tmp_path):
 
 
 def test_tune_writes_the_config_and_run_uses_it(tmp_path):
-    """On the tiny model at 1/2 (32 of 64 tokens): tune measures the candidates, records the best
-    in a fresh config file, and a `run` with no --cache flag uses exactly that setting."""
+    """On the built-in model at 1/6 (trained weights: its heads differ): tune measures the given
+    candidates, per-head budgets included, judges the three lowest-KL on samples, records the choice
+    (per-head shares and all) in a fresh config file, and a `run` with no --cache flag decodes with
+    exactly that setting, recorded on every image row."""
     config = tmp_path / "config.toml"
     config.write_text("# mine\n[output]\nout = \"/tmp/x\"\n")
-    tuned = invoke(["tune", "--model", "test-tiny", "--ratio", "1/2", "--samples", "3", "--max-batch", "3",
+    tuned = invoke(["tune", "--model", "linegen-shapes-c2i", "--cache-ratio", "1/6", "--samples", "4",
+                    "--batch-size", "4", "--policies", "streaming,h2o,linear/accumulate,linear/accumulate+heads",
                     "--config", str(config), "--json"])  # in-process: tune starts no cluster
     assert tuned.returncode == 0, tuned.stderr
     doc = json.loads(tuned.stdout)
     rows = {r["label"]: r for r in doc["rows"]}
-    assert {"h2o", "streaming", "linear/paper", "rkv"} <= set(rows)
-    measured = [r for r in rows.values() if r["kl_mean"] is not None]
-    assert len(measured) >= 10 and all(r["kl_mean"] > 0 for r in measured)
-    # the three lowest-KL distinct settings (candidates that kept the very same tokens, to the
-    # digit, share one) were judged on their generated samples; the choice is theirs
-    distinct = sorted({(r["kl_mean"], r["top1_agreement"]) for r in measured}, key=lambda k: (k[0], -k[1]))[:3]
-    judged = [r for r in measured if r["sample_distance"] is not None]
+    assert set(rows) == {"streaming", "h2o", "linear/accumulate", "linear/accumulate+heads"}
+    assert all(r["kl_mean"] > 0 for r in rows.values())
+    # the three lowest-KL distinct settings were judged on their generated samples (with the
+    # model's classifier); the choice is the lowest KL unless another's samples are clearly closer
+    distinct = sorted({(r["kl_mean"], r["top1_agreement"]) for r in rows.values()}, key=lambda k: (k[0], -k[1]))[:3]
+    judged = [r for r in rows.values() if r["sample_distance"] is not None]
     assert doc["finalists"] == 3 and {(r["kl_mean"], r["top1_agreement"]) for r in judged} == set(distinct)
-    assert all(r["sample_distance"] > 0 and r["sample_accuracy"] is None for r in judged)  # no classifier
-    assert doc["best"]["label"] == min(judged, key=lambda r: (r["sample_distance"], r["kl_mean"]))["label"]
+    assert all(r["sample_distance"] > 0 and 0 <= r["sample_accuracy"] <= 1 for r in judged)
+    assert doc["best"]["label"] == H.tune_choice(judged)["label"] == "linear/accumulate+heads"
+    shares = doc["head_shares"]
+    table = [[float(x) for x in layer.split(",")] for layer in shares.split("/")]
+    assert len(table) == 4 and all(len(layer) == 4 for layer in table)  # 4 layers x 4 heads
+    assert max(map(max, table)) > 1.2 and min(map(min, table)) < 0.8  # not the uniform budget
+    assert doc["best"]["options"]["head_shares"] == shares
     text = config.read_text()
     assert text.startswith("# mine\n[output]\nout = \"/tmp/x\"\n")
-    entry = tomllib.loads(text)["models"]["test-tiny"]
-    assert entry == {"cache": doc["best"]["policy"], "cache_ratio": "1/2", "cache_options": doc["best"]["options"]}
+    entry = tomllib.loads(text)["models"]["linegen-shapes-c2i"]
+    assert entry == {"cache": "linear", "cache_ratio": "1/6", "cache_options": doc["best"]["options"]}
 
     manifest = H.write_manifest(tmp_path / "m.jsonl", [{"class_id": 3, "count": 2}])
-    ran = H.run_linegen(["run", str(manifest), "--out", str(tmp_path / "out"), "--job-id", "tuned", "--model",
-                         "test-tiny", "--config", str(config), "--shard-size", "2", "--batch-size", "2", "--json"],
+    ran = H.run_linegen(["run", str(manifest), "--out", str(tmp_path / "out"), "--job-id", "tuned",
+                         "--config", str(config), "--shard-size", "2", "--batch-size", "2", "--json"],
                         timeout=240, cwd=tmp_path, log_dir=tmp_path / "logs")
     assert ran.returncode == 0, ran.describe()
-    assert ran.json["cache_policy"] == entry["cache"]
+    assert ran.json["cache_policy"] == "linear"
     job = json.loads((tmp_path / "out" / "tuned" / "job.json").read_text())
-    assert job["cache"] == {"policy": entry["cache"], "ratio": "1/2", "lines": None, "options": entry["cache_options"]}
+    assert job["cache"] == {"policy": "linear", "ratio": "1/6", "lines": None, "options": entry["cache_options"]}
     images = H.read_parquet((tmp_path / "out" / "tuned" / "images" / "shard-00000.parquet").read_bytes())
-    assert set(images.column("cache_policy").to_pylist()) == {entry["cache"]}
-    assert set(images.column("cache_ratio").to_pylist()) == {0.5}
+    assert set(images.column("cache_policy").to_pylist()) == {"linear"}
+    assert {json.loads(t)["head_shares"] for t in images.column("cache_options").to_pylist()} == {shares}
     stats = H.read_parquet((tmp_path / "out" / "tuned" / "stats" / "shard-00000.parquet").read_bytes()).to_pylist()
-    assert {s["cache_policy"] for s in stats} == {entry["cache"]}
+    assert {s["cache_policy"] for s in stats} == {"linear"}
 
 
 def test_sample_judge_scores_the_full_cache_zero_and_a_starved_cache_above_zero():

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from linegen.bench.roofline import matmul_rate, read_bandwidth, roofline, wave_bytes, wave_flops
+from linegen.settings.candidates import Candidate
 from linegen.workers.cache import POLICY_NAMES, Layout, make_policy
+from linegen.workers.cache.head_profile import measure_shares
 from linegen.workers.engine import Engine, GenRequest, SamplingParams
 from linegen.workers.engine.compile_choice import ENGINE_MODES
 from linegen.workers.engine.packing import weights_bytes
@@ -28,6 +30,8 @@ from linegen.workers.models.precision import resolve_dtype_name
 from linegen.workers.models.registry import get_spec
 from linegen.workers.runner import LoadedModel
 from linegen.workers.sizes import parse_bytes
+
+BENCH_CALIBRATION_ITEMS = 2  # items whose attention sets a `+heads` run's shares
 
 FIELDS = ("kv_bytes_per_sequence", "max_sequences", "tokens_per_s", "images_per_s",
           "images_per_s_at_max_batch", "peak_memory_bytes", "scoring_share")
@@ -165,13 +169,30 @@ def _measure_interleaved(setups: list, variants: tuple, opts: BenchOptions, devi
                         f"images/s (compile {res.stats.compile_s:.1f} s)")
 
 
+def _per_head(runs, model, cfg_scale: float, log) -> dict:
+    """`POLICY+heads` runs with their head shares measured on this model's own attention (a few
+    calibration items; with random weights the shares are arbitrary, but memory, packing and
+    speed are what a bench row shows, and those depend on the budgets' total alone)."""
+    out, shares = {}, {}
+    requests = _requests(model.spec, BENCH_CALIBRATION_ITEMS, cfg_scale)
+    for name, ratio in runs:
+        cand = Candidate.parse(name)
+        if not cand.per_head:
+            continue
+        if ratio not in shares:
+            shares[ratio] = measure_shares(model, ratio, requests, len(requests))
+            log(f"head shares at {ratio}: {shares[ratio]}")
+        out[(name, ratio)] = cand.cache(ratio, shares[ratio]).build()
+    return out
+
+
 def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     device = torch.device(opts.device)
     spec = build_spec(opts)
     runs = [(name, None) for name in opts.policies if name == "full"]
     runs += [(name, r) for r in opts.ratios for name in opts.policies if name != "full"]
     layout = Layout(spec.prefix_len, spec.grid)
-    policies = {run: make_policy(run[0], ratio=run[1]) for run in runs}
+    policies = {run: Candidate.parse(run[0]).cache(run[1]).build() for run in runs}
     for p in policies.values():  # every setting checked before the first (long) measurement
         p.check(layout)
     variants = opts.variants or (Variant(opts.compile, opts.dtype),)
@@ -189,6 +210,7 @@ def run_bench(opts: BenchOptions, log=lambda msg: None) -> dict:
     if opts.warmup:  # first-call costs (allocator, kernels, CUDA context) stay out of the table
         for model in models.values():
             _timed_wave(model.engine(make_policy("full")), 1, opts.cfg_scale, 1)
+    policies.update(_per_head(runs, next(iter(models.values())), opts.cfg_scale, log))
     setups = []  # every (policy, batch, variant) engine is built before the first measurement
     for name, ratio_text in runs:
         policy = policies[(name, ratio_text)]
@@ -251,6 +273,7 @@ def _row(spec, policy, name, engine, plan, measures, variant, dtype_name, rows_p
     peak = s.peak_memory_bytes if engine.device.type == "cuda" else wbytes + s.kv_cache_bytes
     row = {
         "policy": name, "ratio": policy.budget(engine.layout) / engine.layout.num_tokens,
+        "head_shares": policy.options().get("head_shares", ""),  # a `+heads` run's measured shares
         "variant": variant.label, "compile": variant.compile, "dtype": dtype_name, "path": s.path,
         "kv_bytes_per_sequence": engine.cache_bytes_per_sequence(guided),
         "max_sequences": plan.max_sequences,

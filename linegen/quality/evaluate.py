@@ -14,14 +14,16 @@ Nothing here imports torch at module level (jobs/ rule); the work happens in `ev
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from linegen.errors import UserError
+from linegen.settings.candidates import Candidate
+from linegen.quality.waves import generate_tokens
 from linegen.settings.cache_choice import POLICY_NAMES
 from linegen.settings.model_choice import ModelChoice
-from linegen.workers.cache import POLICIES, PRESETS, CacheConfigError, make_policy
+from linegen.workers.cache import POLICIES, PRESETS, CacheConfigError
 from linegen.workers.units import duration
 
 if TYPE_CHECKING:  # typing only: the runner loads torch
@@ -29,6 +31,11 @@ if TYPE_CHECKING:  # typing only: the runner loads torch
 
 DEFAULT_POLICIES = ("full", "linear", "linear/paper") + tuple(p for p in POLICY_NAMES if p not in ("full", "linear"))
 DEFAULT_RATIOS = ("1/4", "1/6", "1/8")
+# The calibration items `tune` chooses on and `+heads` entries measure their head shares on: request
+# seeds derive from the seed (eval's default is 0), so seed 1 keeps the items a setting is chosen
+# on apart from those it is judged on.
+CALIBRATION_SEED = 1
+CALIBRATION_ITEMS = 32
 
 
 def estimate_line(first_s: float, *, waves: int, passes: int, what: str) -> str:
@@ -39,10 +46,21 @@ def estimate_line(first_s: float, *, waves: int, passes: int, what: str) -> str:
     return f"estimate: about {duration(left)} more for {what} (first wave took {duration(first_s)})"
 
 
-def default_classifier() -> str:
-    from linegen.workers.models.registry import BUILTIN_WEIGHTS  # found through the package, wherever it is installed
+def default_classifier(model: str | None = None) -> str:
+    """The evaluator classifier shipped for a built-in model (the shapes one for any other model)."""
+    from linegen.workers.builtin.datasets import BUILTIN_DATA, builtin_data
+    from linegen.workers.models.registry import DEFAULT_MODEL
 
-    return str(BUILTIN_WEIGHTS / "shapes_classifier.pt")
+    return (builtin_data(model or DEFAULT_MODEL) or BUILTIN_DATA[DEFAULT_MODEL]).classifier
+
+
+def heldout_data(model: str):
+    """The dataset module whose held-out images are a model's real reference (shapes for a model
+    that is not built in: its classifier and FD then only compare policies with each other)."""
+    from linegen.workers.builtin.datasets import BUILTIN_DATA, builtin_data
+    from linegen.workers.models.registry import DEFAULT_MODEL
+
+    return (builtin_data(model) or BUILTIN_DATA[DEFAULT_MODEL]).data
 
 
 @dataclass(frozen=True)
@@ -57,34 +75,33 @@ class EvalOptions:
     cfg_scale: float | None = None  # None: the model's default
     top_k: int | None = None
     max_batch: int = 64
-    classifier: str = field(default_factory=default_classifier)
+    classifier: str | None = None  # None: the one shipped for the model
+
+    def classifier_path(self, spec) -> str:
+        return self.classifier or default_classifier(spec.name)
 
 
-def split_entry(entry: str) -> tuple[str, dict]:
-    """'linear/paper' -> ('linear', {'preset': 'paper'}): a policy, or one of its named option sets."""
-    name, _, preset = entry.partition("/")
-    return name, ({"preset": preset} if preset else {})
-
-
-def _build(entry: str, ratio: str | None):
-    name, options = split_entry(entry)
-    return make_policy(name, ratio=None if name == "full" else ratio, **options)
+def _build(entry: str, ratio: str | None, shares: str = ""):
+    return Candidate.parse(entry).cache(ratio, shares).build()
 
 
 def _check(opts: EvalOptions, spec) -> None:
     for p in opts.policies:
-        name, options = split_entry(p)
-        if name not in POLICIES:
-            raise UserError(f"unknown cache policy {name!r}; choose from {', '.join(POLICIES)}")
-        if options and options["preset"] not in PRESETS.get(name, {}):
-            raise UserError(f"cache policy {name!r} has no preset {options['preset']!r} "
-                            f"(presets: {', '.join(PRESETS.get(name, {})) or 'none'})")
+        cand = Candidate.parse(p)
+        if cand.policy not in POLICIES:
+            raise UserError(f"unknown cache policy {cand.policy!r}; choose from {', '.join(POLICIES)}")
+        if cand.preset is not None and cand.preset not in PRESETS.get(cand.policy, {}):
+            raise UserError(f"cache policy {cand.policy!r} has no preset {cand.preset!r} "
+                            f"(presets: {', '.join(PRESETS.get(cand.policy, {})) or 'none'})")
+        if cand.per_head and cand.policy == "full":
+            raise UserError("full+heads: the full cache keeps every token; per-head budgets are for the "
+                            "compressing policies")
     if opts.samples < 2 or opts.max_batch < 1 or opts.fidelity_samples < 0:
         raise UserError("--samples must be >= 2, --max-batch >= 1 and --fidelity-samples >= 0")
     if spec.gpt.cond != "c2i":
         raise UserError(f"model {spec.name} is text-conditional; the evaluation needs a class-conditional model")
-    if not Path(opts.classifier).is_file():
-        raise UserError(f"classifier {opts.classifier}: no such file")
+    if not Path(opts.classifier_path(spec)).is_file():
+        raise UserError(f"classifier {opts.classifier_path(spec)}: no such file")
 
 
 def requests_for(opts: EvalOptions, spec, count: int, *, text=None, prompts: tuple[str, ...] = ()):
@@ -101,18 +118,6 @@ def requests_for(opts: EvalOptions, spec, count: int, *, text=None, prompts: tup
     return [GenRequest(seed=s, caption=e.features, caption_mask=e.mask, sampling=sp) for s, e in zip(seeds, encoded)]
 
 
-def generate_tokens(engine, requests, max_batch: int):
-    """Free-running samples of `requests` in waves of `max_batch` -> (tokens [n, N], decode seconds)."""
-    import torch
-
-    tokens, decode_s = [], 0.0
-    for i in range(0, len(requests), max_batch):
-        res = engine.run_wave(requests[i:i + max_batch])
-        tokens.append(res.tokens)
-        decode_s += res.stats.decode_s
-    return torch.cat(tokens), decode_s
-
-
 def _logprobs(engine, requests, tokens, max_batch: int):
     """Guided next-token log-probabilities [n, N, V] under teacher forcing on `tokens`."""
     import torch
@@ -123,15 +128,14 @@ def _logprobs(engine, requests, tokens, max_batch: int):
                       for i in range(0, len(requests), max_batch)])
 
 
-def _real_reference(clf, opts: EvalOptions, log: Callable[[str], None]):
+def _real_reference(clf, data, opts: EvalOptions, log: Callable[[str], None]):
     """Real held-out images, and a second real set of `samples` images for the FD floor ->
     (the reference figures, the real images' features, warnings about a too-small sample)."""
-    from linegen.workers.builtin import shapes
     from linegen.workers.builtin.classifier import classify, frechet_distance
 
-    real, real_labels = shapes.dataset(shapes.HELDOUT_SEED, opts.real_samples)
+    real, real_labels = data.dataset(data.HELDOUT_SEED, opts.real_samples)
     real_pred, real_feats = classify(clf, real)
-    real2, real2_labels = shapes.dataset(shapes.HELDOUT_SEED + 1, opts.samples)
+    real2, real2_labels = data.dataset(data.HELDOUT_SEED + 1, opts.samples)
     _, real2_feats = classify(clf, real2)
     reference = {"real_accuracy": float((real_pred == real_labels).mean()), "real_images": opts.real_samples,
                  "fd_real_vs_real": frechet_distance(real2_feats, real_feats)}
@@ -159,14 +163,15 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
 
     from linegen.quality.fidelity import divergence
     from linegen.workers.builtin.classifier import classify, frechet_distance, load_classifier
+    from linegen.workers.cache.head_profile import measure_shares
 
     t_start = time.perf_counter()
     model = load_checked(opts.model, lambda spec: _check(opts, spec))
     spec = model.spec
-    clf = load_classifier(opts.classifier, spec.gpt.num_classes)
+    clf = load_classifier(opts.classifier_path(spec), spec.gpt.num_classes)
     n_cls = spec.gpt.num_classes
 
-    reference, real_feats, warnings = _real_reference(clf, opts, log)
+    reference, real_feats, warnings = _real_reference(clf, heldout_data(spec.name), opts, log)
 
     requests = requests_for(opts, spec, opts.samples)
     labels = np.arange(opts.samples) % n_cls
@@ -176,10 +181,14 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
         log("(the full cache is always run: it is the reference)")
     log(f"{len(configs)} rows (policy x ratio) of {opts.samples} samples each; "
         "a time estimate follows the first (the full cache's)")
-    rows, full = [], {}
+    rows, full, shares = [], {}, {}
     for name, ratio in configs:
+        if Candidate.parse(name).per_head and ratio not in shares:
+            calibration = requests_for(replace(opts, seed=CALIBRATION_SEED), spec, CALIBRATION_ITEMS)
+            shares[ratio] = measure_shares(model, ratio, calibration, CALIBRATION_ITEMS)
+            log(f"head shares at {ratio} (measured on the calibration items): {shares[ratio]}")
         try:
-            policy = _build(name, ratio)
+            policy = _build(name, ratio, shares.get(ratio, ""))
             engine = model.engine(policy, max_batch=opts.max_batch, compile=opts.model.compile)
         except CacheConfigError as e:
             raise UserError(f"{name} at {ratio}: {e}") from None
@@ -278,6 +287,7 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
     import numpy as np
     from PIL import Image, ImageDraw
 
+    from linegen.workers.cache.head_profile import measure_shares
     from linegen.workers.runner import LoadedModel
 
     spec = opts.model.spec()
@@ -295,10 +305,14 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
     n_cls, k, size = spec.gpt.num_classes, opts.per_class, spec.image_size
     ev = EvalOptions(model=opts.model, seed=opts.seed, cfg_scale=opts.cfg_scale, top_k=opts.top_k)
     requests = requests_for(ev, spec, n_cls * k)  # request i: class i % n_cls
+    shares = ""
+    if any(Candidate.parse(name).per_head for name in opts.policies):
+        calibration = requests_for(replace(ev, seed=CALIBRATION_SEED), spec, CALIBRATION_ITEMS)
+        shares = measure_shares(model, opts.ratio, calibration, CALIBRATION_ITEMS)
     blocks, labels = [], []
     for name in opts.policies:
         try:
-            policy = _build(name, opts.ratio)
+            policy = _build(name, opts.ratio, shares)
             engine = model.engine(policy, max_batch=opts.max_batch, compile=opts.model.compile)
         except CacheConfigError as e:
             raise UserError(str(e)) from None

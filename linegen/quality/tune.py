@@ -8,8 +8,9 @@ the model's sampling defaults, seeds disjoint from `linegen eval`'s) and scored 
 KL(full || candidate) of the guided next-token distributions and their top-1 agreement, the
 columns of `linegen eval` that are steady at a few dozen samples (benchmarks/RESULTS.md). The
 lowest-KL few (`--finalists`, 3) then generate the items free-running and are judged on those
-images against the full cache's (linegen/quality/sample_check.py): the one whose samples stay
-closest wins, so a setting is never chosen on logits alone. Nothing here imports torch at module
+images against the full cache's (linegen/quality/sample_check.py): the lowest-KL one wins unless
+another's samples stay clearly closer (beyond twice the paired standard error), so a setting whose
+samples drift is never chosen on logits alone. Nothing here imports torch at module
 level (jobs/ rule).
 """
 from __future__ import annotations
@@ -20,32 +21,14 @@ from importlib import resources
 from typing import Callable
 
 from linegen.errors import UserError
-from linegen.quality.evaluate import EvalOptions, default_classifier, estimate_line, load_checked, requests_for
-from linegen.quality.sample_check import FINALISTS, SampleJudge
+from linegen.settings.candidates import Candidate
+from linegen.quality.evaluate import (CALIBRATION_ITEMS, CALIBRATION_SEED, EvalOptions, default_classifier,
+                                      estimate_line, load_checked, requests_for)
+from linegen.quality.sample_check import FINALISTS, SampleJudge, closer
 from linegen.settings.cache_choice import CacheChoice, recommended
 from linegen.settings.model_choice import ModelChoice
+from linegen.workers.builtin.datasets import builtin_data
 from linegen.workers.cache import CacheConfigError, make_policy, parse_ratio
-
-# Request seeds of `linegen eval` derive from its --seed (0 by default); tuning on seed 1's
-# requests keeps the items a setting is chosen on apart from those it is judged on.
-CALIBRATION_SEED = 1
-
-
-@dataclass(frozen=True)
-class Candidate:
-    policy: str
-    preset: str | None = None  # a named option set of the policy; None: its defaults
-    options: tuple[tuple[str, object], ...] = ()  # explicit options over the preset (benchmark grids)
-
-    @property
-    def label(self) -> str:
-        text = self.policy if self.preset is None else f"{self.policy}/{self.preset}"
-        return text + "".join(f" {k}={v}" for k, v in self.options)
-
-    def cache(self, ratio: str) -> CacheChoice:
-        options = {} if self.preset is None else {"preset": self.preset}
-        return CacheChoice(self.policy, ratio, None, {**options, **dict(self.options)})
-
 
 CANDIDATES: tuple[Candidate, ...] = (
     Candidate("streaming"), Candidate("h2o"), Candidate("snapkv"), Candidate("rkv"),
@@ -55,6 +38,11 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("linear", "structure"), Candidate("linear", "accumulate"), Candidate("linear", "accumulate-1"),
     Candidate("linear", "accumulate-decay"),
     Candidate("linear", "accumulate-prior"),
+    # the same bytes shared per head by the model's attention profile (workers/cache/head_profile.py):
+    # the best LineAR setting of each built-in model with per-head budgets (benchmarks/RESULTS.md).
+    # (H2O's recency window is a share of each head's budget, so a head given one line keeps half
+    # of it: `h2o+heads` is measurable with --policies, but lost to plain h2o on the shapes model)
+    Candidate("linear", "accumulate", per_head=True), Candidate("linear", "cfg-pair", per_head=True),
 )  # LineAR's defaults are `accumulate` (workers/cache/linear.py), so plain `linear` is not listed twice
 
 
@@ -62,7 +50,7 @@ CANDIDATES: tuple[Candidate, ...] = (
 class TuneOptions:
     model: ModelChoice
     ratio: str = "1/6"
-    samples: int = 32
+    samples: int = CALIBRATION_ITEMS
     seed: int = CALIBRATION_SEED
     max_batch: int = 32
     candidates: tuple[Candidate, ...] = CANDIDATES
@@ -93,6 +81,7 @@ class CandidateScore:
     # the model ships a classifier
     sample_distance: float | None = None
     sample_accuracy: float | None = None
+    sample_items: tuple[float, ...] = ()  # each item's distance (the paired comparison uses them)
 
     def cache(self, ratio: str) -> CacheChoice:
         return CacheChoice(self.policy, ratio, None, dict(self.options))
@@ -115,6 +104,7 @@ class TuneResult:
     shipped: str | None = None  # the candidate that is the model's shipped setting (what `--cache auto` uses untuned)
     calibration: str = "classes in turn"  # what the items are: classes, or which prompts
     finalists: int = 0  # distinct settings also judged on their generated samples (the choice is among them)
+    head_shares: str = ""  # what the `+heads` candidates used, measured on the calibration items
 
     def choice(self) -> CacheChoice:
         return self.best.cache(self.ratio)
@@ -146,7 +136,7 @@ def _check(opts: TuneOptions, spec) -> None:
         raise UserError("no candidates to measure")
 
 
-def _candidate_engines(opts: TuneOptions, model, batch: int) -> tuple[dict, dict, int | None]:
+def _candidate_engines(opts: TuneOptions, model, batch: int, shares: str) -> tuple[dict, dict, int | None]:
     """Every candidate's engine, built before any is measured: one that cannot hold the budget is
     a row (with its error), not a failure. -> (label -> (candidate, policy, engine), rows so far,
     the budget in tokens)."""
@@ -154,7 +144,7 @@ def _candidate_engines(opts: TuneOptions, model, batch: int) -> tuple[dict, dict
     engines, rows_by_label, budget = {}, {}, None
     for cand in opts.candidates:
         try:
-            policy = cand.cache(opts.ratio).build(spec.prefix_len, spec.grid)
+            policy = cand.cache(opts.ratio, shares).build(spec.prefix_len, spec.grid)
         except UserError as e:
             rows_by_label[cand.label] = CandidateScore(cand.label, cand.policy, {}, None, None, 0.0, str(e))
             continue
@@ -177,13 +167,19 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     log(f"{len(opts.candidates)} candidates x {opts.samples} calibration items at {opts.ratio}; "
         "a time estimate follows the first wave")
     full = model.engine(make_policy("full"), max_batch=batch, images=opts.finalists > 0)
-    engines, rows_by_label, budget = _candidate_engines(opts, model, batch)
+    shares = ""
+    if any(c.per_head for c in opts.candidates):
+        from linegen.workers.cache.head_profile import measure_shares
+
+        shares = measure_shares(model, opts.ratio, requests, batch)
+        log(f"head shares at {opts.ratio} (each head's part of the budget, from its attention): {shares}")
+    engines, rows_by_label, budget = _candidate_engines(opts, model, batch, shares)
     scores, full_tokens = _rank_by_kl(opts, full, engines, requests, batch, log)
     rows_by_label.update(scores)
     rows = tuple(rows_by_label[c.label] for c in opts.candidates)
     rows = _judge_finalists(opts, model, full, full_tokens, engines, rows, requests, batch, log)
     judged = [r for r in rows if r.sample_distance is not None]
-    best = min(judged, key=lambda r: (r.sample_distance, r.kl_mean)) if judged else \
+    best = _choose(judged) if judged else \
         min((r for r in rows if r.kl_mean is not None), key=lambda r: (r.kl_mean, -r.top1_agreement))
     sp = requests[0].sampling
 
@@ -194,7 +190,17 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
                       budget_tokens=budget, num_tokens=spec.num_tokens, samples=opts.samples, seed=opts.seed,
                       sampling={"cfg_scale": sp.cfg_scale, "top_k": sp.top_k, "temperature": sp.temperature},
                       rows=rows, best=best, wall_s=round(time.perf_counter() - t_start, 1), device=str(model.device),
-                      finalists=len({(r.kl_mean, r.top1_agreement) for r in judged}))
+                      finalists=len({(r.kl_mean, r.top1_agreement) for r in judged}), head_shares=shares)
+
+
+def _choose(judged: list) -> CandidateScore:
+    """The lowest-KL finalist, unless another's samples are clearly closer to the full cache's."""
+    order = sorted(judged, key=lambda r: (r.kl_mean, -r.top1_agreement))
+    best = order[0]
+    for row in order[1:]:
+        if closer(row.sample_items, best.sample_items):
+            best = row
+    return best
 
 
 def _calibration(opts: TuneOptions, model) -> tuple[list, str]:
@@ -272,7 +278,7 @@ def _judge_finalists(opts: TuneOptions, model, full, full_tokens, engines: dict,
     if not finalists:
         return rows
     spec = model.spec
-    classifier = default_classifier() if spec.builtin_weights is not None else None
+    classifier = default_classifier(spec.name) if builtin_data(spec.name) is not None else None
     judge = SampleJudge(full.decode_images, full_tokens, requests, batch, classifier, spec.gpt.num_classes)
     scores = {}
     for key, label in finalists.items():
@@ -286,6 +292,7 @@ def _judge_finalists(opts: TuneOptions, model, full, full_tokens, engines: dict,
         if key in scores:
             score, spent = scores[key]
             row = replace(row, sample_distance=round(score.distance, 4), sample_accuracy=score.accuracy,
+                          sample_items=score.per_item,
                           wall_s=round(row.wall_s + (spent if finalists[key] == row.label else 0.0), 2))
         judged.append(row)
     return tuple(judged)
@@ -300,7 +307,9 @@ def render_table(result: TuneResult) -> str:
             f"temperature {s['temperature']}; {result.device}, {result.wall_s:.0f} s")
     if result.finalists:
         head += (f"; the {result.finalists} lowest-KL candidates judged on their generated samples "
-                 "(distance to the full cache's image of the same seed: 0 = the same, ~1 = unrelated)")
+                 "(distance to the full cache's image of the same seed: 0 = the same, ~1 = unrelated); "
+                 "the lowest-KL one is chosen unless another's samples are closer by more than "
+                 "twice the paired standard error")
     lines = [head, "", "| candidate | KL (nats) | top-1 agree | sample distance | class accuracy | s | |",
              "|---|---|---|---|---|---|---|"]
     for r in result.rows:

@@ -10,7 +10,11 @@ from dataclasses import asdict, dataclass, field
 from linegen.errors import UserError
 from linegen.workers.cache import DEFAULT_RATIO, POLICY_NAMES, CacheConfigError, Layout, make_policy, parse_ratio
 
-__all__ = ["DEFAULT_RATIO", "POLICY_NAMES", "CacheChoice"]
+__all__ = ["DEFAULT_RATIO", "HEADS", "POLICY_NAMES", "CacheChoice"]
+
+# `eval`/`tune`/`grid` entries ending in this get per-head budgets measured on the model
+# (linegen/settings/candidates.py)
+HEADS = "+heads"
 
 
 @dataclass(frozen=True)
@@ -34,12 +38,16 @@ class CacheChoice:
     def to_json(self) -> dict:
         return asdict(self)
 
-    def build(self, prefix: int | None = None, grid: int | None = None):
-        """The policy object; with a model's prefix and grid, also checked against that layout."""
+    def build(self, prefix: int | None = None, grid: int | None = None, heads: tuple[int, int] | None = None):
+        """The policy object; with a model's prefix and grid, also checked against that layout, and
+        with its (layers, heads) the per-head shares against the model's shape."""
         try:
             policy = make_policy(self.policy, ratio=self.ratio, lines=self.lines, **self.options)
             if grid is not None:
-                policy.check(Layout(prefix=prefix or 0, grid=grid))
+                layout = Layout(prefix=prefix or 0, grid=grid)
+                policy.check(layout)
+                if heads is not None:
+                    policy.head_budgets(layout, *heads)
             return policy
         except CacheConfigError as e:
             raise UserError(str(e)) from None
@@ -96,11 +104,13 @@ def recommended(spec) -> CacheChoice:
     rec = spec.recommended_cache
     if rec is None:
         return FALLBACK
-    return CacheChoice(rec.policy, rec.ratio, None, {"preset": rec.preset} if rec.preset else {})
+    options = ({"preset": rec.preset} if rec.preset else {}) | ({"head_shares": rec.head_shares} if rec.head_shares else {})
+    return CacheChoice(rec.policy, rec.ratio, None, options)
 
 
 def check_candidates(policies, ratios) -> None:
-    """`eval`, `tune`, `bench` and `grid`: every ``POLICY`` or ``POLICY/PRESET`` at every ratio
+    """`eval`, `tune`, `bench` and `grid`: every ``POLICY``, ``POLICY/PRESET`` or either with
+    ``+heads`` (per-head budgets measured on the model) at every ratio
     checked like `--cache` (schema, preset, ratio) before any model is built or image made."""
     for ratio in ratios:
         try:
@@ -108,5 +118,8 @@ def check_candidates(policies, ratios) -> None:
         except CacheConfigError as e:
             raise UserError(f"--cache-ratio: {e}") from None
     for item in policies:
-        name, _, preset = item.partition("/")
+        name, _, preset = item.removesuffix(HEADS).partition("/")
+        if item.endswith(HEADS) and name == "full":
+            raise UserError(f"{item}: the full cache keeps every token; per-head budgets (+heads) are for "
+                            "the compressing policies")
         CacheChoice(name, None, None, {"preset": preset} if preset else {}).build()

@@ -101,7 +101,7 @@ class Settings:
         """Everything that can be checked without loading weights: model, files, cache on its grid."""
         self.model.check()
         spec = self.model.spec()
-        self.cache.build(spec.prefix_len, spec.grid)
+        self.cache.build(spec.prefix_len, spec.grid, (spec.gpt.n_layer, spec.gpt.n_head))
 
 
 def _check_cache_flags(cache: str | None, ratio, lines, options) -> None:

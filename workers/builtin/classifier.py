@@ -1,4 +1,4 @@
-"""The evaluator's small CNN: shapes class logits and a feature vector for the Fréchet distance."""
+"""The evaluator's small CNN (one per built-in model): class logits and a feature vector for the Fréchet distance."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from linegen.workers.builtin.images import to_tensor
+
 FEATURE_DIM = 128
 
 
 class ShapesClassifier(nn.Module):
-    """96x96 RGB in [-1, 1] -> 10 logits; `features` is the 128-d penultimate layer."""
+    """RGB in [-1, 1] (any size >= 16 px) -> class logits; `features` is the 128-d penultimate layer."""
 
     def __init__(self, num_classes: int = 10, width: int = 32):
         super().__init__()
@@ -41,9 +43,7 @@ def load_classifier(path: str, num_classes: int = 10) -> ShapesClassifier:
 
 @torch.inference_mode()
 def classify(model: ShapesClassifier, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images [n, 96, 96, 3] -> (predicted labels [n], features [n, 128] float64)."""
-    from linegen.workers.builtin.shapes import to_tensor
-
+    """uint8 images [n, S, S, 3] -> (predicted labels [n], features [n, 128] float64)."""
     preds, feats = [], []
     for i in range(0, len(images), batch):
         f = model.features(to_tensor(images[i:i + batch]))

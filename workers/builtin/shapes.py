@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from linegen.workers.builtin.images import render_dataset
+
 IMAGE_SIZE = 96
 
 CLASS_NAMES = (
@@ -37,11 +39,6 @@ OBJECTS = np.array([(230, 60, 50), (250, 200, 40), (60, 180, 240), (90, 220, 100
                    dtype=np.float32)
 
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) + 0.5
-
-
-def image_seed(seed: int, index: int) -> int:
-    """The seed of image `index` of a dataset with seed `seed` (independent streams per image)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def _mask(shape: str, cy: float, cx: float, r: float) -> np.ndarray:
@@ -127,26 +124,9 @@ def render(label: int, seed: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def sample(seed: int, index: int) -> tuple[np.ndarray, int]:
-    """Image `index` of the dataset with seed `seed`: classes cycle, so any prefix is balanced."""
-    label = index % NUM_CLASSES
-    return render(label, image_seed(seed, index)), label
-
-
 def dataset(seed: int, count: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 [count, 96, 96, 3] and labels int64 [count] for indices start..start+count-1."""
-    images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    labels = np.empty(count, dtype=np.int64)
-    for i in range(count):
-        images[i], labels[i] = sample(seed, start + i)
-    return images, labels
-
-
-def to_tensor(images: np.ndarray):
-    """uint8 [B, H, W, 3] -> float tensor [B, 3, H, W] in [-1, 1] (the VQ's and classifier's input)."""
-    import torch
-
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return render_dataset(render, NUM_CLASSES, IMAGE_SIZE, seed, count, start)
 
 
 # Seeds of the splits used by the training scripts and the evaluator (disjoint streams).

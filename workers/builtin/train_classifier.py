@@ -14,7 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from linegen.workers.builtin import shapes
+from linegen.workers.builtin.datasets import builtin_data
+from linegen.workers.builtin.images import to_tensor
 from linegen.workers.builtin.classifier import ShapesClassifier
 
 
@@ -27,15 +28,16 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def accuracy(model: ShapesClassifier, count: int, seed: int = shapes.HELDOUT_SEED) -> float:
-    imgs, labels = shapes.dataset(seed, count)
-    pred = model(shapes.to_tensor(imgs)).argmax(1).numpy()
+def accuracy(model: ShapesClassifier, data, count: int) -> float:
+    imgs, labels = data.dataset(data.HELDOUT_SEED, count)
+    pred = model(to_tensor(imgs)).argmax(1).numpy()
     return float((pred == labels).mean())
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="workers/builtin/weights/shapes_classifier.pt")
+    p.add_argument("--model", default="linegen-shapes-c2i", help="the built-in model whose data to classify")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -46,16 +48,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    model = ShapesClassifier(shapes.NUM_CLASSES)
+    data = builtin_data(args.model).data
+    model = ShapesClassifier(data.NUM_CLASSES)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     t0, index = time.time(), 0
-    train_seed = shapes.TRAIN_SEED + 1000 * args.seed + 17  # a stream of its own, never held-out
+    train_seed = data.TRAIN_SEED + 1000 * args.seed + 17  # a stream of its own, never held-out
     for step in range(1, args.steps + 1):
         for group in opt.param_groups:
             group["lr"] = args.lr * 0.5 * (1 + torch.cos(torch.tensor(step / args.steps * torch.pi))).item()
-        imgs, labels = shapes.dataset(train_seed, args.batch, start=index)
+        imgs, labels = data.dataset(train_seed, args.batch, start=index)
         index += args.batch
-        x = augment(shapes.to_tensor(imgs), g)
+        x = augment(to_tensor(imgs), g)
         loss = F.cross_entropy(model(x), torch.from_numpy(labels))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -63,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         if step % 50 == 0 or step == 1:
             print(f"step {step}/{args.steps} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
     model.eval()
-    acc = accuracy(model, args.heldout)
-    print(f"held-out accuracy {acc:.4f} on {args.heldout} images (seed {shapes.HELDOUT_SEED})", flush=True)
+    acc = accuracy(model, data, args.heldout)
+    print(f"held-out accuracy {acc:.4f} on {args.heldout} images (seed {data.HELDOUT_SEED})", flush=True)
     torch.save({"model": model.state_dict()}, args.out)
     print(f"saved {args.out} after {time.time() - t0:.0f}s", flush=True)
 

@@ -27,18 +27,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from linegen.workers.builtin import shapes
+from linegen.workers.builtin.datasets import builtin_data
+from linegen.workers.builtin.images import to_tensor
 from linegen.workers.cache import make_policy
 
 
 @torch.inference_mode()
-def encode_dataset(vq, count: int, seed: int, batch: int = 50, log=print) -> tuple[np.ndarray, np.ndarray]:
+def encode_dataset(vq, data, count: int, seed: int, batch: int = 50, log=print) -> tuple[np.ndarray, np.ndarray]:
     """Render and VQ-encode `count` images -> (codes int16 [count, N], labels int64 [count])."""
     codes, labels = [], []
     t0 = time.time()
     for start in range(0, count, batch):
-        imgs, lab = shapes.dataset(seed, min(batch, count - start), start=start)
-        codes.append(vq.encode(shapes.to_tensor(imgs)).numpy().astype(np.int16))
+        imgs, lab = data.dataset(seed, min(batch, count - start), start=start)
+        codes.append(vq.encode(to_tensor(imgs)).numpy().astype(np.int16))
         labels.append(lab)
         if (start // batch) % 20 == 0:
             log(f"encoded {start + len(lab)}/{count} images {time.time() - t0:.0f}s")
@@ -128,7 +129,8 @@ def _training_codes(args: argparse.Namespace, vq, vocab_size: int) -> tuple[torc
         codes_np, labels_np = z["codes"], z["labels"]
         print(f"loaded {len(codes_np)} encoded images from {args.codes_cache}", flush=True)
     else:
-        codes_np, labels_np = encode_dataset(vq, args.images, shapes.TRAIN_SEED + 1000 * args.seed,
+        data = builtin_data(args.model).data
+        codes_np, labels_np = encode_dataset(vq, data, args.images, data.TRAIN_SEED + 1000 * args.seed,
                                              log=lambda m: print(m, flush=True))
         if args.codes_cache:
             np.savez(args.codes_cache, codes=codes_np, labels=labels_np)

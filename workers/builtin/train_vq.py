@@ -1,6 +1,7 @@
-"""Train the built-in VQ tokenizer (the VQ-16 family's code, smaller widths, downsample 4) on shapes.
+"""Train a built-in model's VQ tokenizer (the VQ-16 family's code, smaller widths, downsample 4).
 
     python -m linegen.workers.builtin.train_vq --out workers/builtin/weights/shapes_vq.pt
+    python -m linegen.workers.builtin.train_vq --model linegen-photos-c2i --out workers/builtin/weights/photos_vq.pt
 
 Losses: pixel L1 + L2, codebook loss + 0.25 x commitment (straight-through), with LlamaGen's
 L2-normalised codebook; dead codes are restarted from current encoder outputs. No GAN or
@@ -15,7 +16,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from linegen.workers.builtin import shapes
+from linegen.workers.builtin.datasets import builtin_data
+from linegen.workers.builtin.images import to_tensor
 from linegen.workers.models.vq import VQModel
 
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=48, help="train on random token-aligned crops of this size (faster)")
-    p.add_argument("--full-steps", type=int, default=150, help="last steps on whole 96px images")
+    p.add_argument("--full-steps", type=int, default=150, help="last steps on whole images")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = get_spec(args.model).vq
+    data = builtin_data(args.model).data
     vq = VQModel(cfg, with_encoder=True)
     with torch.no_grad():
         vq.quantize.embedding.weight.uniform_(-1, 1)
@@ -60,12 +63,12 @@ def main(argv: list[str] | None = None) -> None:
         lr = args.lr * min(1.0, step / 100) * (0.1 + 0.9 * (1 - step / args.steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        imgs, _ = shapes.dataset(shapes.TRAIN_SEED + 1000 * args.seed, args.batch, start=index)
+        imgs, _ = data.dataset(data.TRAIN_SEED + 1000 * args.seed, args.batch, start=index)
         index += args.batch
-        x = shapes.to_tensor(imgs)
+        x = to_tensor(imgs)
         if args.crop and step <= args.steps - args.full_steps:  # token-aligned crop, same for the batch
             g = torch.Generator().manual_seed(args.seed * 100003 + step)
-            y0, x0 = (4 * torch.randint(0, (shapes.IMAGE_SIZE - args.crop) // 4 + 1, (2,), generator=g)).tolist()
+            y0, x0 = (4 * torch.randint(0, (data.IMAGE_SIZE - args.crop) // 4 + 1, (2,), generator=g)).tolist()
             x = x[:, :, y0:y0 + args.crop, x0:x0 + args.crop]
         zq, idx, vq_loss, flat = quantize(vq, x)
         rec = vq.decoder(vq.post_quant_conv(zq))

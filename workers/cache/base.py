@@ -20,6 +20,8 @@ from abc import ABC, abstractmethod
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
+from linegen.workers.cache.errors import CacheConfigError
+from linegen.workers.cache.head_budgets import allocate, check_shape, parse_shares
 from linegen.workers.cache.layout import Layout
 
 if TYPE_CHECKING:
@@ -29,10 +31,6 @@ if TYPE_CHECKING:
 
 # The LineAR paper's headline setting for LlamaGen: keep 1/6 of the visual tokens (4 of 24 lines).
 DEFAULT_RATIO = "1/6"
-
-
-class CacheConfigError(ValueError):
-    """A cache setting that cannot work (bad ratio, budget smaller than the protected set...)."""
 
 
 def parse_ratio(text: str | float) -> float:
@@ -64,6 +62,10 @@ class CachePolicy(ABC):
     def check(self, layout: Layout) -> None:
         """Raise CacheConfigError if this policy cannot work on `layout`."""
 
+    def head_budgets(self, layout: Layout, n_layer: int, n_head: int) -> list[list[int]]:
+        """Visual entries each (layer, head) keeps after a compaction (the same for all here)."""
+        return [[self.budget(layout)] * n_head for _ in range(n_layer)]
+
     def score(self, ctx: "LineContext") -> "Tensor":
         """[R, H, Lv] keep-priority of each cached visual entry; +inf = must keep."""
         raise NotImplementedError
@@ -80,7 +82,7 @@ class CachePolicy(ABC):
 class BudgetedPolicy(CachePolicy):
     """Keeps B visual tokens after each line (B = ratio*N, or lines*w); the prefix is never counted."""
 
-    def __init__(self, ratio: float | None = None, lines: int | None = None):
+    def __init__(self, ratio: float | None = None, lines: int | None = None, head_shares: str = ""):
         if (ratio is None) == (lines is None):
             raise CacheConfigError("give exactly one of a cache ratio or a budget in lines")
         if ratio is not None and not 0 < ratio <= 1:
@@ -88,6 +90,8 @@ class BudgetedPolicy(CachePolicy):
         if lines is not None and lines < 1:
             raise CacheConfigError(f"cache budget in lines must be >= 1, got {lines}")
         self.ratio, self.lines = ratio, lines
+        self.head_shares = head_shares.strip()
+        self.shares = parse_shares(self.head_shares)  # () = the same budget for every head
 
     def budget(self, layout: Layout) -> int:
         if self.lines is not None:
@@ -108,8 +112,18 @@ class BudgetedPolicy(CachePolicy):
                 f"{self.name}: a budget of {b} visual tokens is smaller than the {need} tokens it "
                 f"must always keep; raise --cache-ratio/--cache-lines or lower the protected set")
 
+    def head_budgets(self, layout: Layout, n_layer: int, n_head: int) -> list[list[int]]:
+        """Visual entries each (layer, head) keeps after a compaction; they sum to
+        n_layer * n_head * budget whatever the shares (workers/cache/head_budgets.py)."""
+        b = self.budget(layout)
+        if not self.shares or b >= layout.num_tokens:
+            return [[b] * n_head for _ in range(n_layer)]
+        check_shape(self.shares, n_layer, n_head)
+        return allocate(self.shares, b, layout.num_tokens, layout.width)
+
     def describe(self) -> dict:
         d = {"policy": self.name, "ratio": self.ratio}
         if self.lines is not None:
             d["lines"] = self.lines
+        d["head_shares"] = self.head_shares
         return d

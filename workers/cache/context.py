@@ -23,6 +23,7 @@ class LineContext:
     state: dict  # the policy's per-layer state (`state_names`), kept aligned by the cache
     pairs: int  # rows [0, pairs) are conditional, [pairs, 2*pairs) their unconditional partners; 0 = no CFG
     keys: Tensor | None = None  # [R, H, Lv, d] the cached visual keys (post-RoPE), for key-similarity scores
+    budget: int | None = None  # visual entries these heads keep (None: the policy's uniform budget)
 
     def visual_attention(self) -> Tensor:
         """[R, H, w, Lv]: the line's attention restricted to the visual entries (prefix columns dropped)."""

@@ -21,12 +21,13 @@ class H2OCache(BudgetedPolicy):
     needs_queries = True
     state_names = ("acc",)  # attention each entry has received so far, summed over every step
 
-    def __init__(self, ratio: float | None = None, lines: int | None = None, *, recent_share: float = 0.5):
-        super().__init__(ratio, lines)
+    def __init__(self, ratio: float | None = None, lines: int | None = None, *, recent_share: float = 0.5,
+                 head_shares: str = ""):
+        super().__init__(ratio, lines, head_shares)
         self.recent_share = recent_share
 
-    def recent(self, layout: Layout) -> int:
-        return int(round(self.budget(layout) * self.recent_share))
+    def recent(self, layout: Layout, budget: int | None = None) -> int:
+        return int(round((self.budget(layout) if budget is None else budget) * self.recent_share))
 
     def protected_tokens(self, layout: Layout) -> int:
         return self.recent(layout)
@@ -36,7 +37,7 @@ class H2OCache(BudgetedPolicy):
         vl = ctx.positions.shape[-1]
         acc[:, :, :vl] += ctx.visual_attention().sum(dim=2)
         newest = (ctx.line + 1) * ctx.layout.width  # visual tokens consumed so far
-        keep = ctx.positions >= newest - self.recent(ctx.layout)
+        keep = ctx.positions >= newest - self.recent(ctx.layout, ctx.budget)
         return ctx.protect(acc[:, :, :vl].clone(), keep)
 
     def describe(self) -> dict:

@@ -42,8 +42,8 @@ class LineARCache(BudgetedPolicy):
     def __init__(self, ratio: float | None = None, lines: int | None = None, *, anchors: int = 4,
                  anchor_lines: int = 1, recent_lines: int = 2, aggregate: str = "sum", pool_1d: int = 0,
                  pool_2d: int = 0, decay: float = 1.0, shift_prior: float = 0.0, cfg_shared: bool = True,
-                 cfg_rank: str = "cond", selected_lines: int = 1):
-        super().__init__(ratio, lines)
+                 cfg_rank: str = "cond", selected_lines: int = 1, head_shares: str = ""):
+        super().__init__(ratio, lines, head_shares)
         if anchors < 0 or anchor_lines < 0 or recent_lines < 0 or selected_lines < 0:
             raise CacheConfigError("anchors, anchor lines, recent lines and selected lines must be >= 0")
         if aggregate not in AGGREGATIONS:
@@ -71,18 +71,22 @@ class LineARCache(BudgetedPolicy):
     # local context every head attends to), then anchors; the mid region is what remains.
     # `selected_lines` first shrinks the recent lines (never below one) so that the mid region
     # keeps that many lines: at 1/8 of a 24x24 grid (3 lines), a first line plus two recent lines
-    # would leave nothing to select, and the samples drift (benchmarks/RESULTS.md, issue 14).
-    def recent_tokens(self, layout: Layout) -> int:
-        w, budget = layout.width, self.budget(layout)
+    # would leave nothing to select, and the samples drift (benchmarks/RESULTS.md, issue 14). A
+    # budget that cannot hold anchors, a selected line and a recent line at all is left to recent
+    # lines: so with per-head budgets (`head_shares`), a local head given a line or two keeps only
+    # recent tokens, while a broad head keeps anchors and selected far tokens.
+    def recent_tokens(self, layout: Layout, budget: int | None = None) -> int:
+        w = layout.width
+        budget = self.budget(layout) if budget is None else budget
         recent = self.recent_lines * w
-        if self.selected_lines and recent > w:
-            room = budget - max(self.anchors, self.anchor_lines * w) - self.selected_lines * w
-            recent = max(w, min(recent, room))
+        anchors = max(self.anchors, self.anchor_lines * w)
+        if self.selected_lines and recent > w and budget >= anchors + (self.selected_lines + 1) * w:
+            recent = min(recent, budget - anchors - self.selected_lines * w)
         return min(recent, budget)
 
-    def anchor_tokens(self, layout: Layout) -> int:
-        return min(max(self.anchors, self.anchor_lines * layout.width),
-                   self.budget(layout) - self.recent_tokens(layout))
+    def anchor_tokens(self, layout: Layout, budget: int | None = None) -> int:
+        budget = self.budget(layout) if budget is None else budget
+        return min(max(self.anchors, self.anchor_lines * layout.width), budget - self.recent_tokens(layout, budget))
 
     def protected_tokens(self, layout: Layout) -> int:
         return self.anchor_tokens(layout) + self.recent_tokens(layout)
@@ -104,8 +108,8 @@ class LineARCache(BudgetedPolicy):
         if self.cfg_shared and self.cfg_rank == "sum":
             scores = ctx.pair_sum(scores)  # the cache then copies the conditional rows' choice
         newest = (ctx.line + 1) * ctx.layout.width  # visual tokens consumed so far
-        keep = ((ctx.positions < self.anchor_tokens(ctx.layout))
-                | (ctx.positions >= newest - self.recent_tokens(ctx.layout)))
+        keep = ((ctx.positions < self.anchor_tokens(ctx.layout, ctx.budget))
+                | (ctx.positions >= newest - self.recent_tokens(ctx.layout, ctx.budget)))
         return ctx.protect(scores, keep)
 
     def describe(self) -> dict:

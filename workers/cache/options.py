@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from linegen.workers.cache.base import CacheConfigError
+from linegen.workers.cache.errors import CacheConfigError
+from linegen.workers.cache.head_budgets import parse_shares
 from linegen.workers.cache.presets import PRESETS
 
 MAX_KERNEL = 255  # pooling windows wider than this cover a whole 16x16..24x24 grid anyway
@@ -29,11 +30,14 @@ class Option:
     high: float | None = None
     choices: tuple[str, ...] = ()  # for str options
     odd: bool = False  # a pooling kernel: an odd integer (0 where `low` is 0 means off)
+    shares: bool = False  # per-head shares as text (workers/cache/head_budgets.py)
 
     def rule(self) -> str:
         """What a valid value is, in words ('an odd integer in 1..255')."""
         if self.kind is bool:
             return "true or false"
+        if self.shares:
+            return "empty (one budget for every head) or positive shares, heads separated by ',' and layers by '/'"
         if self.kind is str:
             return "one of " + ", ".join(self.choices)
         noun = "an integer" if self.kind is int else "a number"
@@ -49,6 +53,11 @@ class Option:
     def ok(self, value: Any) -> bool:
         if self.kind is bool:
             return isinstance(value, bool)
+        if self.shares:
+            try:
+                return isinstance(value, str) and parse_shares(value) is not None
+            except CacheConfigError:
+                return False
         if self.kind is str:
             return isinstance(value, str) and value in self.choices
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -67,6 +76,7 @@ def _num(x: float) -> str:
 
 
 _KERNEL_HELP = "max-pooling window over the scores"
+_SHARES = Option(str, "", "each head's share of the budget, same total bytes (linegen tune measures them)", shares=True)
 
 SCHEMAS: dict[str, dict[str, Option]] = {
     "full": {},
@@ -82,15 +92,19 @@ SCHEMAS: dict[str, dict[str, Option]] = {
         "shift_prior": Option(float, 0.0, "bonus for the token one line above", 0.0, 1e6),
         "cfg_shared": Option(bool, True, "one selection per CFG pair"),
         "cfg_rank": Option(str, "cond", "which row of a CFG pair ranks", choices=("cond", "sum")),
+        "head_shares": _SHARES,
     },
-    "streaming": {"sinks": Option(int, 4, "first tokens always kept (attention sinks)", 0, MAX_TOKENS)},
-    "h2o": {"recent_share": Option(float, 0.5, "share of the budget kept for the most recent tokens", 0.0, 1.0)},
-    "snapkv": {"kernel": Option(int, 7, _KERNEL_HELP, 1, MAX_KERNEL, odd=True)},
+    "streaming": {"sinks": Option(int, 4, "first tokens always kept (attention sinks)", 0, MAX_TOKENS),
+                  "head_shares": _SHARES},
+    "h2o": {"recent_share": Option(float, 0.5, "share of the budget kept for the most recent tokens", 0.0, 1.0),
+            "head_shares": _SHARES},
+    "snapkv": {"kernel": Option(int, 7, _KERNEL_HELP, 1, MAX_KERNEL, odd=True), "head_shares": _SHARES},
     "rkv": {
         "window": Option(int, 8, "observation queries (newest tokens, kept)", 1, MAX_TOKENS),
         "kernel": Option(int, 7, _KERNEL_HELP, 1, MAX_KERNEL, odd=True),
         "mix": Option(float, 0.1, "weight of importance vs redundancy", 0.0, 1.0),
         "threshold": Option(float, 0.5, "cosine similarity from which keys count as duplicates", 0.0, 1.0),
+        "head_shares": _SHARES,
     },
 }
 
@@ -125,6 +139,12 @@ def check_options(policy: str, options: dict) -> None:
             raise CacheConfigError(f"cache option {key}={_show(value)}: {policy}'s {key} must be {opt.rule()}")
 
 
+def _example(o: Option) -> str:
+    if o.shares:
+        return "S,S,../S,S,.. (default: one budget)"
+    return "|".join(o.choices) if o.choices else _show(o.default)
+
+
 def options_help() -> str:
     """Every policy's keys with their defaults (or choices) for the `--cache-option` help
     (generated from the schemas, so it never misses one)."""
@@ -132,7 +152,7 @@ def options_help() -> str:
     for policy, schema in SCHEMAS.items():
         if not schema:
             continue
-        keys = ", ".join(f"{k}={'|'.join(o.choices) if o.choices else _show(o.default)}" for k, o in schema.items())
+        keys = ", ".join(f"{k}={_example(o)}" for k, o in schema.items())
         presets = PRESETS.get(policy)
         parts.append(f"{policy}: {keys}" + (f"; preset={'|'.join(presets)}" if presets else ""))
     return "; ".join(parts)

@@ -26,8 +26,8 @@ class RKVCache(BudgetedPolicy):
     needs_keys = True
 
     def __init__(self, ratio: float | None = None, lines: int | None = None, *, window: int = 8,
-                 kernel: int = 7, mix: float = 0.1, threshold: float = 0.5):
-        super().__init__(ratio, lines)
+                 kernel: int = 7, mix: float = 0.1, threshold: float = 0.5, head_shares: str = ""):
+        super().__init__(ratio, lines, head_shares)
         if window < 1:
             raise CacheConfigError(f"window must be >= 1, got {window}")
         if kernel < 1 or kernel % 2 == 0:

@@ -16,8 +16,9 @@ class SnapKVCache(BudgetedPolicy):
     name = "snapkv"
     needs_queries = True
 
-    def __init__(self, ratio: float | None = None, lines: int | None = None, *, kernel: int = 7):
-        super().__init__(ratio, lines)
+    def __init__(self, ratio: float | None = None, lines: int | None = None, *, kernel: int = 7,
+                 head_shares: str = ""):
+        super().__init__(ratio, lines, head_shares)
         self.kernel = kernel
 
     def protected_tokens(self, layout: Layout) -> int:

@@ -3,11 +3,12 @@
 `KVCache` (kv.py) attends over `[:length]` with `length` a Python int, so every step has a new
 shape. `StaticKVCache` keeps the same storage layout and the same line-boundary compaction, but a
 decode step
-  * writes the new key/value at `lengths[row, head]` (a device tensor),
+  * writes the new key/value at `lengths[row, level]` (a device tensor),
   * attends over a fixed `span` of entries, masking those at or beyond `lengths` (and padded
     caption entries), so the step has one shape for a whole wave and can be compiled or captured.
-`lengths` is per (row, head) although every row and head holds the same count today: a policy with
-per-head budgets only has to write its kept counts there.
+`lengths` has one column per distinct budget (`level`): with per-head budgets the segments of
+equal budget hold the same count, whatever their layer; a compressed cache's segments each
+attend over their own capacity.
 
 Storage is allocated once for the largest wave; `view(rows)` gives a smaller wave the leading rows
 of the same tensors, so a graph captured on a view stays valid for every later wave of that size.
@@ -32,11 +33,11 @@ class StaticKVCache(KVCache):
                  head_dim: int, dtype: torch.dtype, device: torch.device, score_chunk_rows: int = 64):
         super().__init__(policy, layout, rows, n_layer, n_head, head_dim, dtype, device,
                          score_chunk_rows=score_chunk_rows)
-        self.lengths = torch.zeros(rows, n_head, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(rows, len(self.levels), dtype=torch.long, device=device)
         # False = a padded caption entry of that row: never attended to (t2i)
         self.prefix_valid = torch.ones(rows, 1, self.capacity, dtype=torch.bool, device=device)
         self.row_index = torch.arange(rows, device=device)[:, None]
-        self.head_index = torch.arange(n_head, device=device)[None, :]
+        self.segment_heads = [torch.arange(len(s.heads), device=device)[None, :] for s in self.segments]
         self.entry_index = torch.arange(self.capacity, device=device)
 
     def view(self, rows: int) -> "StaticKVCache":
@@ -55,7 +56,8 @@ class StaticKVCache(KVCache):
     def start_wave(self, pairs: int, prefix_mask: Tensor | None) -> None:
         """Reset the bookkeeping for a new wave in place (addresses stay what graphs captured)."""
         self.pairs, self.prefix_mask = pairs, prefix_mask
-        self.length, self.visual_seen, self._placed, self.compaction_s = 0, 0, (0, 0), 0.0
+        self.lengths_host, self._placed = [0] * len(self.segments), [(0, 0)] * len(self.segments)
+        self.visual_seen, self.compaction_s = 0, 0.0
         self.lengths.zero_()
         self.prefix_valid.fill_(True)
         if prefix_mask is not None:
@@ -66,22 +68,39 @@ class StaticKVCache(KVCache):
 
     # -- host-side bookkeeping, between captured steps --------------------------------------
     def sync_lengths(self) -> None:
-        """Device lengths <- the host's count (after prefill and after every compaction)."""
-        self.lengths.fill_(self.length)
+        """Device lengths <- the host's counts (after prefill and after every compaction)."""
+        done = set()
+        for seg, n in zip(self.segments, self.lengths_host):
+            if seg.level not in done:
+                self.lengths[:, seg.level].fill_(n)
+                done.add(seg.level)
 
     def end_line(self, line: int) -> None:
-        before = self.length
+        before = list(self.lengths_host)
         super().end_line(line)
-        if self.length != before:
+        if self.lengths_host != before:
             self.sync_lengths()
 
     # -- inside the captured step -----------------------------------------------------------
     def decode_attention(self, t: Tensor, span: int) -> "DecodeAttention":
-        """What one captured step's layers attend through; `t` [1] is the fed token's visual index."""
-        valid = self.entry_index[:span] <= self.lengths[:, :, None]  # filled entries + the one written now
-        mask = (valid & self.prefix_valid[:, :, :span])[:, :, None, :]  # [R, H, 1, span]
-        column = torch.remainder(t, self.layout.width).expand(self.rows, self.k[0].shape[1])
-        return DecodeAttention(self, span, mask, column)
+        """What one captured step's layers attend through; `t` [1] is the fed token's visual index.
+
+        `span` bounds an uncompressed cache's attention (it grows through the wave); a compressed
+        cache's segments always hold between their budget and their capacity, so each attends
+        over its whole capacity."""
+        spans = [s.capacity if self.compresses else min(span, s.capacity) for s in self.segments]
+        masks = {}
+        for seg, n in zip(self.segments, spans):
+            if (seg.level, n) not in masks:
+                # filled entries + the one written now
+                valid = self.entry_index[:n] <= self.lengths[:, seg.level, None, None]
+                masks[(seg.level, n)] = (valid & self.prefix_valid[:, :, :n])[:, :, None, :]  # [R, 1, 1, n]
+        column = torch.remainder(t, self.layout.width).expand(self.rows, 1)
+        return DecodeAttention(self, spans, [masks[(s.level, n)] for s, n in zip(self.segments, spans)], column)
+
+    def step_done(self) -> None:
+        """Inside the captured step: every segment holds one more entry."""
+        self.lengths.add_(1)
 
 
 @dataclass
@@ -90,19 +109,23 @@ class DecodeAttention:
     tensors behind on the cache (a CUDA graph's temporaries must die with the step)."""
 
     cache: StaticKVCache
-    span: int
-    mask: Tensor  # [R, H, 1, span] bool
-    column: Tensor  # [R, H]: where in the line's query stash this token's query goes
+    spans: list[int]  # per segment: entries attended over
+    masks: list[Tensor]  # per segment: [R, 1, 1, span] bool
+    column: Tensor  # [R, 1]: where in the line's query stash this token's query goes
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        c = self.cache
-        slot = (c.row_index, c.head_index, c.lengths)
-        c.k[layer].index_put_(slot, k[:, :, 0])
-        c.v[layer].index_put_(slot, v[:, :, 0])
+        return self.cache.by_group(layer, q, k, v, self._segment)
+
+    def _segment(self, i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        c, level, span = self.cache, self.cache.segments[i].level, self.spans[i]
+        heads = c.segment_heads[i]
+        slot = (c.row_index, heads, c.lengths[:, level:level + 1])
+        c.k[i].index_put_(slot, k[:, :, 0])
+        c.v[i].index_put_(slot, v[:, :, 0])
         if c.queries is not None:
-            c.queries[layer].index_put_((c.row_index, c.head_index, self.column), q[:, :, 0])
-        keys, values = c.k[layer][:, :, :self.span], c.v[layer][:, :, :self.span]
-        return masked_attention(q, keys, values, self.mask)
+            c.queries[i].index_put_((c.row_index, heads, self.column), q[:, :, 0])
+        keys, values = c.k[i][:, :, :span], c.v[i][:, :, :span]
+        return masked_attention(q, keys, values, self.masks[i])
 
 
 def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 class StreamingCache(BudgetedPolicy):
     name = "streaming"
 
-    def __init__(self, ratio: float | None = None, lines: int | None = None, *, sinks: int = 4):
-        super().__init__(ratio, lines)
+    def __init__(self, ratio: float | None = None, lines: int | None = None, *, sinks: int = 4,
+                 head_shares: str = ""):
+        super().__init__(ratio, lines, head_shares)
         self.sinks = sinks
 
     def protected_tokens(self, layout: Layout) -> int:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from linegen.workers.cache import CachePolicy, Layout
-from linegen.workers.cache.kv import KVCache, cache_bytes_per_row
+from linegen.workers.cache.kv import KVCache, cache_bytes_per_row, scored_entries
 from linegen.workers.engine.compile_choice import ENGINE_MODES, Decision, decide
 from linegen.workers.engine.sampling import BatchSampling, guide, sample
 from linegen.workers.engine.static_wave import StaticDecoder
@@ -38,6 +38,7 @@ class Engine:
         self.dtype = next(gpt.parameters()).dtype
         self.layout = Layout(prefix=spec.prefix_len, grid=spec.grid)
         policy.check(self.layout)
+        policy.head_budgets(self.layout, gpt.config.n_layer, gpt.config.n_head)  # shares fit this model
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if compile not in ENGINE_MODES:
@@ -100,8 +101,8 @@ class Engine:
         dtype_bytes = torch.finfo(self.dtype).bits // 8
         workspace = 0
         if self.policy.needs_queries:  # the explicit per-line scores of one chunk of rows, fp32
-            length = self.layout.prefix + self.policy.visual_capacity(self.layout)
-            workspace = 3 * 64 * c.n_head * self.layout.width * length * 4
+            entries = scored_entries(self.policy, self.layout, c.n_layer, c.n_head)
+            workspace = 3 * 64 * self.layout.width * entries * 4
         if self.vq is not None:  # decoding a chunk of images: ~4 live activations at full resolution
             ch = self.spec.vq.ch * self.spec.vq.ch_mult[0]
             workspace += 4 * self.decode_chunk * ch * self.spec.image_size ** 2 * 4

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from linegen.workers.cache.kv import cache_capacity
 from linegen.workers.cache.static import StaticKVCache
 from linegen.workers.engine.graphs import BUCKETS, StepGraphs, bucket_for, bucket_sizes, span_for, spans
 from linegen.workers.engine.sampling import BatchSampling, guide, sample, top_k_bound
@@ -36,7 +37,7 @@ class StaticDecoder:
         n = bucket_for(len(requests), self.buckets())
         params = [r.sampling for r in requests]
         guided = any(p.cfg_scale > 1 for p in params)
-        capacity = e.layout.prefix + e.policy.visual_capacity(e.layout)
+        capacity = cache_capacity(e.policy, e.layout, e.gpt.config.n_layer, e.gpt.config.n_head)
         compresses = e.policy.budget(e.layout) < e.layout.num_tokens
         return [StepShape(items=n, guided=guided, span=span, k_bound=top_k_bound(params, e.gpt.config.vocab_size),
                           use_top_p=any(p.top_p < 1 for p in params))

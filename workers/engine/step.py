@@ -85,5 +85,5 @@ def decode_step(gpt: GPT, cache: StaticKVCache, state: StepState, shape: StepSha
                  k_bound=shape.k_bound, use_top_p=shape.use_top_p)
     state.tokens.index_copy_(1, nxt, token[:, None])
     state.prev.copy_(torch.cat([token, token]) if shape.guided else token)
-    cache.lengths.add_(1)
+    cache.step_done()
     state.t.add_(1)

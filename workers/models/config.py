@@ -139,6 +139,7 @@ class CacheSetting:
     policy: str
     ratio: str
     preset: str | None = None  # a named option set (workers/cache/presets.py); None: the policy's defaults
+    head_shares: str = ""  # per-head budgets measured on this model (workers/cache/head_budgets.py); "": uniform
 
 
 @dataclass(frozen=True)

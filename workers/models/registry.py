@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from linegen.workers.builtin.photos import CLASS_NAMES as PHOTOS_CLASS_NAMES
 from linegen.workers.builtin.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
 from linegen.workers.models.config import CacheSetting, GPTConfig, ModelSpec, SamplingParams, VQ16, VQConfig, gpt_config
 from linegen.workers.models.janus_config import JANUS_1B, JANUS_7B, janus_spec
@@ -30,13 +31,36 @@ TINY_GPT = GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=256, caption_dim=32
 BUILTIN_WEIGHTS = Path(__file__).resolve().parent.parent / "builtin" / "weights"
 SHAPES_VQ = VQConfig(codebook_size=512, codebook_embed_dim=8, z_channels=64, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
 SHAPES_GPT = GPTConfig(dim=192, n_layer=4, n_head=4, vocab_size=512, num_classes=10)
+# each head's share of the budget, from its attention on the calibration items (`linegen tune`)
+SHAPES_HEAD_SHARES = "0.625,1.5,2.375,0.625/0.25,0.375,0.625,0.5/0.75,1,1.375,0.375/1.375,1.25,1.75,1.25"
 SHAPES = ModelSpec(name="linegen-shapes-c2i", gpt=SHAPES_GPT, image_size=96, vq=SHAPES_VQ,
                    description="built-in c2i model trained on procedural shapes (10 classes, 24x24 tokens, 96px)",
                    builtin_weights=(str(BUILTIN_WEIGHTS / "shapes_gpt.pt"), str(BUILTIN_WEIGHTS / "shapes_vq.pt")),
                    default_sampling=SamplingParams(cfg_scale=2.0, top_k=0, temperature=0.9),
                    class_names=SHAPES_CLASS_NAMES,
-                   # `--cache auto`: LineAR's defaults at 1/6, chosen by the sweep on this model (benchmarks/RESULTS.md)
-                   recommended_cache=CacheSetting(policy="linear", ratio="1/6"))
+                   # `--cache auto`: LineAR's defaults at 1/6 with per-head budgets, what `linegen tune`
+                   # measures and picks on this model (benchmarks/RESULTS.md)
+                   recommended_cache=CacheSetting(policy="linear", ratio="1/6", head_shares=SHAPES_HEAD_SHARES))
+
+# The second built-in model, to keep defaults honest: patches of ten natural photographs
+# (workers/builtin/photos.py), 64px, the same downsample-4 VQ family with a larger codebook for
+# texture, so a 16x16 grid (N = 256) like LlamaGen-256; 6 heads per layer.
+PHOTOS_VQ = VQConfig(codebook_size=1024, codebook_embed_dim=8, z_channels=64, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
+PHOTOS_GPT = GPTConfig(dim=192, n_layer=4, n_head=6, vocab_size=1024, num_classes=10)
+PHOTOS_HEAD_SHARES = ("1.48837,0.930233,1.30233,1.11628,1.11628,1.30233/0.55814,0.55814,0.930233,0.930233,1.11628,"
+                      "0.930233/0.930233,1.11628,1.11628,0.930233,0.930233,0.930233/1.11628,0.930233,0.930233,"
+                      "0.930233,0.930233,0.930233")
+PHOTOS = ModelSpec(name="linegen-photos-c2i", gpt=PHOTOS_GPT, image_size=64, vq=PHOTOS_VQ,
+                   description="built-in c2i model trained on patches of 10 photographs (16x16 tokens, 64px)",
+                   builtin_weights=(str(BUILTIN_WEIGHTS / "photos_gpt.pt"), str(BUILTIN_WEIGHTS / "photos_vq.pt")),
+                   # cfg 1.5 was best of 1.0-4.0 on 200 held-out seeds (benchmarks/RESULTS.md)
+                   default_sampling=SamplingParams(cfg_scale=1.5, top_k=0, temperature=0.9),
+                   class_names=PHOTOS_CLASS_NAMES,
+                   # `--cache auto`: what `linegen tune` picks here, LineAR as specified with one
+                   # selection per CFG pair and per-head budgets (the shapes' defaults spend this
+                   # grid's small budgets on whole protected lines: benchmarks/RESULTS.md)
+                   recommended_cache=CacheSetting(policy="linear", ratio="1/6", preset="cfg-pair",
+                                                  head_shares=PHOTOS_HEAD_SHARES))
 
 # LlamaGen's own sampling defaults for its text-to-image models; tests sample the tiny models gently.
 T2I_SAMPLING = SamplingParams(cfg_scale=7.5, top_k=1000)
@@ -45,7 +69,7 @@ TINY_SAMPLING = SamplingParams(cfg_scale=2.0, top_k=0)
 MODELS: dict[str, ModelSpec] = {
     s.name: s
     for s in [
-        SHAPES,
+        SHAPES, PHOTOS,
         _llamagen("B", 256), _llamagen("B", 384),
         _llamagen("L", 256), _llamagen("L", 384),
         _llamagen("XL", 384), _llamagen("XXL", 384), _llamagen("3B", 384),

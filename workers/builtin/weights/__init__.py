@@ -1,1 +1,1 @@
-"""Shipped weights of the built-in model (package data: *.pt)."""
+"""Shipped weights of the built-in models and the photographs of the second one (package data: *.pt, *.npz)."""
