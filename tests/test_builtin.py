@@ -145,17 +145,15 @@ def test_frechet_distance():
 def test_eval_command_metrics_on_a_small_sample():
     from linegen.cli.main import app
 
-    # streaming+heads: per-head budgets measured on the calibration items first (the +heads path)
-    r = CliRunner().invoke(app, ["eval", "--policies", "full,streaming+heads", "--ratios", "1/8", "--samples", "2",
+    r = CliRunner().invoke(app, ["eval", "--policies", "full,streaming", "--ratios", "1/8", "--samples", "2",
                                  "--fidelity-samples", "1", "--real-samples", "20", "--max-batch", "2",
                                  "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["reference"]["real_accuracy"] >= 0.9
     rows = {(x["policy"], x["ratio"]): x for x in report["rows"]}
-    assert set(rows) == {("full", "1"), ("streaming+heads", "1/8")}
-    assert "head shares at 1/8" in r.stderr
-    full, st = rows["full", "1"], rows["streaming+heads", "1/8"]
+    assert set(rows) == {("full", "1"), ("streaming", "1/8")}
+    full, st = rows["full", "1"], rows["streaming", "1/8"]
     assert full["kl_mean"] == 0 and full["token_match"] == 1 and full["fd_full"] == 0
     assert st["budget_tokens"] == 72
     for key in ("class_accuracy", "token_match", "top1_agreement"):
@@ -164,16 +162,18 @@ def test_eval_command_metrics_on_a_small_sample():
 
 
 def test_eval_takes_the_second_model_with_its_own_data_and_classifier():
+    """Also the +heads path: per-head budgets measured on the calibration items first."""
     from linegen.cli.main import app
 
-    r = CliRunner().invoke(app, ["eval", "--model", "linegen-photos-c2i", "--policies", "full,linear",
+    r = CliRunner().invoke(app, ["eval", "--model", "linegen-photos-c2i", "--policies", "full,linear+heads",
                                  "--cache-ratio", "1/6", "--samples", "2", "--fidelity-samples", "1",
                                  "--real-samples", "20", "--batch-size", "2", "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["model"] == "linegen-photos-c2i" and report["settings"]["tokens"] == 256
     assert report["reference"]["real_accuracy"] >= 0.9  # photo patches, read by the photo classifier
-    assert {(x["policy"], x["budget_tokens"]) for x in report["rows"]} == {("full", 256), ("linear", 43)}
+    assert {(x["policy"], x["budget_tokens"]) for x in report["rows"]} == {("full", 256), ("linear+heads", 43)}
+    assert "head shares at 1/6" in r.stderr
 
 
 def test_grid_command_writes_a_png(tmp_path):

@@ -126,8 +126,8 @@ def test_tune_writes_the_config_and_run_uses_it(tmp_path):
     exactly that setting, recorded on every image row."""
     config = tmp_path / "config.toml"
     config.write_text("# mine\n[output]\nout = \"/tmp/x\"\n")
-    tuned = invoke(["tune", "--model", "linegen-shapes-c2i", "--cache-ratio", "1/6", "--samples", "4",
-                    "--batch-size", "4", "--policies", "streaming,h2o,linear/accumulate,linear/accumulate+heads",
+    tuned = invoke(["tune", "--model", "linegen-shapes-c2i", "--cache-ratio", "1/6", "--samples", "3",
+                    "--batch-size", "3", "--policies", "streaming,h2o,linear/accumulate,linear/accumulate+heads",
                     "--config", str(config), "--json"])  # in-process: tune starts no cluster
     assert tuned.returncode == 0, tuned.stderr
     doc = json.loads(tuned.stdout)
