@@ -110,13 +110,18 @@ def check_tokens(setup: Setup) -> list[dict]:
             p.mul_(5)  # sharper than the 0.02 init, so greedy tokens are not near-ties
     greedy = SamplingParams(cfg_scale=3.0, top_k=1)
     batch = requests(spec, 3, greedy)
+    # per-head budgets: alternate heads at half and 1.5x the budget, so every layer is two groups
+    c = spec.gpt
+    shares = "/".join(",".join("0.5" if h % 2 == 0 else "1.5" for h in range(c.n_head)) for _ in range(c.n_layer))
     out = []
-    for name, ratio in (("full", None), ("linear", "1/6")):
-        eager = Engine(gpt, None, spec, make_policy(name, ratio=ratio), device=device, max_batch=4).run_wave(batch).tokens
-        compiled = Engine(gpt, None, spec, make_policy(name, ratio=ratio), device=device, max_batch=4, compile=setup.compiled)
+    for label, name, ratio, options in (("full", "full", None, {}), ("linear", "linear", "1/6", {}),
+                                        ("linear+heads", "linear", "1/6", {"head_shares": shares})):
+        policy = make_policy(name, ratio=ratio, **options)
+        eager = Engine(gpt, None, spec, policy, device=device, max_batch=4).run_wave(batch).tokens
+        compiled = Engine(gpt, None, spec, policy, device=device, max_batch=4, compile=setup.compiled)
         together = compiled.run_wave(batch)
         alone = compiled.run_wave(batch[2:])
-        out.append({"policy": name, "ratio": ratio, "equal": bool(torch.equal(together.tokens, eager)),
+        out.append({"policy": label, "ratio": ratio, "equal": bool(torch.equal(together.tokens, eager)),
                     "mismatch": float((together.tokens != eager).float().mean()),
                     "alone_equal": bool(torch.equal(alone.tokens[0], together.tokens[2])),
                     "path": together.stats.path})

@@ -30,3 +30,4 @@ def test_gpu_check_smoke_mode_runs_every_policy_and_checks_tokens(tmp_path):
     assert policies == {"full 1", "linear 1/4", "linear 1/6", "streaming 1/6", "h2o 1/6"}
     assert len(table) == 5 * 2 * 2  # batch and packed, eager and static
     assert "| full  | static | True | 0.0000 | True |" in text and "| linear 1/6 | static | True | 0.0000 | True |" in text
+    assert "| linear+heads 1/6 | static | True | 0.0000 | True |" in text  # grouped heads, static step
