@@ -181,7 +181,7 @@ def test_sample_judge_scores_the_full_cache_zero_and_a_starved_cache_above_zero(
     requests = requests_for(EvalOptions(model=choice), model.spec, 4)
     full = model.engine(make_policy("full"), max_batch=4)
     full_tokens = full.run_wave(requests).tokens
-    judge = SampleJudge(full.decode_images, full_tokens, requests, 4)
+    judge = SampleJudge(full.decode_images, full_tokens, requests)
     same = judge.score(model.engine(make_policy("full"), max_batch=4, images=False))
     starved = judge.score(model.engine(make_policy("streaming", lines=1), max_batch=4, images=False))
     assert same.distance == 0.0 and same.accuracy is None

@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING, Callable
 
 from linegen.errors import UserError
 from linegen.settings.candidates import Candidate
-from linegen.quality.waves import generate_tokens
-from linegen.settings.cache_choice import POLICY_NAMES
+from linegen.settings.cache_choice import POLICY_NAMES, check_candidates
 from linegen.settings.model_choice import ModelChoice
-from linegen.workers.cache import POLICIES, PRESETS, CacheConfigError
+from linegen.workers.cache import CacheConfigError
 from linegen.workers.units import duration
 
 if TYPE_CHECKING:  # typing only: the runner loads torch
@@ -46,21 +45,23 @@ def estimate_line(first_s: float, *, waves: int, passes: int, what: str) -> str:
     return f"estimate: about {duration(left)} more for {what} (first wave took {duration(first_s)})"
 
 
-def default_classifier(model: str | None = None) -> str:
-    """The evaluator classifier shipped for a built-in model (the shapes one for any other model)."""
+def _evaluator(model: str | None):
+    """A built-in model's data and classifier; the default (shapes) model's for any other model,
+    whose classifier and FD then only compare policies with each other."""
     from linegen.workers.builtin.datasets import BUILTIN_DATA, builtin_data
     from linegen.workers.models.registry import DEFAULT_MODEL
 
-    return (builtin_data(model or DEFAULT_MODEL) or BUILTIN_DATA[DEFAULT_MODEL]).classifier
+    return builtin_data(model or DEFAULT_MODEL) or BUILTIN_DATA[DEFAULT_MODEL]
+
+
+def default_classifier(model: str | None = None) -> str:
+    """The evaluator classifier shipped for a built-in model (the shapes one for any other model)."""
+    return _evaluator(model).classifier
 
 
 def heldout_data(model: str):
-    """The dataset module whose held-out images are a model's real reference (shapes for a model
-    that is not built in: its classifier and FD then only compare policies with each other)."""
-    from linegen.workers.builtin.datasets import BUILTIN_DATA, builtin_data
-    from linegen.workers.models.registry import DEFAULT_MODEL
-
-    return (builtin_data(model) or BUILTIN_DATA[DEFAULT_MODEL]).data
+    """The dataset module whose held-out images are a model's real reference."""
+    return _evaluator(model).data
 
 
 @dataclass(frozen=True)
@@ -85,17 +86,16 @@ def _build(entry: str, ratio: str | None, shares: str = ""):
     return Candidate.parse(entry).cache(ratio, shares).build()
 
 
+def _head_shares(model, ev: "EvalOptions", ratio: str) -> str:
+    """The shares of `+heads` entries at `ratio`, measured on the calibration items (tune's)."""
+    from linegen.workers.cache.head_profile import measure_shares
+
+    calibration = requests_for(replace(ev, seed=CALIBRATION_SEED), model.spec, CALIBRATION_ITEMS)
+    return measure_shares(model, ratio, calibration, CALIBRATION_ITEMS)
+
+
 def _check(opts: EvalOptions, spec) -> None:
-    for p in opts.policies:
-        cand = Candidate.parse(p)
-        if cand.policy not in POLICIES:
-            raise UserError(f"unknown cache policy {cand.policy!r}; choose from {', '.join(POLICIES)}")
-        if cand.preset is not None and cand.preset not in PRESETS.get(cand.policy, {}):
-            raise UserError(f"cache policy {cand.policy!r} has no preset {cand.preset!r} "
-                            f"(presets: {', '.join(PRESETS.get(cand.policy, {})) or 'none'})")
-        if cand.per_head and cand.policy == "full":
-            raise UserError("full+heads: the full cache keeps every token; per-head budgets are for the "
-                            "compressing policies")
+    check_candidates(opts.policies, opts.ratios)
     if opts.samples < 2 or opts.max_batch < 1 or opts.fidelity_samples < 0:
         raise UserError("--samples must be >= 2, --max-batch >= 1 and --fidelity-samples >= 0")
     if spec.gpt.cond != "c2i":
@@ -163,7 +163,6 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
 
     from linegen.quality.fidelity import divergence
     from linegen.workers.builtin.classifier import classify, frechet_distance, load_classifier
-    from linegen.workers.cache.head_profile import measure_shares
 
     t_start = time.perf_counter()
     model = load_checked(opts.model, lambda spec: _check(opts, spec))
@@ -184,8 +183,7 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
     rows, full, shares = [], {}, {}
     for name, ratio in configs:
         if Candidate.parse(name).per_head and ratio not in shares:
-            calibration = requests_for(replace(opts, seed=CALIBRATION_SEED), spec, CALIBRATION_ITEMS)
-            shares[ratio] = measure_shares(model, ratio, calibration, CALIBRATION_ITEMS)
+            shares[ratio] = _head_shares(model, opts, ratio)
             log(f"head shares at {ratio} (measured on the calibration items): {shares[ratio]}")
         try:
             policy = _build(name, ratio, shares.get(ratio, ""))
@@ -193,7 +191,7 @@ def evaluate(opts: EvalOptions, log: Callable[[str], None] = lambda m: None) -> 
         except CacheConfigError as e:
             raise UserError(f"{name} at {ratio}: {e}") from None
         t0 = time.perf_counter()
-        tokens, decode_s = generate_tokens(engine, requests, opts.max_batch)
+        tokens, decode_s = engine.run_waves(requests)
         images = engine.decode_images(tokens)
         pred, feats = classify(clf, images)
         row = {"policy": name, "ratio": ratio or "1", "budget_tokens": min(spec.num_tokens, policy.budget(engine.layout)),
@@ -287,7 +285,6 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from linegen.workers.cache.head_profile import measure_shares
     from linegen.workers.runner import LoadedModel
 
     spec = opts.model.spec()
@@ -305,10 +302,7 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
     n_cls, k, size = spec.gpt.num_classes, opts.per_class, spec.image_size
     ev = EvalOptions(model=opts.model, seed=opts.seed, cfg_scale=opts.cfg_scale, top_k=opts.top_k)
     requests = requests_for(ev, spec, n_cls * k)  # request i: class i % n_cls
-    shares = ""
-    if any(Candidate.parse(name).per_head for name in opts.policies):
-        calibration = requests_for(replace(ev, seed=CALIBRATION_SEED), spec, CALIBRATION_ITEMS)
-        shares = measure_shares(model, opts.ratio, calibration, CALIBRATION_ITEMS)
+    shares = _head_shares(model, ev, opts.ratio) if any(Candidate.parse(n).per_head for n in opts.policies) else ""
     blocks, labels = [], []
     for name in opts.policies:
         try:
@@ -317,7 +311,7 @@ def make_grid(opts: GridOptions, log: Callable[[str], None] = lambda m: None) ->
         except CacheConfigError as e:
             raise UserError(str(e)) from None
         t0 = time.perf_counter()
-        tokens, _ = generate_tokens(engine, requests, opts.max_batch)
+        tokens, _ = engine.run_waves(requests)
         images = engine.decode_images(tokens)
         gap, block = 2, np.full((n_cls * (size + 2), k * (size + 2), 3), 255, dtype=np.uint8)
         for i, img in enumerate(images):

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from linegen.quality.waves import generate_tokens
 
 FINALISTS = 3  # candidates judged on samples after the KL ranking; 0: the KL ranking alone
 MARGIN_SE = 2.0  # how many standard errors closer a finalist's samples must be to overrule the KL order
@@ -67,11 +66,11 @@ class SampleJudge:
     """The full cache's samples of the calibration items, decoded and featurised once; `score`
     generates the same items with a candidate's engine and compares them by seed."""
 
-    def __init__(self, decode_images: Callable, full_tokens, requests: list, batch: int,
+    def __init__(self, decode_images: Callable, full_tokens, requests: list,
                  classifier: str | None = None, num_classes: int = 0):
         import numpy as np
 
-        self.decode_images, self.requests, self.batch = decode_images, requests, batch
+        self.decode_images, self.requests = decode_images, requests
         self.classifier = None
         if classifier is not None and Path(classifier).is_file():
             from linegen.workers.builtin.classifier import load_classifier
@@ -95,7 +94,7 @@ class SampleJudge:
     def score(self, engine) -> SampleScore:
         import numpy as np
 
-        feats, preds = self._features(generate_tokens(engine, self.requests, self.batch)[0])
+        feats, preds = self._features(engine.run_waves(self.requests)[0])
         per_item = np.linalg.norm(feats - self.full, axis=1) / self.unit
         accuracy = None
         if preds is not None:

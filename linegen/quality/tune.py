@@ -177,10 +177,9 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
     scores, full_tokens = _rank_by_kl(opts, full, engines, requests, batch, log)
     rows_by_label.update(scores)
     rows = tuple(rows_by_label[c.label] for c in opts.candidates)
-    rows = _judge_finalists(opts, model, full, full_tokens, engines, rows, requests, batch, log)
+    rows = _judge_finalists(opts, model, full, full_tokens, engines, rows, requests, log)
     judged = [r for r in rows if r.sample_distance is not None]
-    best = _choose(judged) if judged else \
-        min((r for r in rows if r.kl_mean is not None), key=lambda r: (r.kl_mean, -r.top1_agreement))
+    best = _choose(judged) if judged else min((r for r in rows if r.kl_mean is not None), key=_kl_order)
     sp = requests[0].sampling
 
     rec = recommended(spec)
@@ -193,9 +192,14 @@ def tune(opts: TuneOptions, log: Callable[[str], None] = lambda m: None) -> Tune
                       finalists=len({(r.kl_mean, r.top1_agreement) for r in judged}), head_shares=shares)
 
 
+def _kl_order(row: CandidateScore) -> tuple:
+    """Lowest KL first; ties: the higher top-1 agreement."""
+    return row.kl_mean, -row.top1_agreement
+
+
 def _choose(judged: list) -> CandidateScore:
     """The lowest-KL finalist, unless another's samples are clearly closer to the full cache's."""
-    order = sorted(judged, key=lambda r: (r.kl_mean, -r.top1_agreement))
+    order = sorted(judged, key=_kl_order)
     best = order[0]
     for row in order[1:]:
         if closer(row.sample_items, best.sample_items):
@@ -265,10 +269,10 @@ def _rank_by_kl(opts: TuneOptions, full, engines: dict, requests: list, batch: i
 
 
 def _judge_finalists(opts: TuneOptions, model, full, full_tokens, engines: dict, rows: tuple, requests: list,
-                     batch: int, log: Callable[[str], None]) -> tuple:
+                     log: Callable[[str], None]) -> tuple:
     """The `finalists` lowest-KL candidates generate the items free-running; each row gets its
     sample distance (and class accuracy where the model ships a classifier)."""
-    measured = sorted((r for r in rows if r.kl_mean is not None), key=lambda r: (r.kl_mean, -r.top1_agreement))
+    measured = sorted((r for r in rows if r.kl_mean is not None), key=_kl_order)
     # Candidates with the very same KL and top-1 kept the same tokens on every item (presets can
     # coincide at a small budget): one of them is judged for all, and the finalists are distinct.
     finalists: dict = {}  # (KL, top-1) -> the label judged for it
@@ -279,7 +283,7 @@ def _judge_finalists(opts: TuneOptions, model, full, full_tokens, engines: dict,
         return rows
     spec = model.spec
     classifier = default_classifier(spec.name) if builtin_data(spec.name) is not None else None
-    judge = SampleJudge(full.decode_images, full_tokens, requests, batch, classifier, spec.gpt.num_classes)
+    judge = SampleJudge(full.decode_images, full_tokens, requests, classifier, spec.gpt.num_classes)
     scores = {}
     for key, label in finalists.items():
         t0 = time.perf_counter()

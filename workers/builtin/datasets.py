@@ -8,24 +8,21 @@ classifier here, so a third built-in model is one entry below.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 
 from linegen.workers.builtin import photos, shapes
-
-WEIGHTS = Path(__file__).resolve().parent / "weights"
+from linegen.workers.builtin.weights import WEIGHTS
 
 
 @dataclass(frozen=True)
 class BuiltinData:
-    model: str  # the registered model trained on it
     data: ModuleType  # the dataset module
     classifier: str  # the evaluator classifier's weights
 
 
-BUILTIN_DATA = {
-    "linegen-shapes-c2i": BuiltinData("linegen-shapes-c2i", shapes, str(WEIGHTS / "shapes_classifier.pt")),
-    "linegen-photos-c2i": BuiltinData("linegen-photos-c2i", photos, str(WEIGHTS / "photos_classifier.pt")),
+BUILTIN_DATA = {  # by the name of the registered model trained on it
+    "linegen-shapes-c2i": BuiltinData(shapes, str(WEIGHTS / "shapes_classifier.pt")),
+    "linegen-photos-c2i": BuiltinData(photos, str(WEIGHTS / "photos_classifier.pt")),
 }
 
 

@@ -16,14 +16,14 @@ of (seed, index), like the shapes.
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from linegen.workers.builtin.images import render_dataset
+from linegen.workers.builtin.weights import WEIGHTS
 
 IMAGE_SIZE = 64
-SOURCE = Path(__file__).resolve().parent / "weights" / "photos.npz"
+SOURCE = WEIGHTS / "photos.npz"
 
 CLASS_NAMES = ("astronaut", "coffee", "cat", "rocket", "hubble-deep-field", "immunohistochemistry",
                "retina", "coins", "brick", "cameraman")

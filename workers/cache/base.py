@@ -117,7 +117,7 @@ class BudgetedPolicy(CachePolicy):
         n_layer * n_head * budget whatever the shares (workers/cache/head_budgets.py)."""
         b = self.budget(layout)
         if not self.shares or b >= layout.num_tokens:
-            return [[b] * n_head for _ in range(n_layer)]
+            return super().head_budgets(layout, n_layer, n_head)
         check_shape(self.shares, n_layer, n_head)
         return allocate(self.shares, b, layout.num_tokens, layout.width)
 

@@ -77,8 +77,6 @@ def measure_shares(model, ratio: str, requests: list, max_batch: int) -> str:
     spec = model.spec
     layout = Layout(spec.prefix_len, spec.grid)
     profile = HeadProfile(layout, spec.gpt.n_layer, spec.gpt.n_head)
-    engine = model.engine(profile, max_batch=max_batch, images=False)
-    for i in range(0, len(requests), max_batch):
-        engine.run_wave(requests[i:i + max_batch])
+    model.engine(profile, max_batch=max_batch, images=False).run_waves(requests)
     budget = BudgetedPolicy(ratio=parse_ratio(ratio)).budget(layout)  # every budgeted policy's, at this ratio
     return shares_text(budgets_from_profile(profile.mean_curves(), budget, layout), budget)

@@ -73,7 +73,6 @@ class Segment:
     budget: int  # visual entries kept after a compaction
     capacity: int  # prefix + the most visual entries held
     level: int  # index of this budget among the cache's distinct budgets (the static cache's length column)
-    whole_layer: bool  # every head of the layer, in order: no gather or scatter of heads needed
 
 
 class KVCache:
@@ -87,9 +86,10 @@ class KVCache:
         self.levels = sorted({s.budget for s in self.segments}, reverse=True)
         self.capacity = max(s.capacity for s in self.segments)
         self.by_layer = [[i for i, s in enumerate(self.segments) if s.layer == layer] for layer in range(n_layer)]
-        # per layer: head indices of each segment, and the permutation that puts their outputs back in order
+        # per layer: head indices of each segment, and the permutation that puts their outputs back in
+        # order (none for a layer of one segment: all its heads, in order)
         self.head_index = [torch.tensor(s.heads, dtype=torch.long, device=device) for s in self.segments]
-        self.inverse = [None if len(ids) == 1 and self.segments[ids[0]].whole_layer else
+        self.inverse = [None if len(ids) == 1 else
                         torch.argsort(torch.tensor([h for i in ids for h in self.segments[i].heads], device=device))
                         for ids in self.by_layer]
         shapes = [(rows, len(s.heads), s.capacity, head_dim) for s in self.segments]
@@ -272,5 +272,5 @@ def _segments(budgets: list[list[int]], layout: Layout) -> list[Segment]:
     for layer, heads in enumerate(budgets):
         for b, ids in groups(heads):
             out.append(Segment(layer=layer, heads=ids, budget=b, capacity=_capacity(layout, b),
-                               level=levels.index(b), whole_layer=len(ids) == len(heads)))
+                               level=levels.index(b)))
     return out

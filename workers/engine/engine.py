@@ -130,6 +130,16 @@ class Engine:
             mask = torch.cat([mask, mask])
         return gpt.embed_condition(caps), mask
 
+    def run_waves(self, requests: list[GenRequest]) -> tuple[Tensor, float]:
+        """Free-running samples of any number of requests, in waves of max_batch -> (tokens [n, N],
+        decode seconds): what `eval`, `tune`'s sample check and the head profile run."""
+        tokens, decode_s = [], 0.0
+        for i in range(0, len(requests), self.max_batch):
+            res = self.run_wave(requests[i:i + self.max_batch])
+            tokens.append(res.tokens)
+            decode_s += res.stats.decode_s
+        return torch.cat(tokens), decode_s
+
     @torch.inference_mode()
     def run_wave(self, requests: list[GenRequest], forced: Tensor | None = None,
                  on_logits: Callable[[int, Tensor], None] | None = None) -> WaveResult:

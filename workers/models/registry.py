@@ -1,10 +1,9 @@
 """Registered models by name: which GPT config, image size and VQ tokenizer each one is."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from linegen.workers.builtin.photos import CLASS_NAMES as PHOTOS_CLASS_NAMES
 from linegen.workers.builtin.shapes import CLASS_NAMES as SHAPES_CLASS_NAMES
+from linegen.workers.builtin.weights import WEIGHTS
 from linegen.workers.models.config import CacheSetting, GPTConfig, ModelSpec, SamplingParams, VQ16, VQConfig, gpt_config
 from linegen.workers.models.janus_config import JANUS_1B, JANUS_7B, janus_spec
 
@@ -28,14 +27,13 @@ TINY_GPT = GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=256, caption_dim=32
 
 # The built-in model, trained here on procedural shapes (workers/builtin; weights shipped in the
 # package): 10 classes, 96px images, a downsample-4 VQ, so a 24x24 grid (N = 576) like LlamaGen-384.
-BUILTIN_WEIGHTS = Path(__file__).resolve().parent.parent / "builtin" / "weights"
 SHAPES_VQ = VQConfig(codebook_size=512, codebook_embed_dim=8, z_channels=64, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
 SHAPES_GPT = GPTConfig(dim=192, n_layer=4, n_head=4, vocab_size=512, num_classes=10)
 # each head's share of the budget, from its attention on the calibration items (`linegen tune`)
 SHAPES_HEAD_SHARES = "0.625,1.5,2.375,0.625/0.25,0.375,0.625,0.5/0.75,1,1.375,0.375/1.375,1.25,1.75,1.25"
 SHAPES = ModelSpec(name="linegen-shapes-c2i", gpt=SHAPES_GPT, image_size=96, vq=SHAPES_VQ,
                    description="built-in c2i model trained on procedural shapes (10 classes, 24x24 tokens, 96px)",
-                   builtin_weights=(str(BUILTIN_WEIGHTS / "shapes_gpt.pt"), str(BUILTIN_WEIGHTS / "shapes_vq.pt")),
+                   builtin_weights=(str(WEIGHTS / "shapes_gpt.pt"), str(WEIGHTS / "shapes_vq.pt")),
                    default_sampling=SamplingParams(cfg_scale=2.0, top_k=0, temperature=0.9),
                    class_names=SHAPES_CLASS_NAMES,
                    # `--cache auto`: LineAR's defaults at 1/6 with per-head budgets, what `linegen tune`
@@ -52,7 +50,7 @@ PHOTOS_HEAD_SHARES = ("1.48837,0.930233,1.30233,1.11628,1.11628,1.30233/0.55814,
                       "0.930233,0.930233,0.930233")
 PHOTOS = ModelSpec(name="linegen-photos-c2i", gpt=PHOTOS_GPT, image_size=64, vq=PHOTOS_VQ,
                    description="built-in c2i model trained on patches of 10 photographs (16x16 tokens, 64px)",
-                   builtin_weights=(str(BUILTIN_WEIGHTS / "photos_gpt.pt"), str(BUILTIN_WEIGHTS / "photos_vq.pt")),
+                   builtin_weights=(str(WEIGHTS / "photos_gpt.pt"), str(WEIGHTS / "photos_vq.pt")),
                    # cfg 1.5 was best of 1.0-4.0 on 200 held-out seeds (benchmarks/RESULTS.md)
                    default_sampling=SamplingParams(cfg_scale=1.5, top_k=0, temperature=0.9),
                    class_names=PHOTOS_CLASS_NAMES,
